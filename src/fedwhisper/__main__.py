@@ -1,0 +1,3 @@
+from fedwhisper.cli import app
+
+app(prog_name="fedwhisper")

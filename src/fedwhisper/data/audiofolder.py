@@ -1,0 +1,90 @@
+"""Hugging Face audiofolder layout: audio files with ``metadata.csv`` (or ``metadata.jsonl``) whose
+``file_name`` column is relative to the metadata file. Splits are sub-folders (train/, validation/, test/)
+each with its own metadata, or one metadata file at the root (a single train split)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from fedwhisper.data.corpus import audio_dataset
+
+METADATA_NAMES = ("metadata.csv", "metadata.jsonl")
+SPLIT_NAMES = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation", "test": "test"}
+TEXT_COLUMNS = ("transcription", "sentence", "text")
+
+
+def is_audiofolder(root: Path) -> bool:
+    root = Path(root)
+    return any((root / name).is_file() for name in METADATA_NAMES) or any(
+        (root / split / name).is_file() for split in SPLIT_NAMES for name in METADATA_NAMES
+    )
+
+
+def _read_metadata(path: Path) -> list[dict]:
+    if path.suffix == ".jsonl":
+        rows = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}:{number}: not JSON ({error})") from None
+        return rows
+    with open(path, newline="", encoding="utf-8") as stream:
+        return list(csv.DictReader(stream))
+
+
+def _split_rows(metadata: Path) -> tuple[dict[str, list], list[str]]:
+    """Columns of one split: audio, transcription, speaker_id, plus any other metadata columns as strings."""
+    rows = _read_metadata(metadata)
+    columns: dict[str, list] = {"audio": [], "transcription": [], "speaker_id": []}
+    if not rows:
+        return columns, []
+    if "file_name" not in rows[0]:
+        raise ValueError(f"{metadata}: no 'file_name' column (columns: {', '.join(rows[0])})")
+    text_column = next((name for name in TEXT_COLUMNS if name in rows[0]), None)
+    if text_column is None:
+        raise ValueError(f"{metadata}: no transcription column (expected one of {', '.join(TEXT_COLUMNS)})")
+    extra = [name for name in rows[0] if name not in {"file_name", text_column, "speaker_id", *columns}]
+    columns |= {name: [] for name in extra}
+    missing = []
+    for row in rows:
+        path = metadata.parent / row["file_name"]
+        if not path.is_file():
+            missing.append(str(path))
+            continue
+        columns["audio"].append(str(path))
+        columns["transcription"].append(row[text_column] or "")
+        columns["speaker_id"].append(str(row.get("speaker_id") or row.get("client_id") or ""))
+        for name in extra:
+            columns[name].append("" if row.get(name) is None else str(row[name]))
+    return columns, missing
+
+
+def read_audiofolder(root: str | Path):
+    """A ``datasets.DatasetDict`` with columns ``audio``, ``transcription`` and ``speaker_id``.
+    Rows whose audio file is missing are left out and listed in ``.skipped_files``."""
+    import datasets
+
+    root = Path(root)
+    metadata_files = {
+        split: metadata
+        for folder, split in SPLIT_NAMES.items()
+        for metadata in [next((root / folder / n for n in METADATA_NAMES if (root / folder / n).is_file()), None)]
+        if metadata is not None
+    }
+    if not metadata_files:
+        single = next((root / n for n in METADATA_NAMES if (root / n).is_file()), None)
+        if single is None:
+            raise FileNotFoundError(f"{root}: no metadata.csv or metadata.jsonl (audiofolder layout)")
+        metadata_files = {"train": single}
+    corpus, skipped = {}, []
+    for split, metadata in metadata_files.items():
+        columns, missing = _split_rows(metadata)
+        corpus[split] = audio_dataset(columns, {name: "string" for name in columns if name != "audio"})
+        skipped += missing
+    corpus = datasets.DatasetDict(corpus)
+    corpus.skipped_files = skipped
+    return corpus

@@ -1,0 +1,69 @@
+"""Corpora as ``datasets`` objects, and detection of which real layout a directory follows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+AUDIO_COLUMN = "audio"
+
+
+def audio_dataset(columns: dict[str, list], value_types: dict[str, str]):
+    """A ``datasets.Dataset`` whose ``audio`` column holds file paths as a datasets Audio feature.
+
+    The column is kept undecoded (``decode=False``): datasets' own decoder needs torchcodec, which has no
+    CPU build here, so :func:`fedwhisper.audio.load_audio` decodes the {path, bytes} entries instead.
+    Building it as a struct and casting avoids datasets' encoder, which needs torchcodec even for paths.
+    """
+    import datasets
+
+    features = datasets.Features(
+        {AUDIO_COLUMN: {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}}
+        | {name: datasets.Value(kind) for name, kind in value_types.items()}
+    )
+    data = dict(columns)
+    data[AUDIO_COLUMN] = [{"bytes": None, "path": str(path)} for path in columns[AUDIO_COLUMN]]
+    dataset = datasets.Dataset.from_dict(data, features=features)
+    return dataset.cast_column(AUDIO_COLUMN, datasets.Audio(sampling_rate=16_000, decode=False))
+
+
+def undecoded_audio(dataset):
+    """``dataset`` (or DatasetDict) with its audio column switched to {path, bytes} entries."""
+    import datasets
+
+    return dataset.cast_column(AUDIO_COLUMN, datasets.Audio(sampling_rate=16_000, decode=False))
+
+
+def corpus_kind(source: str | Path) -> str:
+    """Which reader fits ``source``: speech_commands, common_voice, audiofolder, or hub (a dataset id)."""
+    from fedwhisper.data.audiofolder import is_audiofolder
+    from fedwhisper.data.common_voice import is_common_voice
+    from fedwhisper.data.speech_commands import is_speech_commands
+
+    path = Path(source)
+    if path.is_dir():
+        for kind, matches in (("speech_commands", is_speech_commands), ("common_voice", is_common_voice), ("audiofolder", is_audiofolder)):
+            if matches(path):
+                return kind
+        raise ValueError(f"{path}: not a Speech Commands, Common Voice or audiofolder directory")
+    if path.exists() or str(source).startswith((".", "/", "~")):
+        raise FileNotFoundError(f"{source}: corpus directory not found")
+    return "hub"
+
+
+def load_corpus(source: str | Path, hub_config: str | None = None):
+    """Read any supported corpus into a ``datasets.DatasetDict`` with an undecoded ``audio`` column.
+
+    Directories in the Speech Commands, Common Voice or audiofolder layouts are read directly; anything else
+    is taken as a Hugging Face hub dataset id (e.g. ``google/speech_commands``), which needs a network.
+    """
+    from fedwhisper.data.audiofolder import read_audiofolder
+    from fedwhisper.data.common_voice import read_common_voice
+    from fedwhisper.data.speech_commands import read_speech_commands
+
+    kind = corpus_kind(source)
+    if kind == "hub":
+        import datasets
+
+        return undecoded_audio(datasets.load_dataset(str(source), hub_config))
+    readers = {"speech_commands": read_speech_commands, "common_voice": read_common_voice, "audiofolder": read_audiofolder}
+    return readers[kind](source)

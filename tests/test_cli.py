@@ -1,0 +1,58 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from fedwhisper.audio import write_audio
+from fedwhisper.cli import app
+from tests.conftest import tone
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    """Run the CLI; output with rich's line wrapping undone."""
+    result = runner.invoke(app, list(args))
+    return result.exit_code, " ".join(result.output.split())
+COMMANDS = [[], ["models"], ["models", "list"], ["models", "import"], ["data"], ["data", "synth-kws"],
+            ["data", "synth-asr"], ["data", "info"], ["data", "check"], ["demo"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_help(command):
+    code, output = invoke(*command, "--help")
+    assert code == 0 and "Usage" in output
+
+
+def test_models_list_names_the_extras():
+    code, output = invoke("models", "list")
+    assert code == 0
+    assert "tiny.en" in output and "fedwhisper[weights]" in output and "fedwhisper[small]" in output
+
+
+def test_unknown_model_is_a_clean_error():
+    code, output = invoke("models", "import", "huge")
+    assert code == 1 and "unknown model" in output
+
+
+def test_synth_info_and_check_on_a_corpus_with_a_broken_file(tmp_path):
+    out = tmp_path / "kws"
+    code, output = invoke("data", "synth-kws", str(out), "--speakers", "3", "--words", "yes,no", "--noise-seconds", "2")
+    assert code == 0 and "6 clips written" in output, output
+
+    code, output = invoke("data", "info", str(out))
+    assert code == 0 and "speech_commands" in output
+
+    broken = next(out.glob("yes/*.wav"))
+    broken.write_bytes(broken.read_bytes()[:3000])
+    write_audio(out / "no" / "ffffffff_nohash_0.wav", tone(0.5) * 0)
+    report = tmp_path / "bad.json"
+    code, output = invoke("data", "check", str(out), "--num-proc", "2", "--report", str(report))
+    assert code == 0 and "5 of 7 clips usable, 2 bad" in output, output
+    errors = " ".join(entry["error"] for entry in json.loads(report.read_text()))
+    assert "truncated" in errors and "silent" in errors
+
+
+def test_synth_asr_reports_a_missing_text_file(tmp_path):
+    code, output = invoke("data", "synth-asr", str(tmp_path / "c"), "--text", str(tmp_path / "none.txt"))
+    assert code == 1 and "not found" in output
