@@ -33,6 +33,28 @@ def undecoded_audio(dataset):
     return dataset.cast_column(AUDIO_COLUMN, datasets.Audio(sampling_rate=16_000, decode=False))
 
 
+# Hub datasets name the same things differently: Common Voice has sentence/client_id,
+# google/speech_commands a ClassLabel label and utterance_id.
+_RENAMES = {"sentence": "transcription", "text": "transcription", "client_id": "speaker_id", "utterance_id": "utterance"}
+
+
+def standardise_columns(corpus):
+    """Rename hub columns to ours (transcription, speaker_id, utterance) and turn a ClassLabel ``label`` into strings."""
+    import datasets
+
+    def standardise(dataset):
+        renames = {old: new for old, new in _RENAMES.items() if old in dataset.column_names and new not in dataset.column_names}
+        dataset = dataset.rename_columns(renames)
+        label = dataset.features.get("label")
+        if isinstance(label, datasets.ClassLabel):
+            dataset = dataset.cast_column("label", datasets.Value("string")).map(
+                lambda row: {"label": label.int2str(int(row["label"]))}
+            )
+        return dataset
+
+    return datasets.DatasetDict({split: standardise(dataset) for split, dataset in corpus.items()})
+
+
 def corpus_kind(source: str | Path) -> str:
     """Which reader fits ``source``: speech_commands, common_voice, audiofolder, or hub (a dataset id)."""
     from fedwhisper.data.audiofolder import is_audiofolder
@@ -64,6 +86,6 @@ def load_corpus(source: str | Path, hub_config: str | None = None):
     if kind == "hub":
         import datasets
 
-        return undecoded_audio(datasets.load_dataset(str(source), hub_config))
+        return standardise_columns(undecoded_audio(datasets.load_dataset(str(source), hub_config)))
     readers = {"speech_commands": read_speech_commands, "common_voice": read_common_voice, "audiofolder": read_audiofolder}
     return readers[kind](source)
