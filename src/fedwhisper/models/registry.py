@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedwhisper.models.convert import convert_checkpoint, read_package_config
-from fedwhisper.models.ctranslate2_format import load_checkpoint
+from fedwhisper.models.ctranslate2_format import CheckpointFormatError, load_checkpoint
 
 IMPORT_MARKER = "fedwhisper_import.json"
 
@@ -109,7 +109,11 @@ def import_packaged_model(name: str, out: Path | None = None, force: bool = Fals
         raise ModelNotAvailableError(f"unknown model {name!r}; packaged models: {', '.join(PACKAGED_MODELS)}")
     model = PACKAGED_MODELS[name]
     out = Path(out) if out else fedwhisper_home() / "models" / name
-    parts = [_locate(model, ref) for ref in model.parts]
+    files = {ref: _locate(model, ref) for ref in (*model.parts, model.tokenizer, model.config)}
+    missing = [ref for ref, path in files.items() if not path.is_file()]
+    if missing:
+        raise ModelNotAvailableError(f"model {name!r}: its installed packages lack {', '.join(missing)}; the packaged checkpoint is incomplete")
+    parts = [files[ref] for ref in model.parts]
     versions = _distribution_versions(model)
     marker = out / IMPORT_MARKER
     if not force and marker.is_file() and json.loads(marker.read_text()).get("packages") == versions:
@@ -118,7 +122,10 @@ def import_packaged_model(name: str, out: Path | None = None, force: bool = Fals
     # Convert into a sibling directory and swap it in, so an interrupted import never looks finished.
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    checkpoint = load_checkpoint(parts)
+    try:
+        checkpoint = load_checkpoint(parts)
+    except CheckpointFormatError as error:
+        raise ModelNotAvailableError(f"model {name!r}: the packaged checkpoint is incomplete or damaged ({error})") from None
     convert_checkpoint(checkpoint, _locate(model, model.tokenizer), read_package_config(_locate(model, model.config)), staging)
     (staging / IMPORT_MARKER).write_text(
         json.dumps({"name": name, "packages": versions, "license": model.license, "seconds": round(time.perf_counter() - started, 2)}, indent=2)
