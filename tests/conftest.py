@@ -26,7 +26,7 @@ def tone(seconds: float = 1.0, rate: int = 16_000, frequency: float = 440.0, cha
 def tiny_whisper_dir(tmp_path_factory) -> Path:
     """A randomly initialised, English-only-sized Whisper saved as a transformers directory."""
     import torch
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
     torch.manual_seed(0)
     config = WhisperConfig(
@@ -35,6 +35,7 @@ def tiny_whisper_dir(tmp_path_factory) -> Path:
     )
     out = tmp_path_factory.mktemp("tiny-whisper")
     WhisperForConditionalGeneration(config).save_pretrained(out)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(out)
     return out
 
 
@@ -53,3 +54,13 @@ def tiny_ct2(tiny_whisper_dir, tmp_path_factory):
         return made[quantization]
 
     return convert
+
+
+@pytest.fixture(scope="session")
+def tiny_kws_corpus(tmp_path_factory) -> Path:
+    """12 synthetic speakers saying yes/no/up/marvin/house, with background noise: a Speech Commands folder."""
+    from fedwhisper.data.synth_kws import KwsSynthesisOptions, synthesize_speech_commands
+
+    out = tmp_path_factory.mktemp("tiny-kws")
+    synthesize_speech_commands(out, KwsSynthesisOptions(speakers=12, words=("yes", "no", "up", "marvin", "house"), noise_seconds=4.0))
+    return out

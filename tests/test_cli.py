@@ -7,7 +7,7 @@ from fedwhisper.audio import write_audio
 from fedwhisper.cli import app
 from tests.conftest import tone
 
-runner = CliRunner()
+runner = CliRunner(env={"COLUMNS": "250"})
 
 
 def invoke(*args):
@@ -15,7 +15,8 @@ def invoke(*args):
     result = runner.invoke(app, list(args))
     return result.exit_code, " ".join(result.output.split())
 COMMANDS = [[], ["models"], ["models", "list"], ["models", "import"], ["data"], ["data", "synth-kws"],
-            ["data", "synth-asr"], ["data", "info"], ["data", "check"], ["demo"]]
+            ["data", "synth-asr"], ["data", "info"], ["data", "check"], ["demo"],
+            ["kws"], ["kws", "federate"], ["kws", "train"], ["kws", "evaluate"], ["kws", "predict"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
@@ -56,3 +57,28 @@ def test_synth_info_and_check_on_a_corpus_with_a_broken_file(tmp_path):
 def test_synth_asr_reports_a_missing_text_file(tmp_path):
     code, output = invoke("data", "synth-asr", str(tmp_path / "c"), "--text", str(tmp_path / "none.txt"))
     assert code == 1 and "not found" in output
+
+
+def test_kws_train_evaluate_and_predict(tiny_whisper_dir, tiny_kws_corpus, tmp_path):
+    run_dir = tmp_path / "central"
+    code, output = invoke("kws", "train", str(tiny_kws_corpus), "--run-dir", str(run_dir), "--epochs", "2",
+                          "--model", str(tiny_whisper_dir), "--keywords", "yes,no,up")
+    assert code == 0 and "round 2:" in output, output
+    head = run_dir / "head.safetensors"
+
+    code, output = invoke("kws", "evaluate", str(head), str(tiny_kws_corpus), "--split", "train")
+    assert code == 0 and "accuracy" in output and "_unknown_" in output, output
+
+    clip = next(tiny_kws_corpus.glob("yes/*.wav"))
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    code, output = invoke("kws", "predict", str(head), str(clip), str(bad))
+    assert code == 1, output  # one file failed: reported, and the exit code says so
+    assert clip.name in output and "not readable as audio" in output
+
+
+def test_kws_federate_needs_a_corpus_or_a_run_to_resume(tmp_path):
+    code, output = invoke("kws", "federate")
+    assert code == 1 and "CORPUS" in output
+    code, output = invoke("kws", "federate", "--resume", str(tmp_path))
+    assert code == 1 and "not a run directory" in output

@@ -1,12 +1,23 @@
 import pytest
 
-from fedwhisper.demo import run_demo
+from fedwhisper.demo import run_asr_demo
 
 
 @pytest.mark.weights
 def test_demo_transcribes_held_out_speakers_with_the_real_model(session_home):
-    result = run_demo("tiny.en", clips=6)
+    result = run_asr_demo("tiny.en", clips=6)
     assert len(result.hypotheses) == 6 and all(result.hypotheses)
     # tiny.en on synthetic voices: far from perfect, far better than chance (a wrong model gives ~100 %).
     assert result.wer < 0.8
     assert result.audio_seconds / result.transcribe_seconds > 1.0
+
+
+@pytest.mark.weights
+def test_kws_demo_reaches_97_percent_on_held_out_speakers_within_10_rounds(session_home):
+    from fedwhisper.demo import run_kws_demo
+
+    runlog, run_dir = run_kws_demo("tiny.en")
+    assert [row["round"] for row in runlog.rounds] == list(range(11))
+    assert runlog.rounds[-1]["test_accuracy"] >= 0.97
+    assert all(row["clients_trained"] == 10 for row in runlog.rounds[1:])
+    assert (run_dir / "accuracy.png").is_file()

@@ -1,0 +1,101 @@
+"""Keyword-spotting examples: the class set, labels, `_silence_` crops, and speaker-grouped client partitions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedwhisper.audio import SAMPLE_RATE, load_audio
+from fedwhisper.data.speech_commands import COMMANDS, background_noise_files, read_speech_commands
+from fedwhisper.features.cache import content_key
+
+SILENCE = "_silence_"
+UNKNOWN = "_unknown_"
+
+
+def class_names(words: set[str], keywords: tuple[str, ...] = COMMANDS, has_noise: bool = True) -> tuple[str, ...]:
+    """The keywords present in the corpus, then `_silence_` if background noise exists, then `_unknown_` if other words do."""
+    present = tuple(k for k in keywords if k in words)
+    if not present:
+        raise ValueError(f"none of the keywords {', '.join(keywords)} is a word folder of this corpus ({', '.join(sorted(words))})")
+    return present + ((SILENCE,) if has_noise else ()) + ((UNKNOWN,) if words - set(present) else ())
+
+
+@dataclass
+class KwsExamples:
+    """Clips with class indices. ``audio`` holds datasets entries ({path, bytes}) or arrays (silence crops)."""
+
+    audio: list
+    labels: np.ndarray
+    speakers: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def keys(self) -> list[str]:
+        return [content_key(a) for a in self.audio]
+
+    def waveforms(self, indices: list[int]) -> list[np.ndarray]:
+        return [a if isinstance(a, np.ndarray) else load_audio(a, allow_silent=True) for a in (self.audio[i] for i in indices)]
+
+
+def silence_crops(noise: list[np.ndarray], count: int, seed: int) -> list[np.ndarray]:
+    """``count`` distinct 1-s crops of background noise at random offsets and levels.
+
+    (Flower's example drew the same crop every time; these differ by file, offset and gain.)"""
+    rng = np.random.default_rng(seed)
+    crops = []
+    for _ in range(count):
+        source = noise[int(rng.integers(len(noise)))]
+        start = int(rng.integers(0, max(1, source.size - SAMPLE_RATE)))
+        crop = source[start : start + SAMPLE_RATE]
+        crops.append((np.pad(crop, (0, SAMPLE_RATE - crop.size)) * rng.uniform(0.05, 1.0)).astype(np.float32))
+    return crops
+
+
+class KwsCorpus:
+    """A Speech Commands-layout corpus seen through a fixed class set."""
+
+    def __init__(self, root: str | Path, keywords: tuple[str, ...] = COMMANDS, silence_fraction: float = 0.1):
+        self.root = Path(root)
+        self.splits = read_speech_commands(self.root)
+        words = {w for split in self.splits.values() for w in set(split["label"])}
+        self.noise = [load_audio(p, allow_silent=True) for p in background_noise_files(self.root)]
+        self.classes = class_names(words, keywords, has_noise=bool(self.noise))
+        self.silence_fraction = silence_fraction if self.noise else 0.0
+
+    def label_of(self, word: str) -> int:
+        return self.classes.index(word) if word in self.classes else self.classes.index(UNKNOWN)
+
+    def examples(self, dataset, seed: int) -> KwsExamples:
+        """Rows of ``dataset`` (a split or a partition of one) plus silence crops, ``silence_fraction`` of its size."""
+        audio = list(dataset["audio"])
+        labels = [self.label_of(w) for w in dataset["label"]]
+        speakers = list(dataset["speaker_id"])
+        if self.noise:
+            silence = silence_crops(self.noise, round(self.silence_fraction * len(audio)), seed)
+            audio += silence
+            labels += [self.classes.index(SILENCE)] * len(silence)
+            speakers += [SILENCE] * len(silence)
+        return KwsExamples(audio=audio, labels=np.asarray(labels, dtype=np.int64), speakers=speakers)
+
+
+def speaker_partitioner(train_split, num_clients: int, seed: int = 0):
+    """flwr-datasets partitioner over ``num_clients`` offices, each a fixed group of training speakers.
+
+    Speakers are shuffled with ``seed`` and dealt round-robin, so offices differ in size by at most one
+    speaker; flwr-datasets' NaturalIdPartitioner then serves office ``i`` as partition ``i``.
+    """
+    from flwr_datasets.partitioner import NaturalIdPartitioner
+
+    speakers = sorted(set(train_split["speaker_id"]))
+    if len(speakers) < num_clients:
+        raise ValueError(f"{num_clients} clients need at least as many training speakers; the corpus has {len(speakers)}")
+    order = np.random.default_rng(seed).permutation(len(speakers))
+    office_of = {speakers[index]: rank % num_clients for rank, index in enumerate(order)}
+    with_offices = train_split.map(lambda row: {"office": office_of[row["speaker_id"]]}, desc="assign offices")
+    partitioner = NaturalIdPartitioner(partition_by="office")
+    partitioner.dataset = with_offices
+    return partitioner

@@ -1,0 +1,202 @@
+"""What a keyword-spotting run needs, as plain functions over (options, partition, weights): the federated
+client, the server's evaluation and the centralized baseline all call these; Flower code only moves weights."""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedwhisper.data.speech_commands import COMMANDS
+from fedwhisper.features.cache import FeatureCache
+from fedwhisper.features.encoder import FrozenEncoder
+from fedwhisper.kws.data import KwsCorpus, KwsExamples, speaker_partitioner
+from fedwhisper.kws.model import build_head
+from fedwhisper.kws.train import TrainOptions, evaluate_head, train_head
+from fedwhisper.models.registry import fedwhisper_home
+
+
+@dataclass(frozen=True)
+class KwsOptions:
+    """One run's settings. Flat scalars and strings, so they travel in a Flower ConfigRecord and a pyproject run config."""
+
+    corpus: str = ""
+    model: str = "tiny.en"
+    window_seconds: float = 1.0
+    keywords: str = ",".join(COMMANDS)
+    head: str = "pooled"
+    num_clients: int = 100
+    clients_per_round: int = 10
+    rounds: int = 10
+    local_epochs: int = 5  # offices hold few speakers: more local work per round converges in fewer rounds
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    optimizer: str = "adam"
+    class_balanced: bool = True
+    silence_fraction: float = 0.1
+    min_client_examples: int = 8
+    cache_dir: str = ""  # default: $FEDWHISPER_HOME/cache/kws; each client keeps its own sub-folder
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, config) -> KwsOptions:
+        """From a mapping with keys spelt ``num_clients`` or ``num-clients``; unknown keys are ignored."""
+        known = {f.name: f.type for f in fields(cls)}
+        values = {}
+        for key, value in dict(config).items():
+            name = key.replace("-", "_")
+            if name in known:
+                kind = {"int": int, "float": float, "str": str, "bool": lambda v: v if isinstance(v, bool) else str(v).lower() == "true"}[known[name]]
+                values[name] = kind(value)
+        return cls(**values)
+
+    def to_config(self) -> dict:
+        return asdict(self)
+
+    @property
+    def keyword_tuple(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in self.keywords.split(",") if k.strip())
+
+    @property
+    def cache_root(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else fedwhisper_home() / "cache" / "kws"
+
+    def train_options(self, round_number: int, partition_id: int = 0) -> TrainOptions:
+        return TrainOptions(
+            epochs=self.local_epochs, batch_size=self.batch_size, learning_rate=self.learning_rate, optimizer=self.optimizer,
+            class_balanced=self.class_balanced, seed=self.seed * 1_000_003 + round_number * 1_009 + partition_id,
+        )
+
+
+# One corpus index and one encoder per process: a simulation actor serves many clients in turn.
+@functools.cache
+def kws_corpus(root: str, keywords: tuple[str, ...], silence_fraction: float) -> KwsCorpus:
+    return KwsCorpus(root, keywords, silence_fraction)
+
+
+@functools.cache
+def frozen_encoder(model: str, window_seconds: float) -> FrozenEncoder:
+    return FrozenEncoder(model, window_seconds)
+
+
+@functools.cache
+def partitioner(root: str, keywords: tuple[str, ...], silence_fraction: float, num_clients: int, seed: int):
+    return speaker_partitioner(kws_corpus(root, keywords, silence_fraction).splits["train"], num_clients, seed)
+
+
+def corpus_for(options: KwsOptions) -> KwsCorpus:
+    if not options.corpus:
+        raise ValueError("no corpus given (options.corpus)")
+    return kws_corpus(str(Path(options.corpus).resolve()), options.keyword_tuple, options.silence_fraction)
+
+
+def encoder_for(options: KwsOptions) -> FrozenEncoder:
+    return frozen_encoder(options.model, options.window_seconds)
+
+
+def encode_examples(encoder: FrozenEncoder, examples: KwsExamples, cache_dir: Path, progress: bool = False) -> tuple[np.ndarray, int]:
+    """Encoder outputs of ``examples`` from the cache in ``cache_dir``, encoding only what is not there yet.
+    Returns (features, clips encoded now)."""
+    cache = FeatureCache(cache_dir, encoder.fingerprint)
+    return cache.get_or_compute(examples.keys(), lambda indices: encoder(examples.waveforms(indices), progress=progress))
+
+
+def client_examples(options: KwsOptions, partition_id: int) -> KwsExamples:
+    corpus = corpus_for(options)
+    shard = partitioner(str(Path(options.corpus).resolve()), options.keyword_tuple, options.silence_fraction,
+                        options.num_clients, options.seed).load_partition(partition_id)
+    return corpus.examples(shard, seed=options.seed * 7919 + partition_id)
+
+
+def new_head(options: KwsOptions) -> torch.nn.Module:
+    encoder = encoder_for(options)
+    return build_head(options.head, encoder.positions, encoder.d_model, len(corpus_for(options).classes), options.seed)
+
+
+def head_meta(options: KwsOptions) -> dict:
+    encoder = encoder_for(options)
+    return {"head": options.head, "model": options.model, "window_seconds": options.window_seconds,
+            "positions": encoder.positions, "d_model": encoder.d_model, "classes": list(corpus_for(options).classes)}
+
+
+def client_update(options: KwsOptions, partition_id: int, state: dict[str, torch.Tensor], round_number: int) -> tuple[dict | None, dict]:
+    """One client's round: encode its own clips once (cached on its disk), train the head from the cache.
+
+    Returns (new head weights, metrics); weights are None when the client has too few examples to train.
+    """
+    started = time.perf_counter()
+    examples = client_examples(options, partition_id)
+    if len(examples) < options.min_client_examples:
+        return None, {"num-examples": 0, "skipped": 1, "client-examples": len(examples)}
+    features, encoded_now = encode_examples(encoder_for(options), examples, options.cache_root / f"client-{partition_id}")
+    encoded_at = time.perf_counter()
+    head = new_head(options)
+    head.load_state_dict(state)
+    metrics = train_head(head, features, examples.labels, options.train_options(round_number, partition_id))
+    finished = time.perf_counter()
+    metrics |= {"skipped": 0, "encoded-clips": encoded_now, "encode-seconds": encoded_at - started, "train-seconds": finished - encoded_at}
+    return {k: v.detach().clone() for k, v in head.state_dict().items()}, metrics
+
+
+class SplitEvaluator:
+    """Server-side evaluation on whole splits (validation, test) of speakers no client holds."""
+
+    def __init__(self, options: KwsOptions, splits: tuple[str, ...] = ("validation", "test"), progress: bool = True):
+        corpus = corpus_for(options)
+        self.sets = {}
+        for offset, split in enumerate(splits):
+            if split not in corpus.splits or len(corpus.splits[split]) == 0:
+                continue
+            examples = corpus.examples(corpus.splits[split], seed=options.seed * 7919 + 10_000_000 + offset)
+            features, _ = encode_examples(encoder_for(options), examples, options.cache_root / "server", progress=progress)
+            self.sets[split] = (features, examples.labels)
+        if not self.sets:
+            raise ValueError(f"{options.corpus}: no {' or '.join(splits)} examples to evaluate on")
+
+    def __call__(self, head: torch.nn.Module) -> dict[str, float]:
+        metrics = {}
+        for split, (features, labels) in self.sets.items():
+            result = evaluate_head(head, features, labels)
+            metrics[f"{split}_accuracy"] = result["accuracy"]
+            metrics[f"{split}_loss"] = result["loss"]
+        return metrics
+
+
+def train_centralized(options: KwsOptions, run_dir: str | Path, epochs: int = 10, on_epoch=None):
+    """The baseline without federation: one head trained on every training speaker's clips, evaluated each epoch
+    on the same held-out speakers as the federated run."""
+    from fedwhisper.kws.runlog import RunLog
+
+    runlog = RunLog(run_dir)
+    runlog.start({**options.to_config(), "epochs": epochs}, resume=False)
+    corpus = corpus_for(options)
+    examples = corpus.examples(corpus.splits["train"], seed=options.seed * 7919 + 20_000_000)
+    features, _ = encode_examples(encoder_for(options), examples, options.cache_root / "central", progress=True)
+    evaluator = SplitEvaluator(options)
+    head, meta = new_head(options), head_meta(options)
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        metrics = train_head(head, features, examples.labels, options.train_options(epoch))
+        row = {"round": epoch, **evaluator(head), "train_loss": metrics["train_loss"], "seconds": round(time.perf_counter() - started, 2)}
+        runlog.record(row, head, meta)
+        if on_epoch:
+            on_epoch(row)
+    return runlog
+
+
+def head_encoder_and_corpus(head_meta_: dict, corpus: str | Path | None = None):
+    """The encoder a saved head was trained on, and optionally a corpus read with the head's class set."""
+    encoder = frozen_encoder(head_meta_["model"], float(head_meta_["window_seconds"]))
+    if corpus is None:
+        return encoder, None
+    from fedwhisper.kws.data import SILENCE, UNKNOWN
+
+    keywords = tuple(c for c in head_meta_["classes"] if c not in (SILENCE, UNKNOWN))
+    kws = kws_corpus(str(Path(corpus).resolve()), keywords, 0.1)
+    if list(kws.classes) != list(head_meta_["classes"]):
+        raise ValueError(f"{corpus} gives classes {list(kws.classes)}, the head was trained on {head_meta_['classes']}")
+    return encoder, kws

@@ -1,0 +1,88 @@
+"""Short federated runs on Flower's simulation engine: tiny random Whisper, tiny corpus, 2 rounds, then resume."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedwhisper.kws.model import load_head
+from fedwhisper.kws.simulate import simulate
+from fedwhisper.kws.task import KwsOptions, client_update, new_head
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def options(tiny_whisper_dir, tiny_kws_corpus, tmp_path):
+    return KwsOptions(corpus=str(tiny_kws_corpus), model=str(tiny_whisper_dir), keywords="yes,no,up", num_clients=3,
+                      clients_per_round=2, rounds=2, local_epochs=1, cache_dir=str(tmp_path / "cache"))
+
+
+def test_two_rounds_then_resume_to_three(options, tmp_path):
+    run_dir = tmp_path / "run"
+    seen = []
+    runlog = simulate(options, run_dir, on_round=seen.append)
+    assert [row["round"] for row in runlog.rounds] == [0, 1, 2] == [row["round"] for row in seen]
+    assert all(row["clients_trained"] == 2 for row in runlog.rounds[1:])
+    assert runlog.rounds[1]["clips_encoded"] > 0  # each client encodes its own clips once...
+    for name in ("metrics.json", "metrics.csv", "accuracy.png", "head.safetensors", "head-round-002.safetensors", "options.json"):
+        assert (run_dir / name).is_file(), name
+    first_two = json.loads((run_dir / "metrics.json").read_text())
+
+    resumed = simulate(KwsOptions(**{**options.to_config(), "rounds": 3}), run_dir, resume=True)
+    assert [row["round"] for row in resumed.rounds] == [0, 1, 2, 3]
+    assert resumed.rounds[:3] == first_two  # recorded rounds are kept as they were
+    _, meta = load_head(run_dir / "head.safetensors")
+    assert meta["classes"] == ["yes", "no", "up", "_silence_", "_unknown_"] and meta["positions"] == 50
+
+
+def test_a_fresh_run_refuses_a_used_directory_and_resume_needs_a_run(options, tmp_path):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "metrics.json").write_text(json.dumps([{"round": 0}]))
+    with pytest.raises(FileExistsError):
+        simulate(options, tmp_path / "used")
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        simulate(options, tmp_path / "empty", resume=True)
+
+
+def test_client_trains_from_its_cache_and_small_clients_are_skipped(options):
+    state = new_head(options).state_dict()
+    new_state, metrics = client_update(options, 0, state, round_number=1)
+    assert metrics["encoded-clips"] > 0 and metrics["num-examples"] > 0
+    assert set(new_state) == set(state)  # only head weights leave the client
+    _, again = client_update(options, 0, state, round_number=2)
+    assert again["encoded-clips"] == 0  # second round: everything from the cache
+    skipped_state, skipped = client_update(KwsOptions(**{**options.to_config(), "min_client_examples": 10_000}), 0, state, 1)
+    assert skipped_state is None and skipped["skipped"] == 1 and skipped["num-examples"] == 0
+
+
+def test_flwr_run_uses_the_pyproject_app(tiny_whisper_dir, tiny_kws_corpus, tmp_path):
+    """The same apps through Flower's own CLI: a local SuperLink running the simulation."""
+    bin_dir = Path(sys.executable).parent
+    if not (bin_dir / "flower-superlink").exists():
+        pytest.fail("flower-superlink is not installed next to this Python")
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path / "home")}
+    run_dir = tmp_path / "flwr-run"
+    config = (f"corpus='{tiny_kws_corpus}' model='{tiny_whisper_dir}' run-dir='{run_dir}' num-clients=3 "
+              f"clients-per-round=2 rounds=1 local-epochs=1 keywords='yes,no,up'")
+    app = tmp_path / "app"
+    app.mkdir()
+    shutil.copy(ROOT / "pyproject.toml", app / "pyproject.toml")  # the FAB needs only the app's config
+    result = subprocess.run(
+        [str(bin_dir / "flwr"), "run", str(app), "local", "--stream", "--federation-config", "num-supernodes=3", "--run-config", config],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert [row["round"] for row in json.loads((run_dir / "metrics.json").read_text())] == [0, 1]
+
+
+def test_pyproject_run_config_names_every_option():
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert {key.replace("-", "_") for key in config} - {"run_dir", "resume"} == set(KwsOptions().to_config())
+    assert KwsOptions.from_config(config) == KwsOptions(corpus=config["corpus"])
