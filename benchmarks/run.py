@@ -1,6 +1,7 @@
-"""`make bench`: measured figures, written to benchmarks/results/*.json and the README's results table.
+"""`make bench`: measured figures, written to benchmarks/results/<suite>.json and the README's results table.
 
-Run from the repository root. FEDWHISPER_BENCH_SCALE=small shrinks every size (for a quick check of the script).
+Usage: python benchmarks/run.py [foundation] [kws]   (default: every suite)
+FEDWHISPER_BENCH_SCALE=small shrinks every size, to check the script quickly (results go to *-small.json).
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from pathlib import Path
 
 import soundfile as sf
 
-from fedwhisper.data.synth_asr import AsrSynthesisOptions, synthesize_audiofolder
-from fedwhisper.data.synth_kws import KwsSynthesisOptions, synthesize_speech_commands
-from fedwhisper.models.registry import ModelNotAvailableError, import_packaged_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import kws_bench  # noqa: E402  (benchmarks/kws_bench.py)
+from fedwhisper.data.synth_asr import AsrSynthesisOptions, synthesize_audiofolder  # noqa: E402
+from fedwhisper.data.synth_kws import KwsSynthesisOptions, synthesize_speech_commands  # noqa: E402
+from fedwhisper.models.registry import ModelNotAvailableError, import_packaged_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -32,7 +36,7 @@ def corpus_size(directory: Path) -> dict:
 
 
 def bench_foundation(work: Path) -> dict:
-    results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
+    results: dict = {}
     imports = {}
     import transformers.models.whisper  # noqa: F401  (so the first timed import does not pay for loading transformers)
 
@@ -59,8 +63,8 @@ def bench_foundation(work: Path) -> dict:
     return results
 
 
-def update_readme(results: dict) -> None:
-    rows = ["| measurement | result |", "| --- | --- |"]
+def foundation_rows(results: dict) -> list[str]:
+    rows = []
     for name, entry in results["model_import"].items():
         outcome = f"{entry['seconds']} s" if "seconds" in entry else "not importable (see JSON)"
         rows.append(f"| import {name} (CTranslate2 → transformers) | {outcome} |")
@@ -68,32 +72,71 @@ def update_readme(results: dict) -> None:
     rows.append(f"| synth-kws, {kws['speakers']} speakers | {kws['clips']} clips, {kws['clips_per_second']} clips/s, {kws['disk_mb']} MB |")
     for language in ("en", "sv"):
         asr = results[f"synth_asr_{language}"]
-        rows.append(
-            f"| synth-asr --language {language}, {asr['sentences']} sentences | "
-            f"{asr['audio_hours']} h audio, {asr['clips_per_second']} clips/s, {asr['disk_mb']} MB |"
-        )
+        rows.append(f"| synth-asr --language {language}, {asr['sentences']} sentences | "
+                    f"{asr['audio_hours']} h audio, {asr['clips_per_second']} clips/s, {asr['disk_mb']} MB |")
+    return rows
+
+
+def kws_rows(results: dict) -> list[str]:
+    cost, accuracy = results["encoder_cost"], results["window_accuracy"]
+    client, pi, full = results["client_round_cost"], results["raspberry_pi_table"], results["full_scale"]
+    federated = full["federated"]["per_round"]
+    return [
+        f"| KWS encoder per 1-s clip: 1-s window vs 30-s padding (tiny.en) | {cost['ms_per_clip_1s_window']} ms vs "
+        f"{cost['ms_per_clip_30s_padding']} ms: **{cost['ratio']}x** cheaper |",
+        f"| KWS test accuracy, same head, 1-s vs 30-s window | {accuracy['1s']['test_accuracy']:.2%} vs "
+        f"{accuracy['30s']['test_accuracy']:.2%} ({accuracy['test_accuracy_difference_points']:+.2f} points) |",
+        f"| KWS client round ({client['client_clips']} clips): ours from cache ({client['ours_local_epochs']} epochs) vs anchor (1 epoch) | "
+        f"{client['ours_round_seconds_from_cache']} s vs {client['anchor_round_seconds']} s: **{client['ratio']}x** |",
+        f"| Pi table here: filter 85k rows (anchor filter vs flwr-datasets) | {pi['filter_85k_rows_seconds']['anchor_dataset_filter']} s vs "
+        f"{pi['filter_85k_rows_seconds']['ours_flwr_datasets_partition']} s |",
+        f"| Pi table here: encode 845 clips (anchor 30 s vs ours 1 s) | {pi['encode_845_clips_seconds']['anchor_30s']} s vs "
+        f"{pi['encode_845_clips_seconds']['ours_1s']} s |",
+        f"| Pi table here: one epoch over 925 clips (anchor vs ours from cache) | {pi['epoch_925_clips_seconds']['anchor_encoder_every_epoch']} s vs "
+        f"{pi['epoch_925_clips_seconds']['ours_from_cache']} s |",
+        f"| Full scale: {full['speakers']} speakers, 100 clients × 10/round, {len(federated) - 1} rounds | test "
+        f"{federated[-1]['test_accuracy']:.2%} (validation {federated[-1]['validation_accuracy']:.2%}) in "
+        f"{full['federated']['wall_seconds']} s |",
+        f"| Full scale, centralized ({full['centralized']['epochs']} epochs) | test {full['centralized']['test_accuracy']:.2%} in "
+        f"{full['centralized']['wall_seconds']} s |",
+    ]
+
+
+SUITES = {"foundation": (bench_foundation, foundation_rows), "kws": (lambda work: kws_bench.bench_kws(work, SMALL), kws_rows)}
+
+
+def update_readme() -> None:
+    rows = ["| measurement | result |", "| --- | --- |"]
+    for name, (_, to_rows) in SUITES.items():
+        path = RESULTS / f"{name}.json"
+        if path.is_file():
+            rows += to_rows(json.loads(path.read_text()))
     readme = ROOT / "README.md"
     text = readme.read_text()
     start, end = "<!-- results:start -->", "<!-- results:end -->"
     head, rest = text.split(start)
     _, tail = rest.split(end)
-    note = f"\n_Measured by `make bench` on {results['machine']['cpus']} CPU cores; JSON in `benchmarks/results/`._\n\n"
+    note = f"\n_Measured by `make bench` on {os.cpu_count()} CPU cores (JSON with every figure in `benchmarks/results/`)._\n\n"
     readme.write_text(head + start + note + "\n".join(rows) + "\n" + end + tail)
 
 
-def main() -> None:
-    work = ROOT / "benchmarks" / "work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    results = bench_foundation(work)
+def main(names: list[str]) -> None:
+    unknown = set(names) - set(SUITES)
+    if unknown:
+        raise SystemExit(f"unknown suite(s) {', '.join(sorted(unknown))}; choose from {', '.join(SUITES)}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "foundation-small.json" if SMALL else "foundation.json"
-    (RESULTS / name).write_text(json.dumps(results, indent=2))
+    for name in names or list(SUITES):
+        work = ROOT / "benchmarks" / "work" / name
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        started = time.perf_counter()
+        results = SUITES[name][0](work)
+        results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "seconds": round(time.perf_counter() - started, 1)}
+        (RESULTS / f"{name}{'-small' if SMALL else ''}.json").write_text(json.dumps(results, indent=2))
+        print(json.dumps(results, indent=2))
     if not SMALL:
-        update_readme(results)
-    json.dump(results, sys.stdout, indent=2)
-    print()
+        update_readme()
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -86,3 +86,10 @@ def test_pyproject_run_config_names_every_option():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert {key.replace("-", "_") for key in config} - {"run_dir", "resume"} == set(KwsOptions().to_config())
     assert KwsOptions.from_config(config) == KwsOptions(corpus=config["corpus"])
+
+
+def test_more_clients_than_training_speakers_stops_before_round_one(options, tmp_path):
+    with pytest.raises(Exception, match="at least as many training speakers"):
+        from fedwhisper.fl.kws_app import run_federation
+
+        run_federation(grid=None, options=KwsOptions(**{**options.to_config(), "num_clients": 500}), run_dir=str(tmp_path / "r"))

@@ -16,7 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from fedwhisper.kws.runlog import RunLog
-from fedwhisper.kws.task import KwsOptions, SplitEvaluator, client_update, head_meta, new_head
+from fedwhisper.kws.task import KwsOptions, SplitEvaluator, client_partitions, client_update, head_meta, new_head
 
 log = logging.getLogger("fedwhisper.kws")
 
@@ -46,6 +46,9 @@ class KwsFedAvg(FedAvg):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
         ok = [r for r in replies if not r.has_error()]
+        for failed in [r for r in replies if r.has_error()][:1]:
+            log.error("round %d: %d of %d clients failed; first reason: %s", server_round, len(replies) - len(ok), len(replies),
+                      failed.error.reason)
         trained = [r for r in ok if not r.content["metrics"].get("skipped", 0)]
         self.last_round = {"clients_trained": len(trained), "clients_skipped": len(ok) - len(trained),
                            "clients_failed": len(replies) - len(ok)}
@@ -72,6 +75,7 @@ def run_federation(grid: Grid, options: KwsOptions, run_dir: str, resume: bool =
     if remaining <= 0:
         log.warning("run %s already has %d of %d rounds", run_dir, start_round, options.rounds)
         return runlog
+    client_partitions(options)  # a corpus too small for the clients fails here, not in every client of every round
     evaluator = SplitEvaluator(options)
     meta = head_meta(options)
     strategy = KwsFedAvg(

@@ -105,11 +105,15 @@ def encode_examples(encoder: FrozenEncoder, examples: KwsExamples, cache_dir: Pa
     return cache.get_or_compute(examples.keys(), lambda indices: encoder(examples.waveforms(indices), progress=progress))
 
 
+def client_partitions(options: KwsOptions):
+    """The flwr-datasets partitioner of this run's training speakers (built once per process)."""
+    return partitioner(str(Path(options.corpus).resolve()), options.keyword_tuple, options.silence_fraction,
+                       options.num_clients, options.seed)
+
+
 def client_examples(options: KwsOptions, partition_id: int) -> KwsExamples:
-    corpus = corpus_for(options)
-    shard = partitioner(str(Path(options.corpus).resolve()), options.keyword_tuple, options.silence_fraction,
-                        options.num_clients, options.seed).load_partition(partition_id)
-    return corpus.examples(shard, seed=options.seed * 7919 + partition_id)
+    shard = client_partitions(options).load_partition(partition_id)
+    return corpus_for(options).examples(shard, seed=options.seed * 7919 + partition_id)
 
 
 def new_head(options: KwsOptions) -> torch.nn.Module:
