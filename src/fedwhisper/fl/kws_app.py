@@ -31,6 +31,7 @@ def train(message: Message, context: Context) -> Message:
     round_number = int(config["server-round"]) + int(config.get("round-offset", 0))
     state = message.content["arrays"].to_torch_state_dict()
     new_state, metrics = client_update(options, int(context.node_config["partition-id"]), state, round_number)
+    # A client too small to train returns the global weights it was sent, marked skipped; KwsFedAvg drops it.
     reply = RecordDict({"arrays": ArrayRecord(new_state if new_state is not None else state), "metrics": MetricRecord(metrics)})
     return Message(content=reply, reply_to=message)
 
@@ -46,12 +47,13 @@ class KwsFedAvg(FedAvg):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
         ok = [r for r in replies if not r.has_error()]
-        for failed in [r for r in replies if r.has_error()][:1]:
-            log.error("round %d: %d of %d clients failed; first reason: %s", server_round, len(replies) - len(ok), len(replies),
-                      failed.error.reason)
+        failures = [r for r in replies if r.has_error()]
+        if failures:
+            log.error("round %d: %d of %d clients failed; first reason: %s", server_round, len(failures), len(replies),
+                      failures[0].error.reason)
         trained = [r for r in ok if not r.content["metrics"].get("skipped", 0)]
         self.last_round = {"clients_trained": len(trained), "clients_skipped": len(ok) - len(trained),
-                           "clients_failed": len(replies) - len(ok)}
+                           "clients_failed": len(failures)}
         if trained:
             metrics = [r.content["metrics"] for r in trained]
             self.last_round |= {
