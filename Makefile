@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Debian packages: TTS voices, the English text source, and the browser for the web-app test.
+# Debian packages: TTS voices (espeak-ng, flite), audio tools, and the English text source (fortunes).
 SYSTEM_PACKAGES := espeak-ng flite sox libsndfile1 fortunes
 EXTRAS := weights,test,sv
 export FEDWHISPER_HOME ?= $(CURDIR)/.fedwhisper
