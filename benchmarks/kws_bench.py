@@ -25,6 +25,17 @@ def _seconds(function, *args):
     return time.perf_counter() - started, result
 
 
+def encoder_macs(encoder: FrozenEncoder) -> int:
+    """Multiply-adds of one encoder pass at ``encoder``'s window, from the model's shapes: the arithmetic bound
+    on how much cheaper a shorter window can be (convolutions and linear layers scale with length, attention with its square)."""
+    config = encoder.encoder.config
+    d, ffn, layers, frames, positions = config.d_model, config.encoder_ffn_dim, config.encoder_layers, encoder.frames, encoder.positions
+    convolutions = frames * d * config.num_mel_bins * 3 + positions * d * d * 3
+    per_token = 4 * d * d + 2 * d * ffn  # q, k, v, out projections and the two feed-forward layers
+    attention = 2 * positions * positions * d  # scores and weighted sum
+    return int(convolutions + layers * (positions * per_token + attention))
+
+
 def encoder_cost(corpus: KwsCorpus, clips_short: int, clips_long: int, repeats: int = 5) -> dict:
     """Benchmark 1: seconds per 1-s clip, log-mel included, at the 1-s window and padded to 30 s.
     Each repetition times both in turn, so machine noise hits both sides; the median ratio is reported."""
@@ -43,6 +54,8 @@ def encoder_cost(corpus: KwsCorpus, clips_short: int, clips_long: int, repeats: 
     per_long = float(np.median([p[1] for p in pairs]))
     return {"ms_per_clip_1s_window": round(1000 * per_short, 2), "ms_per_clip_30s_padding": round(1000 * per_long, 1),
             "ratio": round(float(np.median(ratios)), 1), "ratio_range": [round(ratios[0], 1), round(ratios[-1], 1)],
+            "multiply_adds": {"1s": encoder_macs(short), "30s": encoder_macs(long),
+                              "ratio": round(encoder_macs(long) / encoder_macs(short), 1)},
             "repeats": repeats, "clips_timed": {"1s": clips_short, "30s": clips_long}}
 
 
