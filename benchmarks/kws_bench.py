@@ -15,8 +15,8 @@ from fedwhisper.features.encoder import FrozenEncoder
 from fedwhisper.kws.data import KwsCorpus, speaker_partitioner
 from fedwhisper.kws.model import build_head, parameter_count
 from fedwhisper.kws.simulate import simulate
-from fedwhisper.kws.task import KwsOptions, train_centralized
-from fedwhisper.kws.train import TrainOptions, train_head
+from fedwhisper.kws.task import KwsOptions, encode_examples, train_centralized
+from fedwhisper.kws.train import TrainOptions, evaluate_head, train_head
 
 
 def _seconds(function, *args):
@@ -62,9 +62,6 @@ def encoder_cost(corpus: KwsCorpus, clips_short: int, clips_long: int, repeats: 
 def window_accuracy(corpus: KwsCorpus, work: Path, train_speakers: int, epochs: int) -> dict:
     """Benchmark 1b: the same head, trained centrally on the same clips of ``train_speakers`` training speakers,
     tested on every test speaker of the corpus, at the 1-s window and padded to 30 s."""
-    from fedwhisper.kws.task import encode_examples
-    from fedwhisper.kws.train import evaluate_head
-
     speakers = sorted(set(corpus.splits["train"]["speaker_id"]))[:train_speakers]
     chosen = set(speakers)
     train = corpus.examples(corpus.splits["train"].filter(lambda row: row["speaker_id"] in chosen), seed=1)
@@ -107,8 +104,6 @@ def client_round_cost(corpus: KwsCorpus, options: KwsOptions, work: Path) -> dic
     waveforms = examples.waveforms(list(range(len(examples))))
     short = FrozenEncoder(options.model, 1.0)
     cache = work / "cache-client"
-    from fedwhisper.kws.task import encode_examples
-
     first_seconds, (features, _) = _seconds(encode_examples, short, examples, cache)
     head = build_head("pooled", short.positions, short.d_model, len(corpus.classes))
 

@@ -115,8 +115,7 @@ def build_server_app(overrides: dict | None = None, on_round: Callable[[dict], N
     def main(grid: Grid, context: Context) -> None:
         config = {**context.run_config, **(overrides or {})}
         options = KwsOptions.from_config(config)
-        run_federation(grid, options, str(config.get("run-dir") or config.get("run_dir") or "runs/kws"),
-                       bool(config.get("resume", False)), on_round)
+        run_federation(grid, options, str(config["run-dir"]), bool(config["resume"]), on_round)
 
     return app
 

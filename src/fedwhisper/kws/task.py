@@ -20,6 +20,10 @@ from fedwhisper.kws.train import TrainOptions, evaluate_head, train_head
 from fedwhisper.models.registry import fedwhisper_home
 
 
+# How a run-config value (TOML scalar or ConfigRecord entry) becomes each field's type.
+_COERCE = {"int": int, "float": float, "str": str, "bool": lambda v: v if isinstance(v, bool) else str(v).lower() == "true"}
+
+
 @dataclass(frozen=True)
 class KwsOptions:
     """One run's settings. Flat scalars and strings, so they travel in a Flower ConfigRecord and a pyproject run config."""
@@ -50,8 +54,7 @@ class KwsOptions:
         for key, value in dict(config).items():
             name = key.replace("-", "_")
             if name in known:
-                kind = {"int": int, "float": float, "str": str, "bool": lambda v: v if isinstance(v, bool) else str(v).lower() == "true"}[known[name]]
-                values[name] = kind(value)
+                values[name] = _COERCE[known[name]](value)
         return cls(**values)
 
     def to_config(self) -> dict:
