@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -18,7 +19,9 @@ data_app = typer.Typer(help="Speech corpora: synthesise, inspect and check.", no
 kws_app = typer.Typer(help="Keyword spotting: a frozen Whisper encoder plus a small head, federated with Flower.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+asr_app = typer.Typer(help="Speech recognition: prepare features, fine-tune, evaluate, tune hyper-parameters.", no_args_is_help=True)
 app.add_typer(kws_app, name="kws")
+app.add_typer(asr_app, name="asr")
 console = Console()
 
 
@@ -376,3 +379,259 @@ def demo(
         f"WER {result.wer:.1%} over {len(result.references)} clips; {result.audio_seconds:.1f} s of audio "
         f"transcribed in {result.transcribe_seconds:.1f} s ({result.audio_seconds / result.transcribe_seconds:.1f}x real time)"
     )
+
+
+@asr_app.command("prepare")
+def asr_prepare(
+    data: Annotated[str, typer.Argument(help="corpus directory (audiofolder, Common Voice) or hub dataset id")],
+    out: Annotated[Path, typer.Option(help="where the prepared features go (datasets Arrow)")],
+    model: Annotated[str, typer.Option(help="whose feature extractor and tokenizer: packaged name, model directory or hub id")] = "tiny.en",
+    language: Annotated[str, typer.Option(help="the corpus language (label prompt of multilingual models)")] = "en",
+    task: Annotated[str, typer.Option(help="transcribe, or translate (labels are English translations)")] = "transcribe",
+    num_proc: Annotated[int, typer.Option(help="parallel worker processes")] = 2,
+    shard_size: Annotated[int, typer.Option(help="clips per resumable shard")] = 256,
+    validation_speakers: Annotated[int | None, typer.Option(help="training speakers held out as validation when the corpus has none [10 %]")] = None,
+) -> None:
+    """CPU feature pipeline: log-mel features and tokenised labels, saved once; resumable; bad clips dropped and reported."""
+    from fedwhisper.asr.prepare import REPORT, PrepareOptions, prepare_features
+    from fedwhisper.models.registry import ModelNotAvailableError
+
+    options = PrepareOptions(language=language, task=task, num_proc=num_proc, shard_size=shard_size, validation_speakers=validation_speakers)
+    try:
+        report = prepare_features(data, model, out, options)
+    except (ValueError, FileNotFoundError, FileExistsError, ModelNotAvailableError) as error:
+        raise _fail(str(error)) from None
+    table = Table("split", "kept", "hours", "speakers", "dropped", "why")
+    for split, row in report["splits"].items():
+        why = ", ".join(f"{count} {reason}" for reason, count in row["dropped_by_reason"].items())
+        table.add_row(split, str(row["kept"]), f"{row['hours']:.2f}", str(row["speakers"] or "-"), str(row["dropped"]), escape(why or "-"))
+    console.print(table)
+    console.print(f"features in {out}; dropped clips listed in {out / REPORT}")
+
+
+def _train_config(values: dict):
+    from fedwhisper.asr.train import TrainConfig
+
+    return TrainConfig.from_dict(values)
+
+
+@asr_app.command("train")
+def asr_train(
+    features: Annotated[Path | None, typer.Argument(help="prepared features (`asr prepare`); not needed with --resume")] = None,
+    out: Annotated[Path | None, typer.Option(help="run directory: checkpoints, metrics.csv, curves.png, best/")] = None,
+    resume: Annotated[Path | None, typer.Option(help="continue this run directory exactly where it stopped")] = None,
+    model: Annotated[str, typer.Option(help="starting model: packaged name, model directory or hub id")] = "tiny.en",
+    mode: Annotated[str, typer.Option(help="full, frozen-encoder, decoder-only or lora")] = "decoder-only",
+    learning_rate: Annotated[float, typer.Option()] = 1e-4,
+    warmup_steps: Annotated[int, typer.Option()] = 20,
+    max_steps: Annotated[int, typer.Option(help="optimizer steps")] = 300,
+    epochs: Annotated[float | None, typer.Option(help="passes over the training split (instead of --max-steps)")] = None,
+    batch_size: Annotated[int, typer.Option()] = 16,
+    gradient_accumulation: Annotated[int, typer.Option()] = 1,
+    spec_augment: Annotated[bool, typer.Option(help="SpecAugment masks on the log-mel (runs the encoder every step)")] = False,
+    dropout: Annotated[float, typer.Option()] = 0.0,
+    lora_rank: Annotated[int, typer.Option()] = 32,
+    eval_every: Annotated[int, typer.Option(help="steps between evaluations (WER, CER)")] = 100,
+    save_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 100,
+    log_every: Annotated[int, typer.Option(help="steps between training-loss rows")] = 10,
+    eval_clips: Annotated[int, typer.Option(help="evaluation clips (0: the whole split)")] = 200,
+    language: Annotated[str | None, typer.Option(help="[the language the features were prepared for]")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Fine-tune Whisper on prepared features; evaluates, checkpoints, keeps the best model by WER, resumes exactly."""
+    from fedwhisper.asr.prepare import load_features
+    from fedwhisper.asr.train import fine_tune
+    from fedwhisper.models.registry import ModelNotAvailableError, fedwhisper_home, load_whisper
+
+    try:
+        if resume:
+            saved = json.loads((resume / "run.json").read_text()) if (resume / "run.json").is_file() else None
+            if saved is None:
+                raise FileNotFoundError(f"{resume}: not a run directory (no run.json)")
+            out, features, model = resume, Path(saved["features"]), saved["model"]
+            config = _train_config(json.loads((resume / "config.json").read_text()))
+        else:
+            if features is None:
+                raise ValueError("give FEATURES (or --resume RUN)")
+            out = out or fedwhisper_home() / "runs" / f"asr-{time.strftime('%Y%m%d-%H%M%S')}"
+            config = _train_config(dict(
+                mode=mode, learning_rate=learning_rate, warmup_steps=warmup_steps, max_steps=max_steps, epochs=epochs, batch_size=batch_size,
+                gradient_accumulation=gradient_accumulation, spec_augment=spec_augment, dropout=dropout, lora_rank=lora_rank,
+                lora_alpha=2 * lora_rank, eval_every=eval_every, save_every=save_every, log_every=log_every, eval_clips=eval_clips or None,
+                language=language, seed=seed))
+        dataset, manifest = load_features(features)
+        if config.language is None:
+            config = dataclasses.replace(config, language=manifest["options"]["language"])
+        eval_split = "validation" if "validation" in dataset else "test"
+        model_obj, processor = load_whisper(model) if config.dropout == 0 else _load_with_dropout(model, config.dropout)
+        if len(processor.tokenizer) != manifest["vocab_size"]:
+            raise ValueError(f"{features} was prepared with another tokenizer ({manifest['model']}); prepare it again for {model}")
+        if not resume:
+            out.mkdir(parents=True, exist_ok=True)
+            if (out / "run.json").is_file():
+                raise FileExistsError(f"{out} already holds a run; pass --resume {out} to continue it")
+            (out / "run.json").write_text(json.dumps({"features": str(features.resolve()), "model": model, "eval_split": eval_split}, indent=2))
+        console.print(f"run directory: {out} ({config.mode}, {config.total_steps(len(dataset['train']))} steps, evaluating on {eval_split})")
+        result = fine_tune(model_obj, processor, dataset["train"], config, eval_set=dataset[eval_split], run_dir=out, resume=bool(resume))
+    except (ValueError, FileNotFoundError, FileExistsError, ModelNotAvailableError, KeyError) as error:
+        raise _fail(str(error)) from None
+    best = f"best WER {result.best_wer:.2%} at step {result.best_step}" if result.best_wer is not None else "no evaluation"
+    console.print(f"finished at step {result.step}: {best}; {result.samples_per_second:.1f} samples/s; model in {out / 'best'}")
+
+
+def _load_with_dropout(model: str, dropout: float):
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from fedwhisper.models.registry import resolve_model
+
+    location = resolve_model(model)
+    return WhisperForConditionalGeneration.from_pretrained(location, dropout=dropout), WhisperProcessor.from_pretrained(location)
+
+
+@asr_app.command("evaluate")
+def asr_evaluate(
+    data: Annotated[Path, typer.Argument(help="prepared features (`asr prepare`) or a corpus directory")],
+    model: Annotated[str, typer.Option(help="packaged name, model directory (e.g. RUN/best) or hub id")] = "tiny.en",
+    split: Annotated[str, typer.Option(help="which split")] = "test",
+    language: Annotated[str | None, typer.Option(help="multilingual models: the spoken language [from the features, or detected]")] = None,
+    task: Annotated[str, typer.Option(help="transcribe or translate")] = "transcribe",
+    batch_size: Annotated[int, typer.Option()] = 16,
+    num_beams: Annotated[int, typer.Option()] = 1,
+    limit: Annotated[int, typer.Option(help="first N clips only (0: all)")] = 0,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="per-utterance CSV [DATA-SPLIT-wer.csv in the current directory]")] = None,
+) -> None:
+    """WER and CER (after Whisper's normalisers) with batched generation; a per-utterance CSV."""
+    import tempfile
+
+    from fedwhisper.asr.batches import AsrBatches
+    from fedwhisper.asr.evaluate import evaluate_batches, speaker_wer, write_rows
+    from fedwhisper.asr.prepare import MANIFEST, PrepareOptions, load_features, prepare_features
+    from fedwhisper.models.registry import ModelNotAvailableError, load_whisper
+    from fedwhisper.transcribe import DecodingOptions
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="fedwhisper-eval-") as scratch:
+            if not (data / MANIFEST).is_file():  # a corpus: prepare its features for this model first
+                prepare_features(data, model, Path(scratch) / "features", PrepareOptions(language=language or "en", task=task, validation_speakers=0))
+                features_dir = Path(scratch) / "features"
+            else:
+                features_dir = data
+            dataset, manifest = load_features(features_dir)
+            if split not in dataset:
+                raise ValueError(f"{data} has no {split} split (it has {', '.join(dataset)})")
+            rows = dataset[split].select(range(min(limit, len(dataset[split])))) if limit else dataset[split]
+            model_obj, processor = load_whisper(model)
+            options = DecodingOptions(language=language or manifest["options"]["language"], task=task, batch_size=batch_size, num_beams=num_beams)
+            started = time.perf_counter()
+            result = evaluate_batches(model_obj, processor.tokenizer, AsrBatches(rows, model_obj.config.decoder_start_token_id), options, progress=True)
+            seconds = time.perf_counter() - started
+    except (ValueError, FileNotFoundError, ModelNotAvailableError) as error:
+        raise _fail(str(error)) from None
+    csv_out = csv_out or Path(f"{data.name}-{split}-wer.csv")
+    write_rows(result["rows"], csv_out)
+    audio_seconds = float(sum(rows["duration"]))
+    table = Table("speaker", "WER", title=f"{model} on {data} ({split})")
+    for speaker, wer in speaker_wer(result["rows"], options.language).items():
+        table.add_row(escape(speaker or "-"), f"{wer:.2%}")
+    console.print(table)
+    console.print(f"WER {result['wer']:.2%}  CER {result['cer']:.2%} over {len(rows)} clips; {audio_seconds:.0f} s of audio in "
+                  f"{seconds:.1f} s ({audio_seconds / seconds:.1f}x real time); per-utterance CSV {csv_out}")
+
+
+@asr_app.command("tune")
+def asr_tune(
+    features: Annotated[Path, typer.Argument(help="prepared features; trials are judged on the validation split")],
+    out: Annotated[Path, typer.Option(help="study directory (study.db, trial runs, report.json); run again to resume")],
+    model: Annotated[str, typer.Option(help="starting model")] = "tiny.en",
+    mode: Annotated[str, typer.Option(help="full, frozen-encoder, decoder-only or lora")] = "lora",
+    trials: Annotated[int, typer.Option(help="finished trials the study should hold")] = 10,
+    sampler: Annotated[str, typer.Option(help="tpe, random or grid")] = "tpe",
+    min_steps: Annotated[int, typer.Option(help="shortest trial")] = 50,
+    max_steps: Annotated[int, typer.Option(help="longest trial")] = 150,
+    eval_every: Annotated[int, typer.Option(help="steps between the WER reports that pruning judges")] = 25,
+    batch_size: Annotated[int, typer.Option()] = 16,
+    eval_clips: Annotated[int, typer.Option(help="validation clips per evaluation")] = 100,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Optuna search over learning rate, warmup, steps, dropout (and LoRA rank), pruned on intermediate WER."""
+    from fedwhisper.asr.prepare import load_features
+    from fedwhisper.asr.tune import TuneOptions, tune
+
+    try:
+        _, manifest = load_features(features)
+        base = _train_config(dict(mode=mode, batch_size=batch_size, eval_every=eval_every, log_every=eval_every, eval_clips=eval_clips,
+                                  language=manifest["options"]["language"], seed=seed))
+        report = tune(model, features, out, base, TuneOptions(trials=trials, sampler=sampler, min_steps=min_steps, max_steps=max_steps, seed=seed))
+    except (ValueError, FileNotFoundError) as error:
+        raise _fail(str(error)) from None
+    table = Table("trial", "state", "WER", "parameters", "last step", title=report["metric"])
+    for trial in report["trials"]:
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial["params"].items())
+        table.add_row(str(trial["number"]), trial["state"], f"{trial['wer']:.2%}" if trial["wer"] is not None else "-", escape(params), str(trial["last_step"] or "-"))
+    console.print(table)
+    if report["best"]:
+        console.print(f"best: trial {report['best']['trial']}, WER {report['best']['wer']:.2%}, model {report['best']['model_dir']}")
+    console.print(f"report in {out / 'report.json'}")
+
+
+@app.command()
+def transcribe(
+    files: Annotated[list[Path], typer.Argument(help="audio files of any length (wav, flac, ogg, mp3)")],
+    model: Annotated[str, typer.Option(help="packaged name, model directory (e.g. RUN/best) or hub id")] = "tiny.en",
+    language: Annotated[str | None, typer.Option(help="spoken language [detected]")] = None,
+    task: Annotated[str, typer.Option(help="transcribe, or translate into English (multilingual models)")] = "transcribe",
+    output_format: Annotated[list[str], typer.Option("--format", "-f", help="txt, srt, vtt, json (repeat for several)")] = ["txt"],  # noqa: B006
+    out_dir: Annotated[Path, typer.Option(help="where the transcripts go")] = Path("."),
+    batch_size: Annotated[int, typer.Option(help="30-s chunks decoded together")] = 8,
+    num_beams: Annotated[int, typer.Option()] = 1,
+) -> None:
+    """Transcribe (or translate) audio of any length: 30-s chunks with overlap, segment timestamps, txt/srt/vtt/json."""
+    from tqdm.auto import tqdm
+
+    from fedwhisper.audio import AudioError
+    from fedwhisper.models.registry import ModelNotAvailableError, load_whisper
+    from fedwhisper.transcribe import OUTPUT_FORMATS, DecodingOptions, LongFormTranscriber, generation_kwargs, transcribe_file, write_transcript
+
+    unknown = [f for f in output_format if f not in OUTPUT_FORMATS]
+    if unknown:
+        raise _fail(f"unknown format {', '.join(unknown)}; choose from {', '.join(OUTPUT_FORMATS)}")
+    try:
+        model_obj, processor = load_whisper(model)
+        options = DecodingOptions(language=language, task=task, batch_size=batch_size, num_beams=num_beams)
+        generation_kwargs(model_obj, options)  # refuse an impossible language/task before any audio is read
+    except (ValueError, ModelNotAvailableError) as error:
+        raise _fail(str(error)) from None
+    transcriber = LongFormTranscriber(model_obj, processor, batch_size=batch_size)
+    failed, audio_seconds, started = 0, 0.0, time.perf_counter()
+    for file in tqdm(files, desc="transcribe", unit="file", disable=len(files) < 2):
+        try:
+            transcript = transcribe_file(transcriber, file, options)
+        except AudioError as error:
+            console.print(f"[red]skipped[/red] {escape(str(error))}")
+            failed += 1
+            continue
+        audio_seconds += transcript.duration
+        written = write_transcript(transcript, out_dir, output_format)
+        console.print(f"[bold]{escape(str(file))}[/bold] ({transcript.language}, {transcript.duration:.1f} s): {escape(transcript.text)}")
+        console.print(f"  -> {', '.join(str(p) for p in written)}")
+    seconds = time.perf_counter() - started
+    if audio_seconds:
+        console.print(f"{audio_seconds:.1f} s of audio in {seconds:.1f} s ({audio_seconds / seconds:.1f} audio seconds per second)")
+    if failed:
+        raise typer.Exit(code=1)
+
+
+@app.command("app")
+def web_app(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 7860,
+    model: Annotated[list[str] | None, typer.Option(help="models offered (repeat); default: imported models and fine-tuned runs")] = None,
+) -> None:
+    """A Gradio web app: upload or record audio, pick a model, get the transcript and an English translation."""
+    from fedwhisper.serve.app import build_app, discover_models
+
+    choices = model or discover_models()
+    if not choices:
+        raise _fail("no models found: import one (`fedwhisper models import tiny.en`) or pass --model")
+    console.print(f"models: {', '.join(choices)}")
+    build_app(choices).launch(server_name=host, server_port=port)

@@ -22,6 +22,15 @@ from fedwhisper.models.registry import resolve_model
 HOP_LENGTH = 160  # samples per mel frame
 
 
+def weights_fingerprint(module: nn.Module, salt: str = "") -> str:
+    """A short hash of ``module``'s weights (and ``salt``): the identity under which its outputs are cached."""
+    digest = hashlib.sha256(salt.encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to(torch.float32).numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
 class FrozenEncoder:
     """Whisper encoder outputs for fixed-length windows: ``[clips, positions, d_model]`` float16."""
 
@@ -43,15 +52,8 @@ class FrozenEncoder:
         self.feature_extractor = WhisperFeatureExtractor.from_pretrained(location)
         self.d_model = config.d_model
         self.positions = (self.frames + 1) // 2  # conv2 has stride 2
-        self.fingerprint = self._fingerprint()
-
-    def _fingerprint(self) -> str:
-        """Identity of (weights, window): a cache written under another model or window is never reused."""
-        digest = hashlib.sha256(f"{self.window_samples}".encode())
-        for name, tensor in sorted(self.encoder.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().to(torch.float32).numpy().tobytes())
-        return digest.hexdigest()[:20]
+        # a cache written under another model or window is never reused
+        self.fingerprint = weights_fingerprint(self.encoder, f"{self.window_samples}")
 
     def log_mel(self, clips: Sequence[np.ndarray]) -> torch.Tensor:
         """Log-mel features of each clip padded or cut to the window: ``[clips, n_mels, frames]``."""

@@ -1,0 +1,137 @@
+"""Model inputs from prepared features: 30-s log-mels, or, when the encoder is frozen, its outputs computed once.
+
+On a CPU the encoder over a 30-s window is most of a training step's cost, and a frozen encoder gives the same
+outputs every epoch, every evaluation and every tuning trial, so they are computed once and kept on disk, keyed by
+the encoder's weights and the dataset's fingerprint (as the keyword-spotting feature cache is).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fedwhisper.asr.prepare import full_features
+from fedwhisper.features.encoder import weights_fingerprint
+
+IGNORE_INDEX = -100  # label positions the loss skips
+
+
+def log_mel_batch(dataset, indices: Sequence[int]) -> torch.Tensor:
+    """``[batch, n_mels, 3000]`` float32 Whisper inputs for rows ``indices`` of a prepared split."""
+    rows = dataset.with_format("numpy")[list(indices)]["input_features"]
+    return torch.from_numpy(np.stack([full_features(stored) for stored in rows]))
+
+
+def label_batch(label_lists: Sequence[Sequence[int]], decoder_start_token_id: int) -> torch.Tensor:
+    """Padded targets: the model prepends the decoder start itself, so a leading start token is dropped."""
+    lists = [list(ids[1:]) if len(ids) and ids[0] == decoder_start_token_id else list(ids) for ids in label_lists]
+    labels = torch.full((len(lists), max(map(len, lists))), IGNORE_INDEX, dtype=torch.long)
+    for row, ids in enumerate(lists):
+        labels[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return labels
+
+
+class EncoderOutputCache:
+    """Encoder outputs ``[rows, positions, d_model]`` float16 of one split under one encoder.
+
+    Stored as chunk files under ``root/<encoder fingerprint>-<dataset fingerprint>/``; a chunk is written to a
+    temporary name and renamed, so an interrupted computation resumes at the first missing chunk.
+    """
+
+    def __init__(self, root: str | os.PathLike, encoder: torch.nn.Module, dataset, chunk_rows: int = 64, batch_size: int = 8):
+        self.encoder = encoder
+        self.dataset = dataset
+        self.chunk_rows = chunk_rows
+        self.batch_size = batch_size
+        self.directory = Path(root) / f"{weights_fingerprint(encoder)}-{dataset._fingerprint}"
+        self._chunks: dict[int, np.ndarray] = {}
+
+    def _chunk_path(self, chunk: int) -> Path:
+        return self.directory / f"chunk-{chunk:05d}.npy"
+
+    def compute(self, progress: bool = True) -> int:
+        """Encode every row not stored yet; returns how many rows were encoded now."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        missing = [c for c in range(-(-len(self.dataset) // self.chunk_rows)) if not self._chunk_path(c).is_file()]
+        rows_done = 0
+        with tqdm(total=sum(self._chunk_size(c) for c in missing), desc="encode (frozen encoder, once)", unit="clip", disable=not progress or not missing) as bar:
+            for chunk in missing:
+                start = chunk * self.chunk_rows
+                indices = range(start, start + self._chunk_size(chunk))
+                outputs = []
+                for first in range(0, len(indices), self.batch_size):
+                    batch = indices[first : first + self.batch_size]
+                    with torch.inference_mode():
+                        hidden = self.encoder(log_mel_batch(self.dataset, batch).to(self._device)).last_hidden_state
+                    outputs.append(hidden.float().cpu().numpy().astype(np.float16))
+                    bar.update(len(batch))
+                partial = self._chunk_path(chunk).with_suffix(".partial.npy")
+                np.save(partial, np.concatenate(outputs))
+                os.replace(partial, self._chunk_path(chunk))
+                rows_done += len(indices)
+        return rows_done
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.encoder.parameters()).device
+
+    def _chunk_size(self, chunk: int) -> int:
+        return min(self.chunk_rows, len(self.dataset) - chunk * self.chunk_rows)
+
+    def rows(self, indices: Sequence[int]) -> torch.Tensor:
+        out = []
+        for index in indices:
+            chunk = index // self.chunk_rows
+            if chunk not in self._chunks:
+                if not self._chunk_path(chunk).is_file():
+                    raise RuntimeError(f"encoder outputs for row {index} are missing from {self.directory}; call compute() first")
+                self._chunks[chunk] = np.load(self._chunk_path(chunk), mmap_mode="r")
+            out.append(self._chunks[chunk][index % self.chunk_rows])
+        return torch.from_numpy(np.stack(out).astype(np.float32))
+
+
+class AsrBatches:
+    """Batches of one prepared split in a reproducible order: epoch ``e`` is a permutation drawn from (seed, e), so
+    micro-batch ``k`` is the same batch in every run, which is what lets training resume exactly."""
+
+    def __init__(self, dataset, decoder_start_token_id: int, encoder_outputs: EncoderOutputCache | None = None):
+        self.dataset = dataset
+        self.decoder_start_token_id = decoder_start_token_id
+        self.encoder_outputs = encoder_outputs
+        self._labels = dataset["labels"]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batch(self, indices: Sequence[int]) -> dict:
+        """Keyword arguments for ``WhisperForConditionalGeneration``: labels plus input_features or encoder_outputs."""
+        inputs = {"labels": label_batch([self._labels[i] for i in indices], self.decoder_start_token_id)}
+        if self.encoder_outputs is not None:
+            inputs["encoder_outputs"] = (self.encoder_outputs.rows(indices),)
+        else:
+            inputs["input_features"] = log_mel_batch(self.dataset, indices)
+        return inputs
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        return -(-len(self) // batch_size)
+
+    def micro_batches(self, batch_size: int, seed: int, start: int = 0, count: int | None = None) -> Iterator[dict]:
+        """Micro-batches ``start``, ``start + 1``, … (``count`` of them, or forever) of the epoch-permuted order."""
+        per_epoch = self.batches_per_epoch(batch_size)
+        k = start
+        while count is None or k < start + count:
+            epoch, position = divmod(k, per_epoch)
+            order = np.random.default_rng([seed, epoch]).permutation(len(self))
+            yield self.batch(order[position * batch_size : (position + 1) * batch_size].tolist())
+            k += 1
+
+    def in_order(self, batch_size: int) -> Iterator[tuple[list[int], dict]]:
+        """(row indices, batch) over the split once, in row order: for evaluation."""
+        for start in range(0, len(self), batch_size):
+            indices = list(range(start, min(start + batch_size, len(self))))
+            yield indices, self.batch(indices)

@@ -1,0 +1,211 @@
+"""CPU feature pipeline: any corpus -> log-mel features + tokenised labels, saved once as datasets Arrow.
+
+Features are stored compact: Whisper pads every clip to 30 s, and every padded frame of its log-mel holds the same
+value, the clip's floor (Whisper clamps at 8 log10 units under the peak, then scales by 1/4: floor = max - 2), so only
+the frames that hold audio are stored ([frames, n_mels] float16) and :func:`full_features` rebuilds the 30-s input. Work is done in shards that are saved as they finish, so an
+interrupted run resumes at the first missing shard; clips a training job must not see are dropped and reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedwhisper.audio import SAMPLE_RATE, AudioError, load_audio
+
+HOP_LENGTH = 160
+WINDOW_FRAMES = 3000  # Whisper's 30-s input
+MAX_SECONDS = 30.0
+MAX_LABEL_TOKENS = 448  # the decoder's positions
+MANIFEST = "fedwhisper_features.json"
+REPORT = "prepare_report.json"
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    language: str = "en"
+    task: str = "transcribe"
+    num_proc: int = 1
+    shard_size: int = 256
+    validation_speakers: int | None = None  # carved from training speakers when the corpus has no validation split; None: ~10 %
+    seed: int = 0
+
+
+def stored_frames(samples: int) -> int:
+    """Frames that can hold audio; every later frame of the 30-s log-mel equals the clip's floor value."""
+    return min(WINDOW_FRAMES, math.ceil(samples / HOP_LENGTH) + 2)
+
+
+def label_ids(tokenizer, text: str, multilingual: bool, language: str, task: str) -> list[int]:
+    """Decoder targets: Whisper's prompt tokens, the text (with the leading space Whisper's own outputs have), end of text."""
+    if multilingual:
+        tokenizer.set_prefix_tokens(language=language, task=task, predict_timestamps=False)
+    return tokenizer(" " + text.strip()).input_ids
+
+
+def _featurise(batch: dict, processor, multilingual: bool, language: str, task: str) -> dict:
+    features, labels, reasons, durations = [], [], [], []
+    n_mels = processor.feature_extractor.feature_size
+    empty = np.zeros((0, n_mels), dtype=np.float16)
+    for entry, text in zip(batch["audio"], batch["transcription"]):
+        reason, stored, ids, seconds = "", empty, [], 0.0
+        try:
+            if not (text or "").strip():
+                raise ValueError("empty transcript")
+            ids = label_ids(processor.tokenizer, text, multilingual, language, task)
+            if len(ids) > MAX_LABEL_TOKENS:
+                raise ValueError(f"label is {len(ids)} tokens, over {MAX_LABEL_TOKENS}")
+            audio = load_audio(entry, max_seconds=MAX_SECONDS)
+            seconds = audio.size / SAMPLE_RATE
+            full = processor.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features[0]
+            stored = full[:, : stored_frames(audio.size)].T.astype(np.float16)
+        except (AudioError, ValueError) as error:
+            reason, ids = str(error), []
+        features.append(stored)
+        labels.append(ids)
+        reasons.append(reason)
+        durations.append(round(seconds, 3))
+    paths = [entry.get("path") or "" for entry in batch["audio"]]
+    return {"input_features": features, "labels": labels, "drop_reason": reasons, "duration": durations, "path": paths}
+
+
+def _with_validation_split(corpus, count: int | None, seed: int):
+    """Hold out whole training speakers as a validation split (for checkpoint choice and tuning) if none exists."""
+    import datasets
+
+    if "validation" in corpus or "train" not in corpus or "speaker_id" not in corpus["train"].column_names:
+        return corpus
+    speakers = sorted(set(corpus["train"]["speaker_id"]))
+    count = max(1, round(0.1 * len(speakers))) if count is None else count
+    if count <= 0 or len(speakers) < 2:
+        return corpus
+    held = set(np.random.default_rng(seed).choice(speakers, size=min(count, len(speakers) - 1), replace=False).tolist())
+    train = corpus["train"]
+    in_held = [speaker in held for speaker in train["speaker_id"]]
+    splits = dict(corpus)
+    splits["train"] = train.select([i for i, held_row in enumerate(in_held) if not held_row])
+    splits["validation"] = train.select([i for i, held_row in enumerate(in_held) if held_row])
+    return datasets.DatasetDict(splits)
+
+
+def prepare_features(source, model: str, out: str | Path, options: PrepareOptions = PrepareOptions(), progress: bool = True) -> dict:
+    """Write ``out`` (a datasets DatasetDict on disk) and return the report of kept and dropped clips per split."""
+    import datasets
+    from transformers import WhisperProcessor
+
+    from fedwhisper.data.corpus import load_corpus
+    from fedwhisper.models.registry import resolve_model
+
+    out = Path(out)
+    location = resolve_model(model)
+    processor = WhisperProcessor.from_pretrained(location)
+    generation = json.loads((Path(location) / "generation_config.json").read_text()) if Path(location).is_dir() else {}
+    multilingual = bool(generation.get("is_multilingual", len(processor.tokenizer) > 51865))
+    corpus = _with_validation_split(load_corpus(source), options.validation_speakers, options.seed)
+    manifest = {
+        "source": str(source), "model": str(model), "vocab_size": len(processor.tokenizer),
+        "n_mels": processor.feature_extractor.feature_size, "multilingual": multilingual,
+        "options": asdict(options) | {"num_proc": None},  # parallelism does not change the result
+    }
+    work = out / ".shards"
+    manifest_path = out / MANIFEST
+    if manifest_path.is_file() and json.loads(manifest_path.read_text()) != manifest:
+        raise FileExistsError(f"{out} holds features prepared from other inputs ({manifest_path}); choose a new directory or delete it")
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+
+    report: dict = {"splits": {}}
+    finished = {}
+    for split, dataset in corpus.items():
+        shards = []
+        for index, start in enumerate(range(0, len(dataset), options.shard_size)):
+            shard_dir = work / split / f"shard-{index:05d}"
+            if not (shard_dir / "dataset_info.json").is_file():
+                rows = dataset.select(range(start, min(start + options.shard_size, len(dataset))))
+                processes = min(options.num_proc, len(rows))
+                featurised = rows.map(
+                    _featurise, batched=True, batch_size=16, remove_columns=["audio"],
+                    fn_kwargs={"processor": processor, "multilingual": multilingual, "language": options.language, "task": options.task},
+                    num_proc=processes if processes > 1 else None,
+                    features=_feature_types(rows, manifest["n_mels"]),
+                    desc=f"prepare {split} {start}-{start + len(rows)} of {len(dataset)}", load_from_cache_file=False,
+                )
+                partial = shard_dir.with_name(shard_dir.name + ".partial")
+                shutil.rmtree(partial, ignore_errors=True)
+                featurised.save_to_disk(str(partial))
+                shutil.rmtree(shard_dir, ignore_errors=True)
+                os.replace(partial, shard_dir)
+            shards.append(datasets.load_from_disk(str(shard_dir)))
+        combined = datasets.concatenate_datasets(shards) if shards else dataset.remove_columns(["audio"])
+        reasons = combined["drop_reason"] if len(combined) else []
+        dropped = [{"path": path, "reason": reason} for path, reason in zip(combined["path"] if len(combined) else [], reasons) if reason]
+        kept = combined.filter(lambda reason: not reason, input_columns="drop_reason").remove_columns("drop_reason")
+        finished[split] = kept
+        report["splits"][split] = {
+            "kept": len(kept), "dropped": len(dropped), "hours": round(sum(kept["duration"]) / 3600, 3) if len(kept) else 0.0,
+            "speakers": len(set(kept["speaker_id"])) if "speaker_id" in kept.column_names else None,
+            "dropped_by_reason": _count_reasons(dropped), "dropped_clips": dropped[:200],
+        }
+    final = datasets.DatasetDict(finished)
+    staging = out / ".dataset.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    final.save_to_disk(str(staging))
+    for split in final:
+        shutil.rmtree(out / split, ignore_errors=True)
+        os.replace(staging / split, out / split)
+    os.replace(staging / "dataset_dict.json", out / "dataset_dict.json")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
+    (out / REPORT).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _count_reasons(dropped: list[dict]) -> dict[str, int]:
+    """Drop reasons grouped by kind (the text after the file name)."""
+    counts: dict[str, int] = {}
+    for row in dropped:
+        kind = row["reason"].split(": ", 1)[-1]
+        kind = "longer than 30 s" if "longer than" in kind else kind
+        kind = f"label over {MAX_LABEL_TOKENS} tokens" if kind.startswith("label is") else kind
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+def _feature_types(rows, n_mels: int):
+    import datasets
+
+    kept = {name: feature for name, feature in rows.features.items() if name != "audio"}
+    return datasets.Features(
+        kept | {
+            "input_features": datasets.Array2D(shape=(None, n_mels), dtype="float16"),
+            "labels": datasets.Sequence(datasets.Value("int32")),
+            "drop_reason": datasets.Value("string"),
+            "duration": datasets.Value("float32"),
+            "path": datasets.Value("string"),
+        }
+    )
+
+
+def load_features(path: str | Path):
+    """(DatasetDict, manifest) of a prepared feature directory, with a clear error for anything else."""
+    import datasets
+
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not (path / "dataset_dict.json").is_file() or not manifest_path.is_file():
+        raise FileNotFoundError(f"{path}: not a prepared feature directory (run `fedwhisper asr prepare` first)")
+    return datasets.load_from_disk(str(path)), json.loads(manifest_path.read_text())
+
+
+def full_features(stored: np.ndarray) -> np.ndarray:
+    """The 30-s ``[n_mels, 3000]`` float32 input from stored ``[frames, n_mels]`` features."""
+    stored = np.asarray(stored, dtype=np.float32)
+    full = np.full((stored.shape[1], WINDOW_FRAMES), stored.max() - 2.0, dtype=np.float32)
+    full[:, : stored.shape[0]] = stored.T
+    return full

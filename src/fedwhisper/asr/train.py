@@ -1,0 +1,390 @@
+"""Whisper seq2seq fine-tuning as plain functions.
+
+``train_on_batches`` is one client's unit of work (model + micro-batches + config -> updated weights + metrics) and
+knows nothing of files; ``fine_tune`` drives it for a whole run with evaluation, checkpoints, exact resume and the
+best model by WER. Modes decide what trains: ``full``; ``frozen-encoder`` (all but the encoder); ``decoder-only``
+(the decoder's blocks, not its embeddings: a small update to send); ``lora`` (peft adapters on the decoder's
+attention). Whenever the encoder is frozen its outputs are computed once and reused (see ``batches``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from fedwhisper.asr.batches import AsrBatches, EncoderOutputCache
+from fedwhisper.models.registry import fedwhisper_home
+
+MODES = ("full", "frozen-encoder", "decoder-only", "lora")
+LORA_TARGETS = r"model\.decoder\.layers\.\d+\.(self_attn|encoder_attn)\.(q_proj|v_proj)"
+METRIC_FIELDS = ("step", "epoch", "loss", "learning_rate", "samples_per_second", "eval_loss", "eval_wer", "eval_cer", "elapsed_seconds")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    mode: str = "decoder-only"
+    learning_rate: float = 1e-4
+    warmup_steps: int = 20
+    max_steps: int = 300
+    epochs: float | None = None  # when set, decides the step count instead of max_steps
+    batch_size: int = 16
+    gradient_accumulation: int = 1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    spec_augment: bool = False  # SpecAugment on the log-mel input (the encoder then runs every step)
+    dropout: float = 0.0
+    lora_rank: int = 32
+    lora_alpha: int = 64
+    lora_dropout: float = 0.05
+    eval_every: int = 100
+    save_every: int = 100
+    log_every: int = 10
+    eval_clips: int | None = 200  # evaluate on the first N clips of the evaluation split (None: all)
+    eval_batch_size: int = 16
+    max_new_tokens: int = 128
+    language: str | None = None  # multilingual models: the corpus language; None: from the prepared features
+    task: str = "transcribe"
+    seed: int = 0
+    precision: str = "auto"  # auto: bf16 (or fp16) autocast on a GPU, fp32 on a CPU
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        for name in ("max_steps", "batch_size", "gradient_accumulation", "eval_every", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+
+    @property
+    def caches_encoder(self) -> bool:
+        return self.mode != "full" and not self.spec_augment
+
+    def total_steps(self, rows: int) -> int:
+        if self.epochs is None:
+            return self.max_steps
+        return max(1, math.ceil(self.epochs * math.ceil(rows / self.batch_size) / self.gradient_accumulation))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def apply_mode(model, config: TrainConfig):
+    """Set what trains; returns the model to train (a peft model for ``lora``)."""
+    model.requires_grad_(config.mode == "full")
+    if config.mode == "frozen-encoder":
+        model.model.decoder.requires_grad_(True)
+    elif config.mode == "decoder-only":
+        decoder = model.model.decoder
+        for part in (decoder.layers, decoder.layer_norm):
+            part.requires_grad_(True)
+    elif config.mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        adapters = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                              target_modules=LORA_TARGETS, bias="none")
+        model = get_peft_model(model, adapters)
+    if config.spec_augment:
+        # Whisper's own SpecAugment (transformers): time and frequency masks on the log-mel during training
+        model.config.apply_spec_augment = True
+        model.config.mask_time_prob = max(model.config.mask_time_prob, 0.05)
+        model.config.mask_feature_prob = max(model.config.mask_feature_prob, 0.05)
+    return model
+
+
+def whisper_of(model):
+    """The WhisperForConditionalGeneration inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """The weights this mode trains: what a checkpoint stores and what a federated client would send."""
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
+    parameters = dict(model.named_parameters())
+    unknown = sorted(set(state) - set(parameters))
+    if unknown:
+        raise KeyError(f"checkpoint holds weights this model lacks: {unknown[:3]}…")
+    with torch.no_grad():
+        for name, value in state.items():
+            parameters[name].copy_(value)
+
+
+def make_optimizer(model, config: TrainConfig, total_steps: int):
+    from transformers import get_linear_schedule_with_warmup
+
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, min(config.warmup_steps, total_steps), total_steps)
+
+
+def _autocast(model, config: TrainConfig):
+    device = next(model.parameters()).device
+    if device.type != "cuda" or config.precision == "fp32":
+        return torch.autocast("cpu", enabled=False)
+    dtype = torch.bfloat16 if config.precision == "bf16" or (config.precision == "auto" and torch.cuda.is_bf16_supported()) else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def train_on_batches(model, micro_batches: Iterable[dict], config: TrainConfig, optimizer, scheduler=None) -> dict:
+    """Forward/backward over ``micro_batches``, an optimizer step every ``gradient_accumulation`` of them.
+
+    Returns {"loss": mean over micro-batches, "steps", "samples", "seconds"}; the model is updated in place.
+    """
+    device = next(model.parameters()).device
+    model.train()
+    started, total_loss, micro, samples, steps = time.perf_counter(), 0.0, 0, 0, 0
+    for batch in micro_batches:
+        batch = {k: (tuple(t.to(device) for t in v) if isinstance(v, tuple) else v.to(device)) for k, v in batch.items()}
+        with _autocast(model, config):
+            loss = model(**batch).loss
+        (loss / config.gradient_accumulation).backward()
+        total_loss += float(loss.detach())
+        samples += int(batch["labels"].shape[0])
+        micro += 1
+        if micro % config.gradient_accumulation == 0:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.max_grad_norm)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            steps += 1
+    return {"loss": total_loss / max(micro, 1), "steps": steps, "samples": samples, "seconds": time.perf_counter() - started}
+
+
+def encoder_cache_root() -> Path:
+    return fedwhisper_home() / "cache" / "asr-encoder"
+
+
+def batches_for(model, dataset, config: TrainConfig, cache_root: Path | None = None, progress: bool = True) -> AsrBatches:
+    """Batches of ``dataset`` for ``model``: with encoder outputs from the on-disk cache when the encoder is frozen."""
+    whisper = whisper_of(model)
+    cache = None
+    if config.caches_encoder:
+        cache = EncoderOutputCache(cache_root or encoder_cache_root(), whisper.model.encoder, dataset)
+        cache.compute(progress=progress)
+    return AsrBatches(dataset, whisper.config.decoder_start_token_id, cache)
+
+
+class StopTraining(Exception):
+    """Raised by an ``on_evaluate`` callback to end a run early (e.g. an Optuna trial being pruned)."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    best_wer: float | None
+    best_step: int | None
+    metrics: list[dict]
+    samples_per_second: float
+    run_dir: Path | None
+
+
+class RunDirectory:
+    """``RUN/``: config.json, metrics.csv, curves.png, checkpoints/step-N/ (resume points), best/ (a transformers model)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+        self.best = self.path / "best"
+        self.metrics_csv = self.path / "metrics.csv"
+
+    def latest_checkpoint(self) -> Path | None:
+        done = sorted(p for p in self.checkpoints.glob("step-*") if (p / "state.json").is_file() and not p.name.endswith(".partial"))
+        return done[-1] if done else None
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics_csv.is_file():
+            return []
+        with open(self.metrics_csv, newline="") as stream:
+            return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(stream)]
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        partial = self.metrics_csv.with_suffix(".partial")
+        with open(partial, "w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(partial, self.metrics_csv)
+
+    def save_checkpoint(self, step: int, model, optimizer, scheduler, state: dict, keep: int = 2) -> None:
+        final = self.checkpoints / f"step-{step:06d}"
+        partial = final.with_name(final.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, partial / "trainable.safetensors")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}, partial / "optimizer.pt")
+        (partial / "state.json").write_text(json.dumps(state | {"step": step}, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        for old in sorted(self.checkpoints.glob("step-*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def save_model(self, model, processor, target: Path) -> None:
+        """A plain transformers Whisper directory (LoRA merged), so every command can load it as a model."""
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        whisper = whisper_of(model)
+        if whisper is not model:  # peft: merge a copy, keep training the adapters
+            import copy
+
+            whisper = copy.deepcopy(model).merge_and_unload()
+        whisper.save_pretrained(partial)
+        processor.save_pretrained(partial)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(partial, target)
+
+    def plot(self, rows: list[dict]) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        train = [r for r in rows if r.get("loss") is not None]
+        evals = [r for r in rows if r.get("eval_wer") is not None]
+        figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+        left.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
+        left.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval")
+        left.set(xlabel="step", ylabel="loss", title="loss")
+        left.legend()
+        right.plot([r["step"] for r in evals], [100 * r["eval_wer"] for r in evals], "o-", label="WER")
+        right.plot([r["step"] for r in evals], [100 * r["eval_cer"] for r in evals], "s--", label="CER")
+        right.set(xlabel="step", ylabel="%", title="evaluation")
+        right.legend()
+        figure.tight_layout()
+        figure.savefig(self.path / "curves.png", dpi=110)
+        plt.close(figure)
+
+
+def _tensorboard(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # optional: tensorboard is not a dependency
+        return None
+    return SummaryWriter(str(path / "tensorboard"))
+
+
+def fine_tune(
+    model, processor, train_set, config: TrainConfig, *, eval_set=None, run_dir: str | os.PathLike | None = None,
+    resume: bool = False, on_evaluate: Callable[[int, dict], None] | None = None, cache_root: Path | None = None, progress: bool = True,
+) -> TrainResult:
+    """Fine-tune ``model`` on a prepared split; evaluate every ``eval_every`` steps, checkpoint every ``save_every``.
+
+    With ``run_dir``, ``resume=True`` continues from the last checkpoint exactly (weights, optimizer, scheduler, random
+    state, position in the data order) and the best model by WER is kept in ``run_dir/best``. ``on_evaluate(step,
+    metrics)`` may raise :class:`StopTraining`.
+    """
+    from tqdm.auto import tqdm
+
+    from fedwhisper.asr.evaluate import evaluate_batches
+
+    torch.manual_seed(config.seed)
+    model = apply_mode(model, config)
+    train_batches = batches_for(model, train_set, config, cache_root, progress)
+    eval_batches = None
+    if eval_set is not None and len(eval_set):
+        subset = eval_set.select(range(min(len(eval_set), config.eval_clips))) if config.eval_clips else eval_set
+        eval_batches = batches_for(model, subset, config, cache_root, progress)
+    total = config.total_steps(len(train_set))
+    optimizer, scheduler = make_optimizer(model, config, total)
+    run = RunDirectory(run_dir) if run_dir else None
+    step, best_wer, best_step, rows, elapsed_before = 0, None, None, [], 0.0
+    if run:
+        step, best_wer, best_step, rows, elapsed_before = _start_run(run, model, optimizer, scheduler, config, resume)
+    writer = _tensorboard(run.path) if run else None
+    per_epoch = train_batches.batches_per_epoch(config.batch_size)
+    started, trained_samples, trained_seconds = time.perf_counter(), 0, 0.0
+    bar = tqdm(total=total, initial=step, desc=f"train ({config.mode})", unit="step", disable=not progress)
+    while step < total:
+        boundary = min(total, _next_multiple(step, config.log_every), _next_multiple(step, config.eval_every), _next_multiple(step, config.save_every))
+        micro = train_batches.micro_batches(config.batch_size, config.seed, step * config.gradient_accumulation, (boundary - step) * config.gradient_accumulation)
+        result = train_on_batches(model, micro, config, optimizer, scheduler)
+        step = boundary
+        bar.update(result["steps"])
+        trained_samples += result["samples"]
+        trained_seconds += result["seconds"]
+        row = {"step": step, "epoch": round(step * config.gradient_accumulation / per_epoch, 3), "loss": round(result["loss"], 5),
+               "learning_rate": scheduler.get_last_lr()[0], "samples_per_second": round(result["samples"] / result["seconds"], 3)}
+        evaluated = None
+        if eval_batches is not None and (step % config.eval_every == 0 or step == total):
+            evaluated = evaluate_batches(model, processor.tokenizer, eval_batches, decoding_options(model, config))
+            row |= {"eval_loss": round(evaluated["loss"], 5), "eval_wer": round(evaluated["wer"], 5), "eval_cer": round(evaluated["cer"], 5)}
+            bar.set_postfix(loss=f"{row['loss']:.3f}", wer=f"{100 * evaluated['wer']:.1f}%")
+        row["elapsed_seconds"] = round(elapsed_before + time.perf_counter() - started, 2)
+        rows.append(row)
+        if writer is not None:
+            for key in ("loss", "learning_rate", "eval_loss", "eval_wer", "eval_cer"):
+                if row.get(key) is not None:
+                    writer.add_scalar(key, row[key], step)
+        improved = evaluated is not None and (best_wer is None or evaluated["wer"] < best_wer)
+        if improved:
+            best_wer, best_step = evaluated["wer"], step
+        if run:
+            if improved:
+                run.save_model(model, processor, run.best)
+            if step % config.save_every == 0 or step == total:
+                run.save_checkpoint(step, model, optimizer, scheduler, {"best_wer": best_wer, "best_step": best_step, "elapsed_seconds": row["elapsed_seconds"]})
+            run.write_metrics(rows)
+            if evaluated is not None:
+                run.plot(rows)
+        if evaluated is not None and on_evaluate is not None:
+            on_evaluate(step, row)
+    bar.close()
+    if run and best_step is None:  # nothing evaluated: the final weights are the model
+        run.save_model(model, processor, run.best)
+    if writer is not None:
+        writer.close()
+    return TrainResult(step, best_wer, best_step, rows, trained_samples / trained_seconds if trained_seconds else 0.0, run.path if run else None)
+
+
+def _next_multiple(step: int, every: int) -> int:
+    return (step // every + 1) * every
+
+
+def decoding_options(model, config: TrainConfig):
+    from fedwhisper.transcribe import DecodingOptions, is_multilingual
+
+    return DecodingOptions(language=config.language if is_multilingual(whisper_of(model)) else None, task=config.task,
+                           max_new_tokens=config.max_new_tokens, batch_size=config.eval_batch_size)
+
+
+def _start_run(run: RunDirectory, model, optimizer, scheduler, config: TrainConfig, resume: bool):
+    """Fresh: write config.json (refusing a directory that holds a run). Resume: restore the last checkpoint and cut
+    the metrics back to it, so steps after it are recorded once."""
+    config_path = run.path / "config.json"
+    if not resume:
+        if run.latest_checkpoint() is not None or run.metrics_csv.is_file():
+            raise FileExistsError(f"{run.path} already holds a run; pass --resume to continue it or choose a new directory")
+        run.path.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(json.dumps(asdict(config), indent=2))
+        return 0, None, None, [], 0.0
+    checkpoint = run.latest_checkpoint()
+    if checkpoint is None:
+        raise FileNotFoundError(f"{run.path}: no checkpoint to resume from")
+    saved = json.loads(config_path.read_text())
+    if saved != json.loads(json.dumps(asdict(config))):
+        raise ValueError(f"{config_path}: the run was started with other settings; resume it with the same ones")
+    load_trainable_state(model, load_file(checkpoint / "trainable.safetensors"))
+    states = torch.load(checkpoint / "optimizer.pt", weights_only=False)
+    optimizer.load_state_dict(states["optimizer"])
+    scheduler.load_state_dict(states["scheduler"])
+    torch.set_rng_state(states["rng"])
+    state = json.loads((checkpoint / "state.json").read_text())
+    rows = [r for r in run.read_metrics() if r["step"] <= state["step"]]
+    for row in rows:
+        row["step"] = int(row["step"])
+    return state["step"], state.get("best_wer"), state.get("best_step"), rows, state.get("elapsed_seconds", 0.0)
