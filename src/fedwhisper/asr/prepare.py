@@ -94,7 +94,7 @@ def _with_validation_split(corpus, count: int | None, seed: int):
     return datasets.DatasetDict(splits)
 
 
-def prepare_features(source, model: str, out: str | Path, options: PrepareOptions = PrepareOptions(), progress: bool = True) -> dict:
+def prepare_features(source, model: str, out: str | Path, options: PrepareOptions = PrepareOptions()) -> dict:
     """Write ``out`` (a datasets DatasetDict on disk) and return the report of kept and dropped clips per split."""
     import datasets
     from transformers import WhisperProcessor

@@ -1,0 +1,35 @@
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fedwhisper.data.synth_asr import AsrSynthesisOptions, synthesize_audiofolder
+
+
+@pytest.fixture(scope="session")
+def tiny_asr_model(tiny_whisper_dir, tmp_path_factory, session_home) -> Path:
+    """The tiny random Whisper with tiny.en's tokenizer and generation settings (same vocabulary), so it can be trained and decode."""
+    from fedwhisper.models.registry import import_packaged_model
+
+    source = import_packaged_model("tiny.en")
+    out = tmp_path_factory.mktemp("tiny-asr") / "model"
+    shutil.copytree(tiny_whisper_dir, out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(source / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_asr_corpus(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("asr-corpus")
+    synthesize_audiofolder(out, AsrSynthesisOptions(sentences=40, speakers=8, test_speakers=2, noise_probability=0.0))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_features(tiny_asr_corpus, tiny_asr_model, tmp_path_factory) -> Path:
+    from fedwhisper.asr.prepare import PrepareOptions, prepare_features
+
+    out = tmp_path_factory.mktemp("features") / "features"
+    prepare_features(tiny_asr_corpus, str(tiny_asr_model), out, PrepareOptions(shard_size=16, validation_speakers=1))
+    return out

@@ -1,0 +1,108 @@
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from fedwhisper.asr.batches import log_mel_batch
+from fedwhisper.asr.prepare import load_features
+from fedwhisper.asr.train import TrainConfig, apply_mode, batches_for, fine_tune
+from fedwhisper.cli import app
+from fedwhisper.models.registry import load_whisper
+
+
+def _trainable_names(model_dir, mode):
+    model, _ = load_whisper(str(model_dir))
+    return model, {name for name, p in apply_mode(model, TrainConfig(mode=mode, lora_rank=4)).named_parameters() if p.requires_grad}
+
+
+def test_modes_choose_what_trains(tiny_asr_model):
+    _, full = _trainable_names(tiny_asr_model, "full")
+    _, frozen = _trainable_names(tiny_asr_model, "frozen-encoder")
+    _, decoder = _trainable_names(tiny_asr_model, "decoder-only")
+    _, lora = _trainable_names(tiny_asr_model, "lora")
+    assert any(".encoder." in n for n in full) and not any(".encoder." in n for n in frozen | decoder)
+    assert "model.decoder.embed_tokens.weight" in frozen and "model.decoder.embed_tokens.weight" not in decoder
+    assert decoder < frozen < full
+    assert lora and all("lora_" in n and ".decoder.layers." in n for n in lora)
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_a_short_fine_tune_moves_only_the_trainable_weights(tiny_asr_model, tiny_features, mode, tmp_path):
+    dataset, _ = load_features(tiny_features)
+    model, processor = load_whisper(str(tiny_asr_model))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    config = TrainConfig(mode=mode, max_steps=2, batch_size=4, learning_rate=1e-3, warmup_steps=0, lora_rank=4, eval_clips=4, eval_every=2)
+    result = fine_tune(model, processor, dataset["train"], config, eval_set=dataset["validation"], cache_root=tmp_path, progress=False)
+    assert result.step == 2 and torch.isfinite(torch.tensor(result.metrics[-1]["loss"]))
+    assert result.metrics[-1]["eval_wer"] is not None
+    after = dict(model.named_parameters())
+    encoder_moved = any(not torch.equal(before[n], after[n]) for n in before if ".encoder." in n and n in after)
+    assert encoder_moved == (mode == "full")
+
+
+def test_frozen_encoder_outputs_are_computed_once(tiny_asr_model, tiny_features, tmp_path):
+    dataset, _ = load_features(tiny_features)
+    model, _ = load_whisper(str(tiny_asr_model))
+    config = TrainConfig(mode="decoder-only")
+    first = batches_for(model, dataset["train"], config, tmp_path, progress=False)
+    assert first.encoder_outputs.compute(progress=False) == 0  # already there
+    batch = first.batch([0, 1])
+    with torch.inference_mode():
+        direct = model.model.encoder(log_mel_batch(dataset["train"], [0, 1])).last_hidden_state
+    torch.testing.assert_close(batch["encoder_outputs"][0], direct, atol=2e-2, rtol=1e-2)  # float16 storage
+    assert "input_features" not in batch
+
+
+def _train_args(features, model, out, steps):
+    return ["asr", "train", str(features), "--model", str(model), "--out", str(out), "--max-steps", str(steps), "--batch-size", "4",
+            "--learning-rate", "1e-3", "--warmup-steps", "2", "--eval-every", "10", "--save-every", "3", "--log-every", "1",
+            "--eval-clips", "4", "--mode", "full"]
+
+
+def test_two_step_cpu_fine_tune_from_the_command_line(tiny_asr_model, tiny_features, tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, _train_args(tiny_features, tiny_asr_model, out, 2))
+    assert result.exit_code == 0, result.output
+    assert "finished at step 2" in result.output
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2] and rows[-1]["eval_wer"]
+    assert (out / "curves.png").stat().st_size > 0 and (out / "checkpoints" / "step-000002").is_dir()
+    load_whisper(str(out / "best"))  # the best model is a plain transformers directory
+    again = CliRunner().invoke(app, _train_args(tiny_features, tiny_asr_model, out, 2))
+    assert again.exit_code == 1 and "--resume" in again.output
+
+
+def test_killed_training_resumes_at_the_same_final_step_with_continuous_metrics(tiny_asr_model, tiny_features, tmp_path, session_home):
+    steps = 30
+    reference_dir, killed_dir = tmp_path / "uninterrupted", tmp_path / "killed"
+    assert CliRunner().invoke(app, _train_args(tiny_features, tiny_asr_model, reference_dir, steps)).exit_code == 0
+
+    process = subprocess.Popen([sys.executable, "-m", "fedwhisper", *_train_args(tiny_features, tiny_asr_model, killed_dir, steps)],
+                               env=os.environ | {"FEDWHISPER_HOME": str(session_home)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (killed_dir / "checkpoints" / "step-000006").is_dir():
+        assert process.poll() is None and time.monotonic() < deadline, "training ended before it could be interrupted"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed_dir / "checkpoints" / f"step-{steps:06d}").exists()
+
+    resumed = CliRunner().invoke(app, ["asr", "train", "--resume", str(killed_dir)])
+    assert resumed.exit_code == 0, resumed.output
+    assert f"finished at step {steps}" in resumed.output
+    rows = list(csv.DictReader(open(killed_dir / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(1, steps + 1))  # every step once: nothing lost, nothing twice
+    assert [float(r["eval_wer"]) for r in rows if r["eval_wer"]] and [int(r["step"]) for r in rows if r["eval_wer"]] == [10, 20, 30]
+    reference_rows = list(csv.DictReader(open(reference_dir / "metrics.csv")))
+    assert [round(float(r["loss"]), 3) for r in rows] == [round(float(r["loss"]), 3) for r in reference_rows]
+    final = f"checkpoints/step-{steps:06d}/trainable.safetensors"
+    resumed_weights, reference_weights = load_file(killed_dir / final), load_file(reference_dir / final)
+    for name, value in reference_weights.items():
+        torch.testing.assert_close(resumed_weights[name], value, atol=1e-5, rtol=1e-4)
