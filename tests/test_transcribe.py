@@ -1,0 +1,48 @@
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fedwhisper.audio import write_audio
+from fedwhisper.cli import app
+from fedwhisper.transcribe import Transcript, format_transcript
+
+
+def test_subtitle_formats():
+    transcript = Transcript(text="Hello there. General Kenobi.", duration=75.5, source="a.wav",
+                            segments=[{"start": 0.0, "end": 1.25, "text": "Hello there."}, {"start": 61.0, "end": 3725.5, "text": "General Kenobi."}])
+    srt = format_transcript(transcript, "srt")
+    assert srt.startswith("1\n00:00:00,000 --> 00:00:01,250\nHello there.\n\n2\n00:01:01,000 --> 01:02:05,500\nGeneral Kenobi.")
+    vtt = format_transcript(transcript, "vtt")
+    assert vtt.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.250\nHello there.")
+    assert json.loads(format_transcript(transcript, "json"))["segments"][1]["end"] == 3725.5
+    with pytest.raises(ValueError, match="unknown output format"):
+        format_transcript(transcript, "docx")
+
+
+@pytest.mark.weights
+def test_long_form_audio_is_chunked_and_timestamped(session_home, tmp_path):
+    from fedwhisper.data.tts import speaker_voices
+    from fedwhisper.metrics import word_error_rate
+
+    voice = next(v for v in speaker_voices(12, "en", 0) if v.engine == "flite")
+    sentences = ["The weather today is sunny and warm.", "Please close the door when you leave.", "We will meet again next week."] * 6
+    audio = np.concatenate([np.pad(voice.synthesize(s), (4000, 8000)) for s in sentences])
+    assert audio.size / 16_000 > 35  # longer than one 30-s window
+    write_audio(tmp_path / "long.wav", audio)
+    write_audio(tmp_path / "silent.wav", np.zeros(16_000, dtype=np.float32))
+    result = CliRunner().invoke(app, ["transcribe", str(tmp_path / "long.wav"), str(tmp_path / "silent.wav"), "--model", "tiny.en",
+                                      "-f", "srt", "-f", "json", "--out-dir", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "silent" in result.output  # the bad file is reported, the good one still transcribed
+    transcript = json.loads((tmp_path / "out" / "long.json").read_text())
+    assert word_error_rate([" ".join(sentences)], [transcript["text"]]) < 0.3, transcript["text"]
+    assert len(transcript["segments"]) >= 2 and transcript["segments"][-1]["end"] > 30
+    assert (tmp_path / "out" / "long.srt").read_text().startswith("1\n00:00:")
+
+
+@pytest.mark.weights
+def test_english_only_models_refuse_translation(session_home, tmp_path):
+    write_audio(tmp_path / "a.wav", 0.1 * np.sin(np.arange(16_000) / 5.0).astype(np.float32))
+    result = CliRunner().invoke(app, ["transcribe", str(tmp_path / "a.wav"), "--model", "tiny.en", "--task", "translate"])
+    assert result.exit_code == 1 and "English-only" in result.output
