@@ -1,6 +1,6 @@
 """`make bench`: measured figures, written to benchmarks/results/<suite>.json and the README's results table.
 
-Usage: python benchmarks/run.py [foundation] [kws]   (default: every suite)
+Usage: python benchmarks/run.py [foundation] [kws] [asr]   (default: every suite)
 FEDWHISPER_BENCH_SCALE=small shrinks every size, to check the script quickly (results go to *-small.json).
 """
 
@@ -18,6 +18,7 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import asr_bench  # noqa: E402  (benchmarks/asr_bench.py)
 import kws_bench  # noqa: E402  (benchmarks/kws_bench.py)
 from fedwhisper.data.synth_asr import AsrSynthesisOptions, synthesize_audiofolder  # noqa: E402
 from fedwhisper.data.synth_kws import KwsSynthesisOptions, synthesize_speech_commands  # noqa: E402
@@ -103,7 +104,32 @@ def kws_rows(results: dict) -> list[str]:
     ]
 
 
-SUITES = {"foundation": (bench_foundation, foundation_rows), "kws": (lambda work: kws_bench.bench_kws(work, SMALL), kws_rows)}
+def asr_rows(results: dict) -> list[str]:
+    rows = []
+    en, sv = results.get("english"), results.get("swedish")
+    if en:
+        training = en["training"]
+        rows += [
+            f"| ASR en: tiny.en WER on held-out espeak-ng speakers, before → after fine-tuning ({training['config']['mode']}, "
+            f"{training['config']['max_steps']} steps, {training['train_clips']} clips) | {en['before']['held_out_espeak']['wer']:.1%} → "
+            f"**{en['after']['held_out_espeak']['wer']:.1%}** (×{en['wer_ratio_held_out']}) |",
+            f"| ASR en: WER on flite voices (never trained on), before → after | {en['before']['flite']['wer']:.1%} → {en['after']['flite']['wer']:.1%} |",
+            f"| ASR en: training run (encode once + train + evaluations) | {training['wall_seconds']:.0f} s, "
+            f"{training['train_samples_per_second']} samples/s |",
+            f"| ASR en: long-form transcription speed, tiny.en (before / after) | {en['transcription_speed']['before']['audio_seconds_per_second']} / "
+            f"{en['transcription_speed']['after']['audio_seconds_per_second']} audio s per compute s |",
+        ]
+    if sv:
+        rows += [
+            f"| ASR sv: base WER on held-out speakers, before → after ({sv['training']['config']['max_steps']} steps) | "
+            f"{sv['before']['wer']:.1%} → **{sv['after']['wer']:.1%}** |",
+            f"| ASR sv: the app's English translation of a Swedish clip (fine-tuned base) | \"{sv['app_translation']['fine_tuned']['translation']}\" |",
+        ]
+    return rows
+
+
+SUITES = {"foundation": (bench_foundation, foundation_rows), "kws": (lambda work: kws_bench.bench_kws(work, SMALL), kws_rows),
+          "asr": (lambda work: asr_bench.bench_asr(work, SMALL), asr_rows)}
 
 
 def update_readme() -> None:
