@@ -429,6 +429,7 @@ def asr_train(
     batch_size: Annotated[int, typer.Option()] = 16,
     gradient_accumulation: Annotated[int, typer.Option()] = 1,
     spec_augment: Annotated[bool, typer.Option(help="SpecAugment masks on the log-mel (runs the encoder every step)")] = False,
+    frozen_encoder_layers: Annotated[int, typer.Option(help="full mode: bottom encoder blocks kept fixed, their outputs computed once")] = 0,
     dropout: Annotated[float, typer.Option()] = 0.0,
     lora_rank: Annotated[int, typer.Option()] = 32,
     eval_every: Annotated[int, typer.Option(help="steps between evaluations (WER, CER)")] = 100,
@@ -456,7 +457,7 @@ def asr_train(
             out = out or fedwhisper_home() / "runs" / f"asr-{time.strftime('%Y%m%d-%H%M%S')}"
             config = _train_config(dict(
                 mode=mode, learning_rate=learning_rate, warmup_steps=warmup_steps, max_steps=max_steps, epochs=epochs, batch_size=batch_size,
-                gradient_accumulation=gradient_accumulation, spec_augment=spec_augment, dropout=dropout, lora_rank=lora_rank,
+                gradient_accumulation=gradient_accumulation, spec_augment=spec_augment, frozen_encoder_layers=frozen_encoder_layers, dropout=dropout, lora_rank=lora_rank,
                 lora_alpha=2 * lora_rank, eval_every=eval_every, save_every=save_every, log_every=log_every, eval_clips=eval_clips or None,
                 language=language, seed=seed))
         dataset, manifest = load_features(features)

@@ -106,3 +106,25 @@ def test_killed_training_resumes_at_the_same_final_step_with_continuous_metrics(
     resumed_weights, reference_weights = load_file(killed_dir / final), load_file(reference_dir / final)
     for name, value in reference_weights.items():
         torch.testing.assert_close(resumed_weights[name], value, atol=1e-5, rtol=1e-4)
+
+
+def test_frozen_bottom_blocks_are_cached_and_the_top_blocks_train(tiny_asr_model, tiny_features, tmp_path):
+    from fedwhisper.asr.batches import model_inputs
+
+    dataset, _ = load_features(tiny_features)
+    model, processor = load_whisper(str(tiny_asr_model))
+    config = TrainConfig(mode="full", frozen_encoder_layers=1, max_steps=2, batch_size=4, learning_rate=1e-3, warmup_steps=0, eval_clips=4, eval_every=2)
+    batches = batches_for(apply_mode(model, config), dataset["train"], config, tmp_path, progress=False)
+    batch = batches.batch([0, 1])
+    assert "encoder_bottom" in batch and "input_features" not in batch
+    with torch.inference_mode():
+        finished = model_inputs(model, batch)["encoder_outputs"][0]
+        direct = model.model.encoder(log_mel_batch(dataset["train"], [0, 1])).last_hidden_state
+    torch.testing.assert_close(finished, direct, atol=2e-2, rtol=1e-2)
+
+    model, processor = load_whisper(str(tiny_asr_model))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fine_tune(model, processor, dataset["train"], config, eval_set=dataset["validation"], cache_root=tmp_path, progress=False)
+    moved = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    assert any(n.startswith("model.encoder.layers.1.") for n in moved)
+    assert not any(n.startswith(("model.encoder.layers.0.", "model.encoder.conv")) for n in moved)

@@ -1,8 +1,10 @@
-"""Model inputs from prepared features: 30-s log-mels, or, when the encoder is frozen, its outputs computed once.
+"""Model inputs from prepared features: 30-s log-mels, or, for the frozen part of the encoder, its outputs computed once.
 
-On a CPU the encoder over a 30-s window is most of a training step's cost, and a frozen encoder gives the same
+On a CPU the encoder over a 30-s window is most of a training step's cost, and frozen encoder layers give the same
 outputs every epoch, every evaluation and every tuning trial, so they are computed once and kept on disk, keyed by
-the encoder's weights and the dataset's fingerprint (as the keyword-spotting feature cache is).
+the encoder's weights, how many of its blocks are frozen and the dataset's fingerprint (as the keyword-spotting
+feature cache is). A wholly frozen encoder yields ``encoder_outputs``; frozen bottom blocks yield ``encoder_bottom``
+hidden states that the trainable top blocks finish in every step.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fedwhisper.asr.prepare import full_features
-from fedwhisper.features.encoder import weights_fingerprint
+from fedwhisper.features.encoder import encoder_bottom, encoder_top, weights_fingerprint
 
 IGNORE_INDEX = -100  # label positions the loss skips
 
@@ -37,19 +39,26 @@ def label_batch(label_lists: Sequence[Sequence[int]], decoder_start_token_id: in
 
 
 class EncoderOutputCache:
-    """Encoder outputs ``[rows, positions, d_model]`` float16 of one split under one encoder.
+    """Outputs ``[rows, positions, d_model]`` float16 of one split under the encoder's first ``layers`` blocks
+    (``None``: the whole encoder, final layer norm included).
 
     Stored as chunk files under ``root/<encoder fingerprint>-<dataset fingerprint>/``; a chunk is written to a
     temporary name and renamed, so an interrupted computation resumes at the first missing chunk.
     """
 
-    def __init__(self, root: str | os.PathLike, encoder: torch.nn.Module, dataset, chunk_rows: int = 64, batch_size: int = 8):
+    def __init__(self, root: str | os.PathLike, encoder: torch.nn.Module, dataset, layers: int | None = None, chunk_rows: int = 64, batch_size: int = 8):
         self.encoder = encoder
         self.dataset = dataset
+        self.layers = layers
         self.chunk_rows = chunk_rows
         self.batch_size = batch_size
-        self.directory = Path(root) / f"{weights_fingerprint(encoder)}-{dataset._fingerprint}"
+        self.directory = Path(root) / f"{weights_fingerprint(encoder, f'layers={layers}')}-{dataset._fingerprint}"
         self._chunks: dict[int, np.ndarray] = {}
+
+    def _encode(self, features: torch.Tensor) -> torch.Tensor:
+        if self.layers is None:
+            return self.encoder(features).last_hidden_state
+        return encoder_bottom(self.encoder, features, self.layers)
 
     def _chunk_path(self, chunk: int) -> Path:
         return self.directory / f"chunk-{chunk:05d}.npy"
@@ -67,7 +76,7 @@ class EncoderOutputCache:
                 for first in range(0, len(indices), self.batch_size):
                     batch = indices[first : first + self.batch_size]
                     with torch.inference_mode():
-                        hidden = self.encoder(log_mel_batch(self.dataset, batch).to(self._device)).last_hidden_state
+                        hidden = self._encode(log_mel_batch(self.dataset, batch).to(self._device))
                     outputs.append(hidden.float().cpu().numpy().astype(np.float16))
                     bar.update(len(batch))
                 partial = self._chunk_path(chunk).with_suffix(".partial.npy")
@@ -109,10 +118,12 @@ class AsrBatches:
         return len(self.dataset)
 
     def batch(self, indices: Sequence[int]) -> dict:
-        """Keyword arguments for ``WhisperForConditionalGeneration``: labels plus input_features or encoder_outputs."""
+        """labels plus input_features, encoder_outputs or encoder_bottom (see :func:`model_inputs`)."""
         inputs = {"labels": label_batch([self._labels[i] for i in indices], self.decoder_start_token_id)}
         if self.encoder_outputs is not None:
-            inputs["encoder_outputs"] = (self.encoder_outputs.rows(indices),)
+            hidden = self.encoder_outputs.rows(indices)
+            layers = self.encoder_outputs.layers
+            inputs |= {"encoder_outputs": (hidden,)} if layers is None else {"encoder_bottom": (hidden, torch.tensor(layers))}
         else:
             inputs["input_features"] = log_mel_batch(self.dataset, indices)
         return inputs
@@ -135,3 +146,15 @@ class AsrBatches:
         for start in range(0, len(self), batch_size):
             indices = list(range(start, min(start + batch_size, len(self))))
             yield indices, self.batch(indices)
+
+
+def model_inputs(model, batch: dict) -> dict:
+    """Keyword arguments for the model's forward on its device; cached bottom-block outputs are finished by the
+    (trainable) top blocks here, so gradients reach them."""
+    device = next(model.parameters()).device
+    inputs = {key: tuple(t.to(device) for t in value) if isinstance(value, tuple) else value.to(device) for key, value in batch.items()}
+    if "encoder_bottom" in inputs:
+        whisper = model.get_base_model() if hasattr(model, "get_base_model") else model
+        hidden, layers = inputs.pop("encoder_bottom")
+        inputs["encoder_outputs"] = (encoder_top(whisper.model.encoder, hidden, int(layers)),)
+    return inputs

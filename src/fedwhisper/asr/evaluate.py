@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from fedwhisper.asr.batches import AsrBatches
+from fedwhisper.asr.batches import AsrBatches, model_inputs
 from fedwhisper.metrics import character_error_rate, normalizer, word_error_rate
 from fedwhisper.transcribe import DecodingOptions, decode_batch
 
@@ -22,16 +22,15 @@ def evaluate_batches(model, tokenizer, batches: AsrBatches, options: DecodingOpt
     references = dataset["transcription"]
     columns = {name: dataset[name] for name in ("path", "speaker_id") if name in dataset.column_names}
     hypotheses, loss_sum, tokens = [], 0.0, 0
-    device = next(model.parameters()).device
     steps = batches.in_order(options.batch_size)
-    for indices, batch in tqdm(steps, total=-(-len(batches) // options.batch_size), desc="evaluate", unit="batch", disable=not progress):
-        inputs = {k: (tuple(t.to(device) for t in v) if isinstance(v, tuple) else v.to(device)) for k, v in batch.items()}
+    for _, batch in tqdm(steps, total=-(-len(batches) // options.batch_size), desc="evaluate", unit="batch", disable=not progress):
         with torch.inference_mode():
+            inputs = model_inputs(model, batch)
             logits = model(**inputs).logits
         labels = inputs["labels"]
         loss_sum += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), labels, ignore_index=-100, reduction="sum"))
         tokens += int((labels != -100).sum())
-        hypotheses += decode_batch(model, tokenizer, batch, options)
+        hypotheses += decode_batch(model, tokenizer, inputs, options)
     if was_training:
         model.train()
     language = options.language or "en"

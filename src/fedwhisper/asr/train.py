@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from fedwhisper.asr.batches import AsrBatches, EncoderOutputCache
+from fedwhisper.asr.batches import AsrBatches, EncoderOutputCache, model_inputs
 from fedwhisper.models.registry import fedwhisper_home
 
 MODES = ("full", "frozen-encoder", "decoder-only", "lora")
@@ -42,6 +42,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     spec_augment: bool = False  # SpecAugment on the log-mel input (the encoder then runs every step)
+    frozen_encoder_layers: int = 0  # full mode: keep the convolution stem and this many bottom blocks fixed, their outputs cached
     dropout: float = 0.0
     lora_rank: int = 32
     lora_alpha: int = 64
@@ -67,8 +68,13 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
 
     @property
-    def caches_encoder(self) -> bool:
-        return self.mode != "full" and not self.spec_augment
+    def cached_encoder_layers(self) -> int | None | bool:
+        """What of the encoder is computed once: None for all of it, N for its bottom N blocks, False for nothing."""
+        if self.spec_augment:
+            return False
+        if self.mode != "full":
+            return None
+        return self.frozen_encoder_layers or False
 
     def total_steps(self, rows: int) -> int:
         if self.epochs is None:
@@ -84,7 +90,13 @@ class TrainConfig:
 def apply_mode(model, config: TrainConfig):
     """Set what trains; returns the model to train (a peft model for ``lora``)."""
     model.requires_grad_(config.mode == "full")
-    if config.mode == "frozen-encoder":
+    if config.mode == "full" and config.frozen_encoder_layers:
+        encoder = model.model.encoder
+        if config.frozen_encoder_layers >= len(encoder.layers):
+            raise ValueError(f"frozen_encoder_layers must be below the encoder's {len(encoder.layers)} blocks (use frozen-encoder mode)")
+        for part in (encoder.conv1, encoder.conv2, encoder.embed_positions, *encoder.layers[: config.frozen_encoder_layers]):
+            part.requires_grad_(False)
+    elif config.mode == "frozen-encoder":
         model.model.decoder.requires_grad_(True)
     elif config.mode == "decoder-only":
         decoder = model.model.decoder
@@ -145,12 +157,11 @@ def train_on_batches(model, micro_batches: Iterable[dict], config: TrainConfig, 
 
     Returns {"loss": mean over micro-batches, "steps", "samples", "seconds"}; the model is updated in place.
     """
-    device = next(model.parameters()).device
     model.train()
     started, total_loss, micro, samples, steps = time.perf_counter(), 0.0, 0, 0, 0
     for batch in micro_batches:
-        batch = {k: (tuple(t.to(device) for t in v) if isinstance(v, tuple) else v.to(device)) for k, v in batch.items()}
         with _autocast(model, config):
+            batch = model_inputs(model, batch)
             loss = model(**batch).loss
         (loss / config.gradient_accumulation).backward()
         total_loss += float(loss.detach())
@@ -174,8 +185,9 @@ def batches_for(model, dataset, config: TrainConfig, cache_root: Path | None = N
     """Batches of ``dataset`` for ``model``: with encoder outputs from the on-disk cache when the encoder is frozen."""
     whisper = whisper_of(model)
     cache = None
-    if config.caches_encoder:
-        cache = EncoderOutputCache(cache_root or encoder_cache_root(), whisper.model.encoder, dataset)
+    layers = config.cached_encoder_layers
+    if layers is not False:
+        cache = EncoderOutputCache(cache_root or encoder_cache_root(), whisper.model.encoder, dataset, layers)
         cache.compute(progress=progress)
     return AsrBatches(dataset, whisper.config.decoder_start_token_id, cache)
 

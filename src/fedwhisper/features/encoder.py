@@ -22,6 +22,23 @@ from fedwhisper.models.registry import resolve_model
 HOP_LENGTH = 160  # samples per mel frame
 
 
+def encoder_bottom(encoder: nn.Module, features: torch.Tensor, layers: int) -> torch.Tensor:
+    """A WhisperEncoder's convolution stem, positional embeddings (sliced to the input's length) and first ``layers`` blocks."""
+    hidden = nn.functional.gelu(encoder.conv1(features))
+    hidden = nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
+    hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+    for layer in encoder.layers[:layers]:
+        hidden = layer(hidden, None)
+    return hidden
+
+
+def encoder_top(encoder: nn.Module, hidden: torch.Tensor, start: int) -> torch.Tensor:
+    """The rest of the encoder from block ``start``: the remaining blocks and the final layer norm."""
+    for layer in encoder.layers[start:]:
+        hidden = layer(hidden, None)
+    return encoder.layer_norm(hidden)
+
+
 def weights_fingerprint(module: nn.Module, salt: str = "") -> str:
     """A short hash of ``module``'s weights (and ``salt``): the identity under which its outputs are cached."""
     digest = hashlib.sha256(salt.encode())
@@ -66,13 +83,7 @@ class FrozenEncoder:
     @torch.inference_mode()
     def forward_features(self, features: torch.Tensor) -> torch.Tensor:
         """The encoder on ``[batch, n_mels, frames]`` for any frame count up to 3000."""
-        encoder = self.encoder
-        hidden = nn.functional.gelu(encoder.conv1(features))
-        hidden = nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
-        hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
-        for layer in encoder.layers:
-            hidden = layer(hidden, None)
-        return encoder.layer_norm(hidden)
+        return encoder_top(self.encoder, encoder_bottom(self.encoder, features, len(self.encoder.layers)), len(self.encoder.layers))
 
     def __call__(self, clips: Sequence[np.ndarray], progress: bool = False) -> np.ndarray:
         outputs = np.empty((len(clips), self.positions, self.d_model), dtype=np.float16)
