@@ -117,6 +117,8 @@ def prepare_features(source, model: str, out: str | Path, options: PrepareOption
     manifest_path = out / MANIFEST
     if manifest_path.is_file() and json.loads(manifest_path.read_text()) != manifest:
         raise FileExistsError(f"{out} holds features prepared from other inputs ({manifest_path}); choose a new directory or delete it")
+    if manifest_path.is_file() and (out / REPORT).is_file() and (out / "dataset_dict.json").is_file():
+        return json.loads((out / REPORT).read_text())  # finished before with the same inputs
     out.mkdir(parents=True, exist_ok=True)
     manifest_path.write_text(json.dumps(manifest, indent=2))
 
