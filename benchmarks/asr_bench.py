@@ -88,13 +88,13 @@ def swedish(work: Path, small: bool) -> dict:
     from fedwhisper.serve.app import transcribe_and_translate
 
     corpus = work / "asr-sv"
-    synthesize_audiofolder(corpus, AsrSynthesisOptions(language="sv", sentences=120 if small else 900, speakers=10 if small else 30,
-                                                      test_speakers=2 if small else 5))
-    prepare_features(corpus, "base", work / "features-sv", PrepareOptions(language="sv", num_proc=2, validation_speakers=2 if small else 3))
+    synthesize_audiofolder(corpus, AsrSynthesisOptions(language="sv", sentences=120 if small else 300, speakers=10 if small else 15,
+                                                      test_speakers=2 if small else 3))
+    prepare_features(corpus, "base", work / "features-sv", PrepareOptions(language="sv", num_proc=2, validation_speakers=2))
     dataset, _ = load_features(work / "features-sv")
     before = _wer("base", dataset["test"], "sv")
-    config = TrainConfig(mode="decoder-only", learning_rate=1e-4, warmup_steps=20, max_steps=10 if small else 250, batch_size=16,
-                         eval_every=5 if small else 50, save_every=50, log_every=10, eval_clips=60, language="sv")
+    config = TrainConfig(mode="full", frozen_encoder_layers=4, learning_rate=5e-5, warmup_steps=10, max_steps=10 if small else 60,
+                         batch_size=8, eval_every=5 if small else 30, save_every=30, log_every=10, eval_clips=30, language="sv")
     training = _fine_tune("base", dataset, config, work / "run-sv")
     tuned = str(work / "run-sv" / "best")
     after = _wer(tuned, dataset["test"], "sv")
