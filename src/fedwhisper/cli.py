@@ -464,7 +464,7 @@ def asr_train(
         if config.language is None:
             config = dataclasses.replace(config, language=manifest["options"]["language"])
         eval_split = "validation" if "validation" in dataset else "test"
-        model_obj, processor = load_whisper(model) if config.dropout == 0 else _load_with_dropout(model, config.dropout)
+        model_obj, processor = load_whisper(model, dropout=config.dropout)
         if len(processor.tokenizer) != manifest["vocab_size"]:
             raise ValueError(f"{features} was prepared with another tokenizer ({manifest['model']}); prepare it again for {model}")
         if not resume:
@@ -478,15 +478,6 @@ def asr_train(
         raise _fail(str(error)) from None
     best = f"best WER {result.best_wer:.2%} at step {result.best_step}" if result.best_wer is not None else "no evaluation"
     console.print(f"finished at step {result.step}: {best}; {result.samples_per_second:.1f} samples/s; model in {out / 'best'}")
-
-
-def _load_with_dropout(model: str, dropout: float):
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-    from fedwhisper.models.registry import resolve_model
-
-    location = resolve_model(model)
-    return WhisperForConditionalGeneration.from_pretrained(location, dropout=dropout), WhisperProcessor.from_pretrained(location)
 
 
 @asr_app.command("evaluate")

@@ -9,6 +9,7 @@ attention). Whenever the encoder is frozen its outputs are computed once and reu
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -252,8 +253,6 @@ class RunDirectory:
         shutil.rmtree(partial, ignore_errors=True)
         whisper = whisper_of(model)
         if whisper is not model:  # peft: merge a copy, keep training the adapters
-            import copy
-
             whisper = copy.deepcopy(model).merge_and_unload()
         whisper.save_pretrained(partial)
         processor.save_pretrained(partial)

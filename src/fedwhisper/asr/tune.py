@@ -82,7 +82,7 @@ def tune(model_ref: str, features: Path, out: Path, base, options: TuneOptions =
 
     def objective(trial) -> float:
         config = suggest_config(trial, base, options)
-        model, processor = load_whisper(model_ref)
+        model, processor = load_whisper(model_ref, dropout=config.dropout)
         run_dir = out / f"trial-{trial.number:03d}"
         shutil.rmtree(run_dir, ignore_errors=True)
 

@@ -150,11 +150,11 @@ def resolve_model(ref: str | os.PathLike) -> str:
     return ref  # a hub id such as openai/whisper-tiny; needs a network
 
 
-def load_whisper(ref: str | os.PathLike, device: str = "cpu"):
-    """(model, processor) for ``ref``, in eval mode."""
+def load_whisper(ref: str | os.PathLike, device: str = "cpu", **config_overrides):
+    """(model, processor) for ``ref``, in eval mode; ``config_overrides`` (e.g. ``dropout=0.1``) replace config values."""
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     location = resolve_model(ref)
-    model = WhisperForConditionalGeneration.from_pretrained(location).to(device).eval()
+    model = WhisperForConditionalGeneration.from_pretrained(location, **config_overrides).to(device).eval()
     processor = WhisperProcessor.from_pretrained(location)
     return model, processor
