@@ -1,6 +1,7 @@
 """`make bench`: measured figures, written to benchmarks/results/<suite>.json and the README's results table.
 
-Usage: python benchmarks/run.py [foundation] [kws] [asr]   (default: every suite)
+Usage: python benchmarks/run.py [foundation] [kws] [asr] [asr:english] [asr:swedish]   (default: every suite)
+A part (`suite:part`) runs alone and replaces only its own entry in the suite's JSON.
 FEDWHISPER_BENCH_SCALE=small shrinks every size, to check the script quickly (results go to *-small.json).
 """
 
@@ -123,13 +124,16 @@ def asr_rows(results: dict) -> list[str]:
         rows += [
             f"| ASR sv: base WER on held-out speakers, before → after ({sv['training']['config']['max_steps']} steps) | "
             f"{sv['before']['wer']:.1%} → **{sv['after']['wer']:.1%}** |",
-            f"| ASR sv: the app's English translation of a Swedish clip (fine-tuned base) | \"{sv['app_translation']['fine_tuned']['translation']}\" |",
+            f"| ASR sv: the app in headless Chromium on a held-out Swedish clip, fine-tuned base: transcript / English translation "
+            f"([screenshot](benchmarks/results/asr-sv-app-fine_tuned.png)) | \"{sv['app_translation']['fine_tuned']['transcript']}\" / "
+            f"\"{sv['app_translation']['fine_tuned']['translation']}\" (reference: \"{sv['app_translation']['reference']}\") |",
         ]
     return rows
 
 
 SUITES = {"foundation": (bench_foundation, foundation_rows), "kws": (lambda work: kws_bench.bench_kws(work, SMALL), kws_rows),
-          "asr": (lambda work: asr_bench.bench_asr(work, SMALL), asr_rows)}
+          "asr": (lambda work: {name: run(work, SMALL) for name, run in asr_bench.PARTS.items()}, asr_rows)}
+PARTS = {"asr": asr_bench.PARTS}  # suites whose parts may run alone
 
 
 def update_readme() -> None:
@@ -148,18 +152,29 @@ def update_readme() -> None:
 
 
 def main(names: list[str]) -> None:
-    unknown = set(names) - set(SUITES)
+    unknown = {n for n in names if n not in SUITES and n.partition(":")[2] not in PARTS.get(n.partition(":")[0], {})}
     if unknown:
-        raise SystemExit(f"unknown suite(s) {', '.join(sorted(unknown))}; choose from {', '.join(SUITES)}")
+        choices = [*SUITES, *(f"{suite}:{part}" for suite, parts in PARTS.items() for part in parts)]
+        raise SystemExit(f"unknown suite(s) {', '.join(sorted(unknown))}; choose from {', '.join(choices)}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in names or list(SUITES):
-        work = ROOT / "benchmarks" / "work" / name
+        suite, _, part = name.partition(":")
+        work = ROOT / "benchmarks" / "work" / name.replace(":", "-")
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
+        path = RESULTS / f"{suite}{'-small' if SMALL else ''}.json"
         started = time.perf_counter()
-        results = SUITES[name][0](work)
-        results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "seconds": round(time.perf_counter() - started, 1)}
-        (RESULTS / f"{name}{'-small' if SMALL else ''}.json").write_text(json.dumps(results, indent=2))
+        if part:
+            previous = json.loads(path.read_text()) if path.is_file() else {}
+            # keep the other parts' results (dropping entries no part writes any more) and their timings
+            results = {name: previous.get(name) for name in PARTS[suite]} | {part: PARTS[suite][part](work, SMALL)}
+            seconds = previous.get("machine", {}).get("parts_seconds", {})
+            results["machine"] = {"parts_seconds": seconds | {part: round(time.perf_counter() - started, 1)}}
+        else:
+            results = SUITES[suite][0](work)
+            results["machine"] = {"seconds": round(time.perf_counter() - started, 1)}
+        results["machine"] |= {"cpus": os.cpu_count(), "python": platform.python_version()}
+        path.write_text(json.dumps(results, indent=2))
         print(json.dumps(results, indent=2))
     if not SMALL:
         update_readme()

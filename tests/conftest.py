@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,19 @@ def tiny_whisper_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny-whisper")
     WhisperForConditionalGeneration(config).save_pretrained(out)
     WhisperFeatureExtractor(feature_size=80).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_asr_model(tiny_whisper_dir, tmp_path_factory, session_home) -> Path:
+    """The tiny random Whisper with tiny.en's tokenizer and generation settings (same vocabulary), so it can be trained and decode."""
+    from fedwhisper.models.registry import import_packaged_model
+
+    source = import_packaged_model("tiny.en")
+    out = tmp_path_factory.mktemp("tiny-asr") / "model"
+    shutil.copytree(tiny_whisper_dir, out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(source / name, out / name)
     return out
 
 

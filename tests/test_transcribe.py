@@ -46,3 +46,21 @@ def test_english_only_models_refuse_translation(session_home, tmp_path):
     write_audio(tmp_path / "a.wav", 0.1 * np.sin(np.arange(16_000) / 5.0).astype(np.float32))
     result = CliRunner().invoke(app, ["transcribe", str(tmp_path / "a.wav"), "--model", "tiny.en", "--task", "translate"])
     assert result.exit_code == 1 and "English-only" in result.output
+
+
+def test_a_hallucination_loop_stops_at_a_length_set_by_the_audio(tiny_asr_model):
+    # A random model never emits end-of-text: each chunk decodes until the cap, which must follow the audio's length.
+    from fedwhisper.models.registry import load_whisper
+    from fedwhisper.transcribe import MAX_TOKENS_PER_SECOND, LongFormTranscriber
+
+    model, processor = load_whisper(str(tiny_asr_model))
+    transcriber = LongFormTranscriber(model, processor)
+    generated = []
+    generate = model.generate
+    model.generate = lambda *args, **kwargs: generated.append(tokens := generate(*args, **kwargs)) or tokens
+    for seconds in (2, 40):
+        generated.clear()
+        transcriber(np.random.default_rng(0).normal(0, 0.1, 16_000 * seconds).astype(np.float32), timestamps=False)
+        longest = max(t.shape[-1] for t in generated)
+        window = min(seconds, 30)
+        assert 8 * window < longest <= 16 + MAX_TOKENS_PER_SECOND * window + 4, (seconds, longest)  # + the 4 prompt tokens

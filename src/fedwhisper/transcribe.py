@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from fedwhisper.audio import SAMPLE_RATE, load_audio
 
 OUTPUT_FORMATS = ("txt", "srt", "vtt", "json")
+MAX_TOKENS_PER_SECOND = 12  # fast speech is ~4 words/s, ~6 tokens/s with timestamps (Swedish: more tokens a word)
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class LongFormTranscriber:
     def __init__(self, model, processor, chunk_seconds: float = 30.0, stride_seconds: float = 5.0, batch_size: int = 8):
         from transformers import pipeline
 
-        self.model, self.processor = model, processor
+        self.model, self.processor, self.chunk_seconds = model, processor, chunk_seconds
         if processor.tokenizer.pad_token is None:  # the pipeline's batch collation needs one; Whisper pads with end-of-text
             processor.tokenizer.pad_token = processor.tokenizer.eos_token
         self.pipe = pipeline(
@@ -109,7 +110,10 @@ class LongFormTranscriber:
     def __call__(self, audio: np.ndarray, options: DecodingOptions = DecodingOptions(), timestamps: bool = True) -> Transcript:
         language = options.language or detect_language(self.model, self.processor, audio)
         kwargs = generation_kwargs(self.model, DecodingOptions(**(asdict(options) | {"language": language if is_multilingual(self.model) else None})))
-        kwargs.pop("max_new_tokens")  # a chunk's text may be long; Whisper's own limit (448 positions) applies
+        # A chunk's text may be long, but a hallucination loop (one phrase repeated up to Whisper's 448 positions) costs
+        # more than the audio itself: speech stays far below MAX_TOKENS_PER_SECOND, so decoding stops there.
+        seconds = min(audio.size / SAMPLE_RATE, self.chunk_seconds)
+        kwargs["max_new_tokens"] = min(440, 16 + int(MAX_TOKENS_PER_SECOND * seconds))
         output = self.pipe({"raw": audio, "sampling_rate": SAMPLE_RATE}, return_timestamps=timestamps, generate_kwargs=kwargs)
         duration = audio.size / SAMPLE_RATE
         segments = []

@@ -1,22 +1,8 @@
-import shutil
 from pathlib import Path
 
 import pytest
 
 from fedwhisper.data.synth_asr import AsrSynthesisOptions, synthesize_audiofolder
-
-
-@pytest.fixture(scope="session")
-def tiny_asr_model(tiny_whisper_dir, tmp_path_factory, session_home) -> Path:
-    """The tiny random Whisper with tiny.en's tokenizer and generation settings (same vocabulary), so it can be trained and decode."""
-    from fedwhisper.models.registry import import_packaged_model
-
-    source = import_packaged_model("tiny.en")
-    out = tmp_path_factory.mktemp("tiny-asr") / "model"
-    shutil.copytree(tiny_whisper_dir, out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        shutil.copy(source / name, out / name)
-    return out
 
 
 @pytest.fixture(scope="session")
