@@ -64,3 +64,21 @@ def test_a_hallucination_loop_stops_at_a_length_set_by_the_audio(tiny_asr_model)
         longest = max(t.shape[-1] for t in generated)
         window = min(seconds, 30)
         assert 8 * window < longest <= 16 + MAX_TOKENS_PER_SECOND * window + 4, (seconds, longest)  # + the 4 prompt tokens
+
+
+def test_temperature_fallback_reaches_generate_and_is_reproducible(tiny_asr_model):
+    from fedwhisper.models.registry import load_whisper
+    from fedwhisper.transcribe import WHISPER_TEMPERATURES, DecodingOptions, LongFormTranscriber, generation_kwargs
+
+    model, processor = load_whisper(str(tiny_asr_model))
+    assert generation_kwargs(model, DecodingOptions())["do_sample"] is False  # evaluation stays greedy
+    fallback = DecodingOptions(temperatures=WHISPER_TEMPERATURES)
+    assert generation_kwargs(model, fallback)["temperature"] == WHISPER_TEMPERATURES
+    transcriber = LongFormTranscriber(model, processor)
+    audio = np.random.default_rng(1).normal(0, 0.1, 16_000 * 2).astype(np.float32)
+    calls = []
+    generate = model.generate
+    model.generate = lambda *args, **kwargs: calls.append(kwargs) or generate(*args, **kwargs)
+    first = transcriber(audio, fallback, timestamps=False).text
+    assert calls[0]["temperature"] == WHISPER_TEMPERATURES and calls[0]["compression_ratio_threshold"] == 1.35
+    assert transcriber(audio, fallback, timestamps=False).text == first

@@ -421,7 +421,7 @@ def asr_train(
     out: Annotated[Path | None, typer.Option(help="run directory: checkpoints, metrics.csv, curves.png, best/")] = None,
     resume: Annotated[Path | None, typer.Option(help="continue this run directory exactly where it stopped")] = None,
     model: Annotated[str, typer.Option(help="starting model: packaged name, model directory or hub id")] = "tiny.en",
-    mode: Annotated[str, typer.Option(help="full, frozen-encoder, decoder-only or lora")] = "decoder-only",
+    mode: Annotated[str, typer.Option(help="full, encoder-only, frozen-encoder, decoder-only or lora")] = "decoder-only",
     learning_rate: Annotated[float, typer.Option()] = 1e-4,
     warmup_steps: Annotated[int, typer.Option()] = 20,
     max_steps: Annotated[int, typer.Option(help="optimizer steps")] = 300,
@@ -535,7 +535,7 @@ def asr_tune(
     features: Annotated[Path, typer.Argument(help="prepared features; trials are judged on the validation split")],
     out: Annotated[Path, typer.Option(help="study directory (study.db, trial runs, report.json); run again to resume")],
     model: Annotated[str, typer.Option(help="starting model")] = "tiny.en",
-    mode: Annotated[str, typer.Option(help="full, frozen-encoder, decoder-only or lora")] = "lora",
+    mode: Annotated[str, typer.Option(help="full, encoder-only, frozen-encoder, decoder-only or lora")] = "lora",
     trials: Annotated[int, typer.Option(help="finished trials the study should hold")] = 10,
     sampler: Annotated[str, typer.Option(help="tpe, random or grid")] = "tpe",
     min_steps: Annotated[int, typer.Option(help="shortest trial")] = 50,
@@ -576,20 +576,24 @@ def transcribe(
     out_dir: Annotated[Path, typer.Option(help="where the transcripts go")] = Path("."),
     batch_size: Annotated[int, typer.Option(help="30-s chunks decoded together")] = 8,
     num_beams: Annotated[int, typer.Option()] = 1,
+    temperature_fallback: Annotated[bool, typer.Option(help="Whisper's fallback: decode a repetitive or improbable chunk again at "
+                                                            "temperatures 0.2 … 1.0")] = True,
 ) -> None:
     """Transcribe (or translate) audio of any length: 30-s chunks with overlap, segment timestamps, txt/srt/vtt/json."""
     from tqdm.auto import tqdm
 
     from fedwhisper.audio import AudioError
     from fedwhisper.models.registry import ModelNotAvailableError, load_whisper
-    from fedwhisper.transcribe import OUTPUT_FORMATS, DecodingOptions, LongFormTranscriber, generation_kwargs, transcribe_file, write_transcript
+    from fedwhisper.transcribe import (OUTPUT_FORMATS, WHISPER_TEMPERATURES, DecodingOptions, LongFormTranscriber, generation_kwargs,
+                                      transcribe_file, write_transcript)
 
     unknown = [f for f in output_format if f not in OUTPUT_FORMATS]
     if unknown:
         raise _fail(f"unknown format {', '.join(unknown)}; choose from {', '.join(OUTPUT_FORMATS)}")
     try:
         model_obj, processor = load_whisper(model)
-        options = DecodingOptions(language=language, task=task, batch_size=batch_size, num_beams=num_beams)
+        options = DecodingOptions(language=language, task=task, batch_size=batch_size, num_beams=num_beams,
+                                  temperatures=WHISPER_TEMPERATURES if temperature_fallback else (0.0,))
         generation_kwargs(model_obj, options)  # refuse an impossible language/task before any audio is read
     except (ValueError, ModelNotAvailableError) as error:
         raise _fail(str(error)) from None

@@ -26,6 +26,12 @@ class DecodingOptions:
     num_beams: int = 1
     batch_size: int = 8
     max_new_tokens: int = 128
+    # Whisper's temperature fallback: a text that repeats itself (token compression ratio > 1.35) or is improbable (mean
+    # log-prob < -1) is decoded again at the next temperature. (0.0,) is plain greedy/beam search, as evaluation uses.
+    temperatures: tuple[float, ...] = (0.0,)
+
+
+WHISPER_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # openai/whisper's transcribe default
 
 
 def is_multilingual(model) -> bool:
@@ -36,7 +42,11 @@ def generation_kwargs(model, options: DecodingOptions) -> dict:
     """``generate`` arguments for ``options``; English-only models refuse other languages and translation."""
     if options.task not in ("transcribe", "translate"):
         raise ValueError(f"task must be transcribe or translate, not {options.task!r}")
-    kwargs = {"num_beams": options.num_beams, "do_sample": False, "max_new_tokens": options.max_new_tokens}
+    kwargs = {"num_beams": options.num_beams, "max_new_tokens": options.max_new_tokens}
+    if len(options.temperatures) > 1:  # transformers samples at each temperature above 0
+        kwargs |= {"temperature": tuple(options.temperatures), "compression_ratio_threshold": 1.35, "logprob_threshold": -1.0}
+    else:
+        kwargs |= {"do_sample": False}
     if not is_multilingual(model):
         if options.task != "transcribe" or options.language not in (None, "en", "english"):
             raise ValueError("this model is English-only: it can only transcribe English")
@@ -114,7 +124,9 @@ class LongFormTranscriber:
         # more than the audio itself: speech stays far below MAX_TOKENS_PER_SECOND, so decoding stops there.
         seconds = min(audio.size / SAMPLE_RATE, self.chunk_seconds)
         kwargs["max_new_tokens"] = min(440, 16 + int(MAX_TOKENS_PER_SECOND * seconds))
-        output = self.pipe({"raw": audio, "sampling_rate": SAMPLE_RATE}, return_timestamps=timestamps, generate_kwargs=kwargs)
+        with torch.random.fork_rng(devices=[]):  # fallback samples: the same audio gives the same text, the caller's RNG untouched
+            torch.manual_seed(0)
+            output = self.pipe({"raw": audio, "sampling_rate": SAMPLE_RATE}, return_timestamps=timestamps, generate_kwargs=kwargs)
         duration = audio.size / SAMPLE_RATE
         segments = []
         for chunk in output.get("chunks", []):

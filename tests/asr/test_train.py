@@ -27,13 +27,15 @@ def test_modes_choose_what_trains(tiny_asr_model):
     _, frozen = _trainable_names(tiny_asr_model, "frozen-encoder")
     _, decoder = _trainable_names(tiny_asr_model, "decoder-only")
     _, lora = _trainable_names(tiny_asr_model, "lora")
+    _, encoder = _trainable_names(tiny_asr_model, "encoder-only")
     assert any(".encoder." in n for n in full) and not any(".encoder." in n for n in frozen | decoder)
+    assert encoder == full - frozen  # the two split the model
     assert "model.decoder.embed_tokens.weight" in frozen and "model.decoder.embed_tokens.weight" not in decoder
     assert decoder < frozen < full
     assert lora and all("lora_" in n and ".decoder.layers." in n for n in lora)
 
 
-@pytest.mark.parametrize("mode", ["full", "lora"])
+@pytest.mark.parametrize("mode", ["full", "encoder-only", "lora"])
 def test_a_short_fine_tune_moves_only_the_trainable_weights(tiny_asr_model, tiny_features, mode, tmp_path):
     dataset, _ = load_features(tiny_features)
     model, processor = load_whisper(str(tiny_asr_model))
@@ -43,8 +45,10 @@ def test_a_short_fine_tune_moves_only_the_trainable_weights(tiny_asr_model, tiny
     assert result.step == 2 and torch.isfinite(torch.tensor(result.metrics[-1]["loss"]))
     assert result.metrics[-1]["eval_wer"] is not None
     after = dict(model.named_parameters())
-    encoder_moved = any(not torch.equal(before[n], after[n]) for n in before if ".encoder." in n and n in after)
-    assert encoder_moved == (mode == "full")
+    moved = {part: any(not torch.equal(before[n], after[n]) for n in before if f".{part}." in n and n in after) for part in ("encoder", "decoder")}
+    assert moved == {"encoder": mode != "lora", "decoder": mode == "full"}  # LoRA trains adapters beside the decoder's weights
+    if mode == "lora":
+        assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)  # adapters start at zero
 
 
 def test_frozen_encoder_outputs_are_computed_once(tiny_asr_model, tiny_features, tmp_path):

@@ -2,9 +2,9 @@
 
 ``train_on_batches`` is one client's unit of work (model + micro-batches + config -> updated weights + metrics) and
 knows nothing of files; ``fine_tune`` drives it for a whole run with evaluation, checkpoints, exact resume and the
-best model by WER. Modes decide what trains: ``full``; ``frozen-encoder`` (all but the encoder); ``decoder-only``
-(the decoder's blocks, not its embeddings: a small update to send); ``lora`` (peft adapters on the decoder's
-attention). Whenever the encoder is frozen its outputs are computed once and reused (see ``batches``).
+best model by WER. Modes decide what trains: ``full``; ``encoder-only`` (new acoustics, the decoder's language and
+translation untouched); ``frozen-encoder`` (all but the encoder); ``decoder-only`` (the decoder's blocks, not its
+embeddings: a small update to send); ``lora`` (peft adapters on the decoder's attention). Whenever the encoder is frozen its outputs are computed once and reused (see ``batches``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from fedwhisper.asr.batches import AsrBatches, EncoderOutputCache, model_inputs
 from fedwhisper.models.registry import fedwhisper_home
 
-MODES = ("full", "frozen-encoder", "decoder-only", "lora")
+MODES = ("full", "encoder-only", "frozen-encoder", "decoder-only", "lora")
 LORA_TARGETS = r"model\.decoder\.layers\.\d+\.(self_attn|encoder_attn)\.(q_proj|v_proj)"
 METRIC_FIELDS = ("step", "epoch", "loss", "learning_rate", "samples_per_second", "eval_loss", "eval_wer", "eval_cer", "elapsed_seconds")
 
@@ -43,7 +43,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     spec_augment: bool = False  # SpecAugment on the log-mel input (the encoder then runs every step)
-    frozen_encoder_layers: int = 0  # full mode: keep the convolution stem and this many bottom blocks fixed, their outputs cached
+    frozen_encoder_layers: int = 0  # full/encoder-only: keep the convolution stem and this many bottom blocks fixed, outputs cached
     dropout: float = 0.0
     lora_rank: int = 32
     lora_alpha: int = 64
@@ -73,7 +73,7 @@ class TrainConfig:
         """What of the encoder is computed once: None for all of it, N for its bottom N blocks, False for nothing."""
         if self.spec_augment:
             return False
-        if self.mode != "full":
+        if self.mode not in ("full", "encoder-only"):
             return None
         return self.frozen_encoder_layers or False
 
@@ -91,7 +91,9 @@ class TrainConfig:
 def apply_mode(model, config: TrainConfig):
     """Set what trains; returns the model to train (a peft model for ``lora``)."""
     model.requires_grad_(config.mode == "full")
-    if config.mode == "full" and config.frozen_encoder_layers:
+    if config.mode == "encoder-only":
+        model.model.encoder.requires_grad_(True)
+    if config.mode in ("full", "encoder-only") and config.frozen_encoder_layers:
         encoder = model.model.encoder
         if config.frozen_encoder_layers >= len(encoder.layers):
             raise ValueError(f"frozen_encoder_layers must be below the encoder's {len(encoder.layers)} blocks (use frozen-encoder mode)")

@@ -35,7 +35,7 @@ def transcribe_and_translate(audio_path: str | None, model_ref: str, language: s
     """(transcript, English translation, timing note) for one file; errors come back as messages, not exceptions."""
     from fedwhisper.audio import AudioError, load_audio
     from fedwhisper.models.registry import ModelNotAvailableError
-    from fedwhisper.transcribe import DecodingOptions, is_multilingual
+    from fedwhisper.transcribe import WHISPER_TEMPERATURES, DecodingOptions, is_multilingual
 
     if not audio_path:
         return "", "", "Upload or record some audio first."
@@ -46,11 +46,12 @@ def transcribe_and_translate(audio_path: str | None, model_ref: str, language: s
         loaded = time.perf_counter() - started
         language = None if language == "auto" else language
         started = time.perf_counter()
-        transcript = transcriber(audio, DecodingOptions(language=language), timestamps=False)
+        transcript = transcriber(audio, DecodingOptions(language=language, temperatures=WHISPER_TEMPERATURES), timestamps=False)
         transcribe_seconds = time.perf_counter() - started
         if is_multilingual(transcriber.model):
             started = time.perf_counter()
-            translation = transcriber(audio, DecodingOptions(language=transcript.language, task="translate"), timestamps=False).text
+            translation = transcriber(audio, DecodingOptions(language=transcript.language, task="translate", temperatures=WHISPER_TEMPERATURES),
+                                      timestamps=False).text
             translate_seconds = time.perf_counter() - started
         else:
             translation, translate_seconds = "(English-only model: the transcript is the English text)", 0.0
