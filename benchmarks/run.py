@@ -122,8 +122,11 @@ def asr_rows(results: dict) -> list[str]:
         ]
     if sv:
         rows += [
-            f"| ASR sv: base WER on held-out speakers, before → after ({sv['training']['config']['max_steps']} steps) | "
+            f"| ASR sv: base WER on held-out speakers, before → after ({sv['training']['config']['mode']}, "
+            f"{sv['training']['config']['max_steps']} steps, {sv['training']['train_clips']} clips) | "
             f"{sv['before']['wer']:.1%} → **{sv['after']['wer']:.1%}** |",
+            f"| ASR sv: training run (train + evaluations) | {sv['training']['wall_seconds']:.0f} s, "
+            f"{sv['training']['train_samples_per_second']} samples/s |",
             f"| ASR sv: the app in headless Chromium on a held-out Swedish clip, fine-tuned base: transcript / English translation "
             f"([screenshot](benchmarks/results/asr-sv-app-fine_tuned.png)) | \"{sv['app_translation']['fine_tuned']['transcript']}\" / "
             f"\"{sv['app_translation']['fine_tuned']['translation']}\" (reference: \"{sv['app_translation']['reference']}\") |",
