@@ -105,28 +105,32 @@ def kws_rows(results: dict) -> list[str]:
     ]
 
 
+def _run_label(training: dict) -> str:
+    return f"{training['config']['mode']}, {training['config']['max_steps']} steps, {training['train_clips']} clips"
+
+
+def _throughput(training: dict) -> str:
+    return f"{training['wall_seconds']:.0f} s, {training['train_samples_per_second']} samples/s"
+
+
 def asr_rows(results: dict) -> list[str]:
     rows = []
     en, sv = results.get("english"), results.get("swedish")
     if en:
         training = en["training"]
         rows += [
-            f"| ASR en: tiny.en WER on held-out espeak-ng speakers, before → after fine-tuning ({training['config']['mode']}, "
-            f"{training['config']['max_steps']} steps, {training['train_clips']} clips) | {en['before']['held_out_espeak']['wer']:.1%} → "
+            f"| ASR en: tiny.en WER on held-out espeak-ng speakers, before → after fine-tuning ({_run_label(training)}) | {en['before']['held_out_espeak']['wer']:.1%} → "
             f"**{en['after']['held_out_espeak']['wer']:.1%}** (×{en['wer_ratio_held_out']}) |",
             f"| ASR en: WER on flite voices (never trained on), before → after | {en['before']['flite']['wer']:.1%} → {en['after']['flite']['wer']:.1%} |",
-            f"| ASR en: training run (encode once + train + evaluations) | {training['wall_seconds']:.0f} s, "
-            f"{training['train_samples_per_second']} samples/s |",
+            f"| ASR en: training run (encode once + train + evaluations) | {_throughput(training)} |",
             f"| ASR en: long-form transcription speed, tiny.en (before / after) | {en['transcription_speed']['before']['audio_seconds_per_second']} / "
             f"{en['transcription_speed']['after']['audio_seconds_per_second']} audio s per compute s |",
         ]
     if sv:
         rows += [
-            f"| ASR sv: base WER on held-out speakers, before → after ({sv['training']['config']['mode']}, "
-            f"{sv['training']['config']['max_steps']} steps, {sv['training']['train_clips']} clips) | "
+            f"| ASR sv: base WER on held-out speakers, before → after ({_run_label(sv['training'])}) | "
             f"{sv['before']['wer']:.1%} → **{sv['after']['wer']:.1%}** |",
-            f"| ASR sv: training run (train + evaluations) | {sv['training']['wall_seconds']:.0f} s, "
-            f"{sv['training']['train_samples_per_second']} samples/s |",
+            f"| ASR sv: training run (train + evaluations) | {_throughput(sv['training'])} |",
             f"| ASR sv: the app in headless Chromium on a held-out Swedish clip, fine-tuned base: transcript / English translation "
             f"([screenshot](benchmarks/results/asr-sv-app-fine_tuned.png)) | \"{sv['app_translation']['fine_tuned']['transcript']}\" / "
             f"\"{sv['app_translation']['fine_tuned']['translation']}\" (reference: \"{sv['app_translation']['reference']}\") |",
