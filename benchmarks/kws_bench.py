@@ -1,6 +1,6 @@
-"""Keyword-spotting benchmarks: our way (1-s window, encode once, train from the cache) against the anchor's way
-(Flower's Whisper example: 30-s padded input, encoder re-run every epoch, Conv1d head, SGD lr 1e-3, batch 8).
-Every ratio is measured in one run on this machine."""
+"""Keyword-spotting benchmarks: our recipe (1-s window, encode once, train from the cache), its ablations (30-s window),
+and Flower's Whisper example's client reproduced setting by setting (kws/flower_example.py) as the anchor.
+Every ratio is measured in one run on this machine; each part runs alone (`run.py kws:flower_example`)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from fedwhisper.data.synth_kws import KwsSynthesisOptions, synthesize_speech_commands
 from fedwhisper.features.encoder import FrozenEncoder
-from fedwhisper.kws.data import KwsCorpus, speaker_partitioner
+from fedwhisper.kws.data import KwsCorpus
 from fedwhisper.kws.model import build_head, parameter_count
 from fedwhisper.kws.simulate import simulate
-from fedwhisper.kws.task import KwsOptions, encode_examples, train_centralized
+from fedwhisper.kws.task import KwsOptions, encode_examples, new_head, train_centralized, with_recipe
 from fedwhisper.kws.train import TrainOptions, evaluate_head, train_head
 
 
@@ -41,7 +40,7 @@ def encoder_cost(corpus: KwsCorpus, clips_short: int, clips_long: int, repeats: 
     Each repetition times both in turn, so machine noise hits both sides; the median ratio is reported."""
     rows = corpus.splits["train"].select(range(clips_short))
     waveforms = corpus.examples(rows, seed=0).waveforms(list(range(clips_short)))
-    short, long = FrozenEncoder("tiny.en", 1.0), FrozenEncoder("tiny.en", 30.0, batch_size=8)
+    short, long = FrozenEncoder("tiny.en", 1.0), FrozenEncoder("tiny.en", 30.0)
     short(waveforms[:8])  # warm-up
     long(waveforms[:2])
     pairs = []
@@ -68,7 +67,7 @@ def window_accuracy(corpus: KwsCorpus, work: Path, train_speakers: int, epochs: 
     test = corpus.examples(corpus.splits["test"], seed=2)
     results: dict = {"train_clips": len(train), "test_clips": len(test), "test_speakers": len(set(corpus.splits["test"]["speaker_id"]))}
     for window in (1.0, 30.0):
-        encoder = FrozenEncoder("tiny.en", window, batch_size=64 if window <= 1 else 8)
+        encoder = FrozenEncoder("tiny.en", window)
         started = time.perf_counter()
         train_features, _ = encode_examples(encoder, train, work / "cache-window", progress=True)
         test_features, _ = encode_examples(encoder, test, work / "cache-window", progress=True)
@@ -84,79 +83,54 @@ def window_accuracy(corpus: KwsCorpus, work: Path, train_speakers: int, epochs: 
     return results
 
 
-def anchor_epoch(encoder: FrozenEncoder, head: torch.nn.Module, waveforms: list, labels: np.ndarray) -> None:
-    """One epoch the anchor's way: every batch of 8 is padded to 30 s and run through the encoder again."""
-    optimizer = torch.optim.SGD(head.parameters(), lr=1e-3)
-    order = np.random.default_rng(0).permutation(len(labels))
-    for start in range(0, len(order), 8):
-        batch = order[start : start + 8]
-        encoded = torch.from_numpy(encoder([waveforms[i] for i in batch]).astype(np.float32))
-        loss = torch.nn.functional.cross_entropy(head(encoded), torch.from_numpy(labels[batch]))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+def _client_rounds(rows: list[dict]) -> list[dict]:
+    """Every sampled client's round after round 0: its examples and the seconds it measured (load, encode, train)."""
+    clients = []
+    for row in rows[1:]:
+        for i, examples in enumerate(row.get("client_num_examples", [])):
+            entry = {"round": row["round"], "examples": examples}
+            for key in ("encoded_clips", "load_seconds", "encode_seconds", "train_seconds"):
+                if f"client_{key}" in row:
+                    entry[key] = row[f"client_{key}"][i]
+            entry["round_seconds"] = round(sum(entry.get(k, 0.0) for k in ("load_seconds", "encode_seconds", "train_seconds")), 3)
+            clients.append(entry)
+    return clients
 
 
-def client_round_cost(corpus: KwsCorpus, options: KwsOptions, work: Path) -> dict:
-    """Benchmark 2: one client's round — ours from the cache (5 local epochs) vs the anchor's (1 epoch, encoder inside)."""
-    partition = speaker_partitioner(corpus.splits["train"], options.num_clients).load_partition(0)
-    examples = corpus.examples(partition, seed=0)
-    waveforms = examples.waveforms(list(range(len(examples))))
-    short = FrozenEncoder(options.model, 1.0)
-    cache = work / "cache-client"
-    first_seconds, (features, _) = _seconds(encode_examples, short, examples, cache)
-    head = build_head("pooled", short.positions, short.d_model, len(corpus.classes))
-
-    def our_round():
-        cached, _ = encode_examples(short, examples, cache)  # later rounds: read from the cache
-        train_head(head, cached, examples.labels, TrainOptions(epochs=options.local_epochs, batch_size=options.batch_size,
-                                                                learning_rate=options.learning_rate))
-
-    ours, _ = _seconds(our_round)
-    long = FrozenEncoder(options.model, 30.0, batch_size=8)
-    anchor_head = build_head("anchor", long.positions, long.d_model, len(corpus.classes))
-    theirs, _ = _seconds(anchor_epoch, long, anchor_head, waveforms, examples.labels)
-    return {"client_clips": len(examples), "ours_first_round_encode_seconds": round(first_seconds, 2),
-            "ours_round_seconds_from_cache": round(ours, 3), "ours_local_epochs": options.local_epochs,
-            "anchor_round_seconds": round(theirs, 1), "anchor_local_epochs": 1, "ratio": round(theirs / ours, 1)}
-
-
-def raspberry_pi_table(corpus: KwsCorpus, work: Path, encode_clips: int = 845, epoch_clips: int = 925) -> dict:
-    """Benchmark 3: the anchor's Raspberry Pi 5 table (filter ~85k rows, encode 845 clips, one epoch over 925) here."""
-    import datasets
-
-    rng = np.random.default_rng(0)
-    rows = 84_848  # google/speech_commands v0.02 train split
-    speakers = [f"{i:08x}" for i in rng.integers(0, 2**32, size=2_112)]
-    metadata = datasets.Dataset.from_dict({
-        "file": [f"word/{i}.wav" for i in range(rows)], "speaker_id": [speakers[i] for i in rng.integers(0, len(speakers), rows)],
-        "label": rng.integers(0, 35, rows).tolist()})
-    client = set(speakers[:21])
-    anchor_filter, subset = _seconds(lambda: metadata.filter(lambda row: row["speaker_id"] in client))
-    partitioner = speaker_partitioner(metadata, 100)
-    partitioner.load_partition(0)  # builds the index once per process
-    ours_filter, _ = _seconds(partitioner.load_partition, 1)
-
-    examples = corpus.examples(corpus.splits["train"], seed=0)
-    waveforms = examples.waveforms(list(range(max(encode_clips, epoch_clips))))
-    short, long = FrozenEncoder("tiny.en", 1.0), FrozenEncoder("tiny.en", 30.0, batch_size=8)
-    ours_encode, features = _seconds(short, waveforms[:encode_clips])
-    anchor_encode, _ = _seconds(long, waveforms[:encode_clips])
-
-    labels = examples.labels[:epoch_clips]
-    cached = short(waveforms[:epoch_clips])
-    head = build_head("pooled", short.positions, short.d_model, len(corpus.classes))
-    ours_epoch, _ = _seconds(train_head, head, cached, labels, TrainOptions(epochs=1))
-    anchor_head = build_head("anchor", long.positions, long.d_model, len(corpus.classes))
-    anchor_epoch_seconds, _ = _seconds(anchor_epoch, long, anchor_head, waveforms[:epoch_clips], labels)
-    return {
-        "filter_85k_rows_seconds": {"anchor_dataset_filter": round(anchor_filter, 2), "ours_flwr_datasets_partition": round(ours_filter, 3),
-                                    "rows": rows, "client_rows_found": len(subset)},
-        "encode_845_clips_seconds": {"anchor_30s": round(anchor_encode, 1), "ours_1s": round(ours_encode, 2)},
-        "epoch_925_clips_seconds": {"anchor_encoder_every_epoch": round(anchor_epoch_seconds, 1), "ours_from_cache": round(ours_epoch, 2)},
-        "raspberry_pi_5_reference": {"encode_845_clips": "66 s", "epoch_925_clips": "~20 min"},
-        "head_parameters": {"anchor": parameter_count(anchor_head), "ours": parameter_count(head)},
-    }
+def flower_example(corpus_dir: Path, work: Path, rounds: int, our_clients: int) -> dict:
+    """The anchor rows: Flower's Whisper example's client (``--recipe flower-example``, kws/flower_example.py) federated
+    for ``rounds`` rounds on the demo corpus, and our default recipe on the same corpus, evaluated on the same held-out
+    speakers by the same server code, in the same run. Each client runs on one core (Ray, num_cpus=1)."""
+    results: dict = {}
+    for recipe in ("fedwhisper", "flower-example"):
+        options = KwsOptions(corpus=str(corpus_dir), rounds=rounds, recipe=recipe, num_clients=our_clients, cache_dir=str(work / "cache-recipes"))
+        resolved = with_recipe(options)
+        seconds, runlog = _seconds(simulate, options, work / f"run-{recipe}")
+        clients = _client_rounds(runlog.rounds)
+        trained = [c for c in clients if c.get("train_seconds") is not None]
+        entry = {
+            "settings": {k: v for k, v in resolved.to_config().items() if k not in ("corpus", "cache_dir", "keywords")},
+            "head_parameters": parameter_count(new_head(resolved)),
+            "wall_seconds": round(seconds, 1),
+            "test_accuracy_per_round": [round(row["test_accuracy"], 4) for row in runlog.rounds],
+            "validation_accuracy_per_round": [round(row["validation_accuracy"], 4) for row in runlog.rounds],
+            "clients_trained_per_round": [row.get("clients_trained") for row in runlog.rounds[1:]],
+            "client_rounds": clients,
+            "client_round_seconds_mean": round(float(np.mean([c["round_seconds"] for c in trained])), 3),
+            "client_round_seconds_range": [min(c["round_seconds"] for c in trained), max(c["round_seconds"] for c in trained)],
+            "client_examples_mean": round(float(np.mean([c["examples"] for c in trained])), 1),
+        }
+        if recipe == "flower-example":
+            encoded = sum(c["encoded_clips"] for c in trained)
+            entry["encoder_seconds_per_clip"] = round(sum(c["encode_seconds"] for c in trained) / encoded, 4)
+            entry["load_seconds_mean"] = round(float(np.mean([c["load_seconds"] for c in trained])), 2)
+        else:
+            first = [c for c in trained if c["encoded_clips"]]
+            entry["encoder_seconds_per_clip"] = round(sum(c["encode_seconds"] for c in first) / sum(c["encoded_clips"] for c in first), 4)
+            entry["first_round_seconds_mean"] = round(float(np.mean([c["round_seconds"] for c in first])), 3)
+            entry["cached_round_seconds_mean"] = round(float(np.mean([c["round_seconds"] for c in trained if not c["encoded_clips"]] or [0])), 3)
+        results[recipe] = entry
+    return results
 
 
 def full_scale(work: Path, speakers: int, rounds: int, central_epochs: int) -> dict:
@@ -179,13 +153,17 @@ def full_scale(work: Path, speakers: int, rounds: int, central_epochs: int) -> d
     }
 
 
-def bench_kws(work: Path, small: bool) -> dict:
-    demo_dir = work / "kws-300"
-    synthesize_speech_commands(demo_dir, KwsSynthesisOptions(speakers=30 if small else 300))
-    corpus = KwsCorpus(demo_dir)
-    results = {"encoder_cost": encoder_cost(corpus, 64 if small else 512, 8 if small else 96)}
-    results["window_accuracy"] = window_accuracy(corpus, work, train_speakers=4 if small else 40, epochs=3 if small else 10)
-    results["client_round_cost"] = client_round_cost(corpus, KwsOptions(corpus=str(demo_dir), num_clients=10 if small else 100), work)
-    results["raspberry_pi_table"] = raspberry_pi_table(corpus, work, 40 if small else 845, 48 if small else 925)
-    results["full_scale"] = full_scale(work, 40 if small else 2100, 2 if small else 10, 2 if small else 10)
-    return results
+def demo_corpus(work: Path, small: bool) -> KwsCorpus:
+    directory = work / "kws-300"
+    synthesize_speech_commands(directory, KwsSynthesisOptions(speakers=30 if small else 300))
+    return KwsCorpus(directory)
+
+
+PARTS = {
+    "encoder_cost": lambda work, small: encoder_cost(demo_corpus(work, small), 64 if small else 512, 8 if small else 96),
+    "window_accuracy": lambda work, small: window_accuracy(demo_corpus(work, small), work, train_speakers=4 if small else 40,
+                                                          epochs=3 if small else 10),
+    "flower_example": lambda work, small: flower_example(demo_corpus(work, small).root, work, rounds=2 if small else 10,
+                                                         our_clients=10 if small else 100),
+    "full_scale": lambda work, small: full_scale(work, 40 if small else 2100, 2 if small else 10, 2 if small else 10),
+}

@@ -207,9 +207,9 @@ def kws_federate(
     run_dir: Annotated[Path | None, typer.Option(help="where metrics, plot and head checkpoints go")] = None,
     resume: Annotated[Path | None, typer.Option(help="continue this run directory from its last saved round")] = None,
     model: Annotated[str | None, typer.Option(help="frozen encoder: tiny.en, base, a model directory or hub id [tiny.en]")] = None,
-    window_seconds: Annotated[float | None, typer.Option(help="encoder window; 30 reproduces Flower's example [1.0]")] = None,
+    window_seconds: Annotated[float | None, typer.Option(help="encoder window (30: an ablation with Whisper's padding) [1.0]")] = None,
     keywords: Annotated[str | None, typer.Option(help="comma-separated keywords [the 10 commands]")] = None,
-    head: Annotated[str | None, typer.Option(help="pooled (ours) or anchor (Flower's example) [pooled]")] = None,
+    head: Annotated[str | None, typer.Option(help="pooled (ours) or anchor (the Flower example's Conv1d layout) [pooled]")] = None,
     num_clients: Annotated[int | None, typer.Option(help="speaker groups (offices) [100]")] = None,
     clients_per_round: Annotated[int | None, typer.Option(help="clients sampled each round [10]")] = None,
     rounds: Annotated[int | None, typer.Option(help="federated rounds in all [10]")] = None,
@@ -219,6 +219,8 @@ def kws_federate(
     optimizer: Annotated[str | None, typer.Option(help="adam or sgd [adam]")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="encoder-output caches [$FEDWHISPER_HOME/cache/kws]")] = None,
     seed: Annotated[int | None, typer.Option(help="[0]")] = None,
+    recipe: Annotated[str | None, typer.Option(help="fedwhisper, or flower-example: Flower's Whisper example's client "
+                                                    "(5-speaker clients, 5 % per round, 30-s window, Adam, batch 8, 1 epoch) [fedwhisper]")] = None,
     verbose: Annotated[bool, typer.Option(help="show Flower's and Ray's logs")] = False,
 ) -> None:
     """Federated training of the head: FedAvg over speaker-grouped clients in Flower's simulation engine."""
@@ -231,6 +233,7 @@ def kws_federate(
         corpus=str(corpus.resolve()) if corpus else None, model=model, window_seconds=window_seconds, keywords=keywords, head=head,
         num_clients=num_clients, clients_per_round=clients_per_round, rounds=rounds, local_epochs=local_epochs,
         batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer, cache_dir=str(cache_dir) if cache_dir else None, seed=seed,
+        recipe=recipe,
     )
     try:
         if resume:

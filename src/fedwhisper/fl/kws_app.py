@@ -16,7 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from fedwhisper.kws.runlog import RunLog
-from fedwhisper.kws.task import KwsOptions, SplitEvaluator, client_partitions, client_update, head_meta, new_head
+from fedwhisper.kws.task import KwsOptions, SplitEvaluator, client_partitions, client_update, head_meta, new_head, with_recipe
 
 log = logging.getLogger("fedwhisper.kws")
 
@@ -60,12 +60,16 @@ class KwsFedAvg(FedAvg):
                 "train_loss": sum(m["train_loss"] * m["num-examples"] for m in metrics) / sum(m["num-examples"] for m in metrics),
                 "clips_encoded": int(sum(m["encoded-clips"] for m in metrics)),
             }
+            for key in ("num-examples", "encoded-clips", "load-seconds", "encode-seconds", "train-seconds"):  # per client
+                if all(key in m for m in metrics):
+                    self.last_round[f"client_{key.replace('-', '_')}"] = [round(m[key], 3) for m in metrics]
         return super().aggregate_train(server_round, trained)
 
 
 def run_federation(grid: Grid, options: KwsOptions, run_dir: str, resume: bool = False,
                    on_round: Callable[[dict], None] | None = None) -> RunLog:
     """The server's loop: FedAvg over sampled clients, then evaluation on held-out speakers, every round recorded."""
+    options = with_recipe(options)
     runlog = RunLog(run_dir)
     runlog.start(options.to_config(), resume)
     if resume:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fedwhisper.kws.runlog import RunLog
-from fedwhisper.kws.task import KwsOptions
+from fedwhisper.kws.task import KwsOptions, with_recipe
 
 
 class FederationFailed(RuntimeError):
@@ -24,6 +24,7 @@ def simulate(options: KwsOptions, run_dir: str | Path, resume: bool = False, on_
     if not verbose:
         # run_simulation's deprecation notice and the fraction_evaluate=0 notice are expected here.
         logging.getLogger("flwr").setLevel(logging.ERROR)
+    options = with_recipe(options)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU only; silences Ray's FutureWarning
     cpus = os.cpu_count() or 1
     backend_config = {

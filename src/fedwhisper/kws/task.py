@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,7 @@ import torch
 from fedwhisper.data.speech_commands import COMMANDS
 from fedwhisper.features.cache import FeatureCache
 from fedwhisper.features.encoder import FrozenEncoder
+from fedwhisper.kws import flower_example
 from fedwhisper.kws.data import KwsCorpus, KwsExamples, speaker_partitioner
 from fedwhisper.kws.model import build_head
 from fedwhisper.kws.train import TrainOptions, evaluate_head, train_head
@@ -45,6 +46,7 @@ class KwsOptions:
     min_client_examples: int = 8
     cache_dir: str = ""  # default: $FEDWHISPER_HOME/cache/kws; each client keeps its own sub-folder
     seed: int = 0
+    recipe: str = "fedwhisper"  # or "flower-example": Flower's Whisper example's client, for comparison (kws/flower_example.py)
 
     @classmethod
     def from_config(cls, config) -> KwsOptions:
@@ -108,8 +110,29 @@ def encode_examples(encoder: FrozenEncoder, examples: KwsExamples, cache_dir: Pa
     return cache.get_or_compute(examples.keys(), lambda indices: encoder(examples.waveforms(indices), progress=progress))
 
 
+RECIPES = ("fedwhisper", "flower-example")
+
+
+def with_recipe(options: KwsOptions) -> KwsOptions:
+    """``options`` with the settings its recipe fixes. ``flower-example`` takes Flower's Whisper example's client
+    settings (kws/flower_example.py) and its partition: one client per 5 training speakers, 5 % of them per round."""
+    if options.recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {options.recipe!r}; choose from {', '.join(RECIPES)}")
+    if options.recipe == "fedwhisper":
+        return options
+    speakers = len(set(corpus_for(options).splits["train"]["speaker_id"]))
+    clients, per_round = flower_example.clients_and_sample(speakers)
+    recipe = flower_example.RECIPE
+    return replace(options, window_seconds=recipe.window_seconds, head=recipe.head, num_clients=clients, clients_per_round=per_round,
+                   local_epochs=recipe.local_epochs, batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
+                   optimizer=recipe.optimizer, silence_fraction=recipe.silence_ratio,
+                   min_client_examples=recipe.min_full_batches * recipe.batch_size)
+
+
 def client_partitions(options: KwsOptions):
     """The flwr-datasets partitioner of this run's training speakers (built once per process)."""
+    if options.recipe == "flower-example":
+        return flower_example.grouped_partitioner(corpus_for(options))
     return partitioner(str(Path(options.corpus).resolve()), options.keyword_tuple, options.silence_fraction,
                        options.num_clients, options.seed)
 
@@ -135,6 +158,8 @@ def client_update(options: KwsOptions, partition_id: int, state: dict[str, torch
 
     Returns (new head weights, metrics); weights are None when the client has too few examples to train.
     """
+    if options.recipe == "flower-example":
+        return _flower_example_update(options, partition_id, state, round_number)
     started = time.perf_counter()
     examples = client_examples(options, partition_id)
     if len(examples) < options.min_client_examples:
@@ -146,6 +171,24 @@ def client_update(options: KwsOptions, partition_id: int, state: dict[str, torch
     metrics = train_head(head, features, examples.labels, options.train_options(round_number, partition_id))
     finished = time.perf_counter()
     metrics |= {"skipped": 0, "encoded-clips": encoded_now, "encode-seconds": encoded_at - started, "train-seconds": finished - encoded_at}
+    return {k: v.detach().clone() for k, v in head.state_dict().items()}, metrics
+
+
+def _flower_example_update(options: KwsOptions, partition_id: int, state: dict, round_number: int) -> tuple[dict | None, dict]:
+    """A client's round as Flower's Whisper example runs it: data loaded and log-mel computed again every round,
+    the 30-s encoder run inside training on every batch."""
+    started = time.perf_counter()
+    encoder = encoder_for(options)
+    seed = options.train_options(round_number, partition_id).seed
+    dataset = flower_example.load_client_data(corpus_for(options), encoder.feature_extractor, partition_id, np.random.default_rng(seed))
+    loaded_at = time.perf_counter()
+    head = new_head(options)
+    head.load_state_dict(state)
+    metrics = flower_example.train_one_round(encoder.encoder, head, dataset, torch.Generator().manual_seed(seed))
+    timing = {"load-seconds": loaded_at - started, "train-seconds": time.perf_counter() - loaded_at}
+    if metrics is None:
+        return None, {"num-examples": 0, "skipped": 1, "client-examples": len(dataset), **timing}
+    metrics |= {"skipped": 0, "encoded-clips": metrics["steps"] * flower_example.RECIPE.batch_size, **timing}
     return {k: v.detach().clone() for k, v in head.state_dict().items()}, metrics
 
 

@@ -14,7 +14,7 @@ class TrainOptions:
     epochs: int = 1
     batch_size: int = 32
     learning_rate: float = 1e-3
-    optimizer: str = "adam"  # or "sgd" (the anchor's: SGD, lr 1e-3, batch 8)
+    optimizer: str = "adam"  # or "sgd"
     class_balanced: bool = True  # sample classes equally: `_unknown_` holds 25 of 35 words
     seed: int = 0
 
