@@ -11,9 +11,9 @@ import numpy as np
 
 from fedwhisper.data.synth_kws import KwsSynthesisOptions, synthesize_speech_commands
 from fedwhisper.features.encoder import FrozenEncoder
+from fedwhisper.fl.kws_app import simulate
 from fedwhisper.kws.data import KwsCorpus
 from fedwhisper.kws.model import build_head, parameter_count
-from fedwhisper.kws.simulate import simulate
 from fedwhisper.kws.task import KwsOptions, encode_examples, new_head, train_centralized, with_recipe
 from fedwhisper.kws.train import TrainOptions, evaluate_head, train_head
 
@@ -89,10 +89,9 @@ def _client_rounds(rows: list[dict]) -> list[dict]:
     for row in rows[1:]:
         for i, examples in enumerate(row.get("client_num_examples", [])):
             entry = {"round": row["round"], "examples": examples}
-            for key in ("encoded_clips", "load_seconds", "encode_seconds", "train_seconds"):
+            for key in ("encoded_clips", "load_seconds", "encode_seconds", "train_seconds", "round_seconds"):
                 if f"client_{key}" in row:
                     entry[key] = row[f"client_{key}"][i]
-            entry["round_seconds"] = round(sum(entry.get(k, 0.0) for k in ("load_seconds", "encode_seconds", "train_seconds")), 3)
             clients.append(entry)
     return clients
 
@@ -105,16 +104,16 @@ def flower_example(corpus_dir: Path, work: Path, rounds: int, our_clients: int) 
     for recipe in ("fedwhisper", "flower-example"):
         options = KwsOptions(corpus=str(corpus_dir), rounds=rounds, recipe=recipe, num_clients=our_clients, cache_dir=str(work / "cache-recipes"))
         resolved = with_recipe(options)
-        seconds, runlog = _seconds(simulate, options, work / f"run-{recipe}")
-        clients = _client_rounds(runlog.rounds)
+        seconds, run = _seconds(simulate, options, work / f"run-{recipe}")
+        clients = _client_rounds(run.rows)
         trained = [c for c in clients if c.get("train_seconds") is not None]
         entry = {
             "settings": {k: v for k, v in resolved.to_config().items() if k not in ("corpus", "cache_dir", "keywords")},
             "head_parameters": parameter_count(new_head(resolved)),
             "wall_seconds": round(seconds, 1),
-            "test_accuracy_per_round": [round(row["test_accuracy"], 4) for row in runlog.rounds],
-            "validation_accuracy_per_round": [round(row["validation_accuracy"], 4) for row in runlog.rounds],
-            "clients_trained_per_round": [row.get("clients_trained") for row in runlog.rounds[1:]],
+            "test_accuracy_per_round": [round(row["test_accuracy"], 4) for row in run.rows],
+            "validation_accuracy_per_round": [round(row["validation_accuracy"], 4) for row in run.rows],
+            "clients_trained_per_round": [row.get("clients_trained") for row in run.rows[1:]],
             "client_rounds": clients,
             "client_round_seconds_mean": round(float(np.mean([c["round_seconds"] for c in trained])), 3),
             "client_round_seconds_range": [min(c["round_seconds"] for c in trained), max(c["round_seconds"] for c in trained)],
@@ -138,7 +137,7 @@ def full_scale(work: Path, speakers: int, rounds: int, central_epochs: int) -> d
     corpus_dir = work / f"kws-{speakers}"
     synthesis = synthesize_speech_commands(corpus_dir, KwsSynthesisOptions(speakers=speakers))
     options = KwsOptions(corpus=str(corpus_dir), rounds=rounds, num_clients=100 if speakers >= 200 else 10, cache_dir=str(work / "cache-full"))
-    federated_seconds, runlog = _seconds(simulate, options, work / "full-federated")
+    federated_seconds, run = _seconds(simulate, options, work / "full-federated")
     central_seconds, central = _seconds(train_centralized, KwsOptions(corpus=str(corpus_dir), local_epochs=1, cache_dir=str(work / "cache-full")),
                                         work / "full-central", central_epochs)
     corpus = KwsCorpus(corpus_dir)
@@ -147,9 +146,9 @@ def full_scale(work: Path, speakers: int, rounds: int, central_epochs: int) -> d
         "train_speakers": len(set(corpus.splits["train"]["speaker_id"])),
         "synthesis_seconds": round(synthesis.seconds, 1),
         "federated": {"wall_seconds": round(federated_seconds, 1),
-                      "per_round": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in runlog.rounds]},
+                      "per_round": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in run.rows]},
         "centralized": {"epochs": central_epochs, "wall_seconds": round(central_seconds, 1),
-                        "test_accuracy": central.rounds[-1]["test_accuracy"], "validation_accuracy": central.rounds[-1]["validation_accuracy"]},
+                        "test_accuracy": central.rows[-1]["test_accuracy"], "validation_accuracy": central.rows[-1]["validation_accuracy"]},
     }
 
 

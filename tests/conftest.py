@@ -9,6 +9,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def runs_in_tmp(tmp_path, monkeypatch):
+    """Runs that a test does not place itself go to its tmp directory, never to the user's $FEDWHISPER_HOME/runs."""
+    monkeypatch.setenv("FEDWHISPER_RUNS", str(tmp_path / "runs"))
+
+
 @pytest.fixture(scope="session")
 def session_home(tmp_path_factory) -> Path:
     """FEDWHISPER_HOME shared by the tests of one run, so real weights are imported once."""

@@ -16,8 +16,8 @@ def test_demo_transcribes_held_out_speakers_with_the_real_model(session_home):
 def test_kws_demo_reaches_97_percent_on_held_out_speakers_within_10_rounds(session_home):
     from fedwhisper.demo import run_kws_demo
 
-    runlog, run_dir = run_kws_demo("tiny.en")
-    assert [row["round"] for row in runlog.rounds] == list(range(11))
-    assert runlog.rounds[-1]["test_accuracy"] >= 0.97
-    assert all(row["clients_trained"] == 10 for row in runlog.rounds[1:])
-    assert (run_dir / "accuracy.png").is_file()
+    run = run_kws_demo("tiny.en")
+    assert [row["round"] for row in run.rows] == list(range(11))
+    assert run.rows[-1]["test_accuracy"] >= 0.97
+    assert all(row["clients_trained"] == 10 for row in run.rows[1:])
+    assert (run.path / "accuracy.png").is_file()

@@ -1,5 +1,6 @@
 import pytest
 
+from fedwhisper.errors import FedwhisperError
 from fedwhisper.metrics import character_error_rate, word_error_rate
 
 
@@ -19,5 +20,5 @@ def test_other_languages_use_the_basic_normaliser():
 def test_mismatched_lengths_and_empty_references_are_errors():
     with pytest.raises(ValueError, match="hypotheses"):
         word_error_rate(["a"], [])
-    with pytest.raises(ValueError, match="non-empty"):
+    with pytest.raises(FedwhisperError, match="non-empty"):
         word_error_rate(["", "  "], ["x", "y"])

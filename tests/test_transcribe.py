@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 
 from fedwhisper.audio import write_audio
 from fedwhisper.cli import app
+from fedwhisper.errors import FedwhisperError
 from fedwhisper.transcribe import Transcript, format_transcript
 
 
@@ -17,7 +18,7 @@ def test_subtitle_formats():
     vtt = format_transcript(transcript, "vtt")
     assert vtt.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.250\nHello there.")
     assert json.loads(format_transcript(transcript, "json"))["segments"][1]["end"] == 3725.5
-    with pytest.raises(ValueError, match="unknown output format"):
+    with pytest.raises(FedwhisperError, match="unknown output format"):
         format_transcript(transcript, "docx")
 
 

@@ -10,11 +10,14 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-SAMPLE_RATE = 16_000
+from fedwhisper.constants import SAMPLE_RATE
+from fedwhisper.errors import FedwhisperError
+from fedwhisper.files import atomic_path
+
 SILENCE_PEAK = 1e-4  # peak amplitude below which a clip holds no usable signal
 
 
-class AudioError(ValueError):
+class AudioError(FedwhisperError, ValueError):
     """Audio that cannot be used; the message names the file and the reason."""
 
 
@@ -100,12 +103,10 @@ def load_audio(source: str | os.PathLike | bytes | dict, max_seconds: float | No
 def write_audio(path: str | os.PathLike, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
     """Write 16-bit PCM atomically: a crash never leaves a half-written file under the final name."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
     audio_format = _format_for(path)
     subtype = {"WAV": "PCM_16", "FLAC": "PCM_16", "OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}[audio_format]
-    sf.write(partial, np.clip(samples, -1.0, 1.0), sample_rate, subtype=subtype, format=audio_format)
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        sf.write(partial, np.clip(samples, -1.0, 1.0), sample_rate, subtype=subtype, format=audio_format)
 
 
 def _format_for(path: Path) -> str:

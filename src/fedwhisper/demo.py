@@ -11,10 +11,11 @@ from fedwhisper.audio import load_audio
 from fedwhisper.data.corpus import load_corpus
 from fedwhisper.data.synth_asr import AsrSynthesisOptions, synthesize_audiofolder
 from fedwhisper.data.synth_kws import KwsSynthesisOptions, synthesize_speech_commands
-from fedwhisper.kws.simulate import simulate
+from fedwhisper.fl.kws_app import simulate
 from fedwhisper.kws.task import KwsOptions
 from fedwhisper.metrics import word_error_rate
 from fedwhisper.models.registry import fedwhisper_home, load_whisper
+from fedwhisper.runs import runs_root
 from fedwhisper.transcribe import DecodingOptions, transcribe_clips
 
 DEMO_CORPUS = AsrSynthesisOptions(sentences=60, speakers=12, test_speakers=2)
@@ -33,12 +34,10 @@ class DemoResult:
 
 def run_kws_demo(model_name: str = "tiny.en", on_round=None):
     """Federated keyword spotting on the embedded default: 300 synthetic speakers, 100 clients, 10 per round, 10 rounds."""
-    home = fedwhisper_home()
-    corpus = home / "corpora" / "demo-kws"
+    corpus = fedwhisper_home() / "corpora" / "demo-kws"
     synthesize_speech_commands(corpus, DEMO_KWS_CORPUS)
-    run_dir = home / "runs" / f"demo-kws-{time.strftime('%Y%m%d-%H%M%S')}"
-    options = KwsOptions(corpus=str(corpus), model=model_name)
-    return simulate(options, run_dir, on_round=on_round), run_dir
+    run_dir = runs_root() / f"demo-kws-{time.strftime('%Y%m%d-%H%M%S')}"
+    return simulate(KwsOptions(corpus=str(corpus), model=model_name), run_dir, on_round=on_round)
 
 
 def run_asr_demo(model_name: str = "tiny.en", corpus_dir: Path | None = None, clips: int = 10) -> DemoResult:

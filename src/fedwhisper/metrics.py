@@ -6,6 +6,8 @@ import functools
 
 import jiwer
 
+from fedwhisper.errors import FedwhisperError
+
 
 @functools.cache
 def normalizer(language: str | None):
@@ -23,7 +25,7 @@ def _normalised_pairs(references: list[str], hypotheses: list[str], language: st
     pairs = [(normalise(r), normalise(h)) for r, h in zip(references, hypotheses)]
     pairs = [(r, h) for r, h in pairs if r.strip()]  # an empty reference has no defined error rate
     if not pairs:
-        raise ValueError("no non-empty reference after normalisation")
+        raise FedwhisperError("no non-empty reference after normalisation")
     return [r for r, _ in pairs], [h for _, h in pairs]
 
 

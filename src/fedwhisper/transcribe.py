@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from fedwhisper import constants
 from fedwhisper.audio import SAMPLE_RATE, load_audio
+from fedwhisper.errors import FedwhisperError
 
 OUTPUT_FORMATS = ("txt", "srt", "vtt", "json")
 MAX_TOKENS_PER_SECOND = 12  # fast speech is ~4 words/s, ~6 tokens/s with timestamps (Swedish: more tokens a word)
@@ -35,13 +37,13 @@ WHISPER_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # openai/whisper's transc
 
 
 def is_multilingual(model) -> bool:
-    return bool(getattr(model.generation_config, "is_multilingual", False))
+    return constants.is_multilingual(model.config.vocab_size)
 
 
 def generation_kwargs(model, options: DecodingOptions) -> dict:
     """``generate`` arguments for ``options``; English-only models refuse other languages and translation."""
     if options.task not in ("transcribe", "translate"):
-        raise ValueError(f"task must be transcribe or translate, not {options.task!r}")
+        raise FedwhisperError(f"task must be transcribe or translate, not {options.task!r}")
     kwargs = {"num_beams": options.num_beams, "max_new_tokens": options.max_new_tokens}
     if len(options.temperatures) > 1:  # transformers samples at each temperature above 0
         kwargs |= {"temperature": tuple(options.temperatures), "compression_ratio_threshold": 1.35, "logprob_threshold": -1.0}
@@ -49,7 +51,7 @@ def generation_kwargs(model, options: DecodingOptions) -> dict:
         kwargs |= {"do_sample": False}
     if not is_multilingual(model):
         if options.task != "transcribe" or options.language not in (None, "en", "english"):
-            raise ValueError("this model is English-only: it can only transcribe English")
+            raise FedwhisperError("this model is English-only: it can only transcribe English")
         return kwargs
     return kwargs | {"task": options.task, "language": options.language}
 
@@ -163,7 +165,7 @@ def format_transcript(transcript: Transcript, output_format: str) -> str:
         return "".join(f"{i}\n{_clock(s['start'], ',')} --> {_clock(s['end'], ',')}\n{s['text']}\n\n" for i, s in enumerate(segments, 1))
     if output_format == "vtt":
         return "WEBVTT\n\n" + "".join(f"{_clock(s['start'], '.')} --> {_clock(s['end'], '.')}\n{s['text']}\n\n" for s in segments)
-    raise ValueError(f"unknown output format {output_format!r}; choose from {', '.join(OUTPUT_FORMATS)}")
+    raise FedwhisperError(f"unknown output format {output_format!r}; choose from {', '.join(OUTPUT_FORMATS)}")
 
 
 def write_transcript(transcript: Transcript, out_dir: str | os.PathLike, formats: Sequence[str]) -> list[Path]:

@@ -31,4 +31,4 @@ def test_train_without_features_or_resume_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["asr", "train", "--out", str(tmp_path / "run")])
     assert result.exit_code == 1 and "FEATURES" in result.output
     result = CliRunner().invoke(app, ["asr", "train", "--resume", str(tmp_path)])
-    assert result.exit_code == 1 and "no run.json" in result.output
+    assert result.exit_code == 1 and "not a run directory" in result.output

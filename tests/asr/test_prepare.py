@@ -7,6 +7,7 @@ import pytest
 from fedwhisper.asr import prepare as prepare_module
 from fedwhisper.asr.prepare import PrepareOptions, full_features, load_features, prepare_features, stored_frames
 from fedwhisper.audio import write_audio
+from fedwhisper.errors import FedwhisperError
 
 
 def test_compact_features_rebuild_the_30_s_input(tiny_features, tiny_asr_corpus):
@@ -89,7 +90,7 @@ def test_an_interrupted_preparation_resumes_at_the_first_missing_shard(tmp_path,
 def test_other_inputs_into_the_same_directory_are_refused(tmp_path, tiny_asr_corpus, tiny_asr_model):
     out = tmp_path / "features"
     prepare_features(tiny_asr_corpus, str(tiny_asr_model), out, PrepareOptions(validation_speakers=0))
-    with pytest.raises(FileExistsError, match="other inputs"):
+    with pytest.raises(FedwhisperError, match="other inputs"):
         prepare_features(tiny_asr_corpus, str(tiny_asr_model), out, PrepareOptions(validation_speakers=2))
-    with pytest.raises(FileNotFoundError, match="asr prepare"):
+    with pytest.raises(FedwhisperError, match="asr prepare"):
         load_features(tmp_path)

@@ -5,6 +5,7 @@ import pytest
 from fedwhisper.audio import write_audio
 from fedwhisper.data.audiofolder import read_audiofolder
 from fedwhisper.data.corpus import corpus_kind, load_corpus
+from fedwhisper.errors import FedwhisperError
 from tests.conftest import tone
 
 
@@ -30,12 +31,12 @@ def test_single_jsonl_metadata_is_the_train_split(tmp_path):
 
 def test_metadata_without_file_name_is_named(tmp_path):
     (tmp_path / "metadata.csv").write_text("path,transcription\na.wav,x\n")
-    with pytest.raises(ValueError, match="file_name"):
+    with pytest.raises(FedwhisperError, match="file_name"):
         read_audiofolder(tmp_path)
 
 
 def test_unknown_directory_and_missing_path(tmp_path):
-    with pytest.raises(ValueError, match="not a Speech Commands"):
+    with pytest.raises(FedwhisperError, match="not a Speech Commands"):
         corpus_kind(tmp_path)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FedwhisperError):
         corpus_kind(tmp_path / "nope")

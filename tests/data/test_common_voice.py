@@ -1,8 +1,9 @@
 import pytest
 
 from fedwhisper.audio import load_audio, write_audio
-from fedwhisper.data.corpus import corpus_kind, load_corpus
 from fedwhisper.data.common_voice import read_common_voice
+from fedwhisper.data.corpus import corpus_kind, load_corpus
+from fedwhisper.errors import FedwhisperError
 from tests.conftest import tone
 
 HEADER = "client_id\tpath\tsentence\tup_votes\tdown_votes\tage\tgender\taccents\tlocale\tsegment\n"
@@ -28,5 +29,5 @@ def test_hand_made_common_voice_folder(tmp_path):
 def test_missing_column_is_named(tmp_path):
     write_audio(tmp_path / "clips" / "a.mp3", tone(1.0))
     (tmp_path / "train.tsv").write_text("path\tsentence\na.mp3\tHej.\n")
-    with pytest.raises(ValueError, match="client_id"):
+    with pytest.raises(FedwhisperError, match="client_id"):
         read_common_voice(tmp_path)

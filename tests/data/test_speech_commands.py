@@ -8,6 +8,7 @@ import pytest
 from fedwhisper.audio import load_audio, write_audio
 from fedwhisper.data.corpus import corpus_kind, load_corpus
 from fedwhisper.data.speech_commands import background_noise_files, read_speech_commands, which_set
+from fedwhisper.errors import FedwhisperError
 from tests.conftest import tone
 
 
@@ -46,7 +47,7 @@ def test_digit_words_without_noise_or_lists_are_a_valid_corpus(tmp_path):
 
 def test_folder_without_clips_is_an_error(tmp_path):
     (tmp_path / "yes").mkdir()
-    with pytest.raises(ValueError, match="no <word>"):
+    with pytest.raises(FedwhisperError, match="no <word>"):
         read_speech_commands(tmp_path)
 
 

@@ -6,6 +6,7 @@ from fedwhisper.audio import load_audio
 from fedwhisper.data.corpus import load_corpus
 from fedwhisper.data.synth_asr import AsrSynthesisOptions, synthesize_audiofolder
 from fedwhisper.data.text import load_sentences
+from fedwhisper.errors import FedwhisperError
 
 
 @pytest.mark.parametrize("language", ["en", "sv"])
@@ -43,5 +44,5 @@ def test_text_file_replaces_the_source_and_engines_can_be_chosen(tmp_path):
 def test_asking_for_more_sentences_than_the_source_has_is_an_error(tmp_path):
     text = tmp_path / "two.txt"
     text.write_text("One sentence here.\nAnother sentence here.\n")
-    with pytest.raises(ValueError, match="fewer than"):
+    with pytest.raises(FedwhisperError, match="fewer than"):
         synthesize_audiofolder(tmp_path / "c", AsrSynthesisOptions(sentences=5, speakers=3, test_speakers=1, text=str(text)))

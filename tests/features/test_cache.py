@@ -39,10 +39,29 @@ def test_changed_audio_gets_a_new_key_and_another_encoder_another_store(tmp_path
     assert len(calls) == 2
 
 
-def test_a_torn_store_is_rebuilt_not_trusted(tmp_path):
+def test_a_torn_chunk_is_computed_again_not_trusted(tmp_path):
     calls = []
     cache = FeatureCache(tmp_path, "enc")
     cache.get_or_compute(["a", "b"], fake_encoder(calls))
-    (cache.directory / "keys.json").write_text(json.dumps(["a"]))  # as if killed between the two renames
-    _, encoded = cache.get_or_compute(["a", "b"], fake_encoder(calls))
+    (cache.directory / "chunk-00000.keys.json").write_text(json.dumps(["a"]))  # keys that do not match the rows
+    _, encoded = FeatureCache(tmp_path, "enc").get_or_compute(["a", "b"], fake_encoder(calls))
     assert encoded == 2
+
+
+def test_an_interrupted_encoding_keeps_its_finished_chunks(tmp_path):
+    calls = []
+
+    def fails_on_the_second_chunk(indices):
+        if calls:
+            raise KeyboardInterrupt
+        return fake_encoder(calls)(indices)
+
+    keys = [f"k{i}" for i in range(5)]
+    try:
+        FeatureCache(tmp_path, "enc").get_or_compute(keys, fails_on_the_second_chunk, chunk_rows=2)
+    except KeyboardInterrupt:
+        pass
+    later = []
+    rows, encoded = FeatureCache(tmp_path, "enc").get_or_compute(keys, fake_encoder(later), chunk_rows=2)
+    assert encoded == 3 and later == [[2, 3], [4]]
+    assert rows[:, 0, 0].tolist() == [0, 1, 2, 3, 4]

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedwhisper.errors import FedwhisperError
 from fedwhisper.features.encoder import FrozenEncoder
 
 
@@ -22,5 +23,5 @@ def test_short_window_gives_fewer_positions_and_30_s_matches_transformers(tiny_w
 def test_window_changes_the_fingerprint_and_bad_windows_are_refused(tiny_whisper_dir):
     assert FrozenEncoder(tiny_whisper_dir, 1.0).fingerprint != FrozenEncoder(tiny_whisper_dir, 2.0).fingerprint
     assert FrozenEncoder(tiny_whisper_dir, 1.0).fingerprint == FrozenEncoder(tiny_whisper_dir, 1.0).fingerprint
-    with pytest.raises(ValueError, match="window"):
+    with pytest.raises(FedwhisperError, match="window"):
         FrozenEncoder(tiny_whisper_dir, 31.0)

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from fedwhisper.data.speech_commands import read_speech_commands
+from fedwhisper.errors import FedwhisperError
 from fedwhisper.kws.data import SILENCE, UNKNOWN, KwsCorpus, class_names, silence_crops, speaker_partitioner
 from tests.data.test_speech_commands import make_folder
 
@@ -10,7 +11,7 @@ def test_class_set_follows_the_corpus():
     words = {"yes", "no", "marvin", "house"}
     assert class_names(words, ("yes", "no", "stop")) == ("yes", "no", SILENCE, UNKNOWN)
     assert class_names({"zero", "one"}, ("zero", "one"), has_noise=False) == ("zero", "one")
-    with pytest.raises(ValueError, match="none of the keywords"):
+    with pytest.raises(FedwhisperError, match="none of the keywords"):
         class_names({"cat"}, ("yes",))
 
 
@@ -49,5 +50,5 @@ def test_partitions_are_disjoint_speaker_groups_covering_the_training_speakers(t
     assert set().union(*groups) == train_speakers and sum(map(len, groups)) == len(train_speakers)
     assert max(map(len, groups)) - min(map(len, groups)) <= 1
     assert not set().union(*groups) & held_out  # test speakers never appear in any client
-    with pytest.raises(ValueError, match="at least as many training speakers"):
+    with pytest.raises(FedwhisperError, match="at least as many training speakers"):
         speaker_partitioner(splits["train"], num_clients=len(train_speakers) + 1)

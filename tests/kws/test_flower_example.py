@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from fedwhisper.errors import FedwhisperError
+from fedwhisper.fl.kws_app import simulate
 from fedwhisper.kws import flower_example
 from fedwhisper.kws.flower_example import RECIPE, clients_and_sample, sampler_weights, silence_clips, train_one_round
 from fedwhisper.kws.model import build_head, parameter_count
-from fedwhisper.kws.simulate import simulate
 from fedwhisper.kws.task import KwsOptions, client_update, corpus_for, new_head, with_recipe
 
 
@@ -84,7 +85,7 @@ def test_recipe_options_and_a_client_round(options):
     assert (resolved.window_seconds, resolved.head, resolved.batch_size, resolved.learning_rate, resolved.optimizer,
             resolved.local_epochs, resolved.min_client_examples) == (30.0, "anchor", 8, 1e-3, "adam", 1, 16)
     assert with_recipe(resolved) == resolved
-    with pytest.raises(ValueError, match="unknown recipe"):
+    with pytest.raises(FedwhisperError, match="unknown recipe"):
         with_recipe(KwsOptions(recipe="nope"))
 
     state = new_head(resolved).state_dict()
@@ -97,7 +98,6 @@ def test_recipe_options_and_a_client_round(options):
 
 
 def test_recipe_federates_on_flower(options, tmp_path):
-    runlog = simulate(options, tmp_path / "run")
-    row = runlog.rounds[-1]
+    row = simulate(options, tmp_path / "run").rows[-1]
     assert row["round"] == 1 and row["clients_trained"] + row["clients_skipped"] == with_recipe(options).clients_per_round
     assert len(row["client_load_seconds"]) == row["clients_trained"]

@@ -2,14 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from fedwhisper.kws.model import build_head, load_head, parameter_count, save_head
+from fedwhisper.errors import FedwhisperError
+from fedwhisper.kws.model import build_head, load_head, parameter_count
 from fedwhisper.kws.train import TrainOptions, evaluate_head, train_head
+from fedwhisper.runs import RunDirectory
 
 
 def test_anchor_head_has_the_examples_parameter_count_and_ours_is_much_smaller():
     assert parameter_count(build_head("anchor", 1500, 384, 12)) == 781_964
     assert parameter_count(build_head("pooled", 50, 384, 12)) < 781_964 / 10
-    with pytest.raises(ValueError, match="unknown head"):
+    with pytest.raises(FedwhisperError, match="unknown head"):
         build_head("huge", 50, 384, 12)
 
 
@@ -48,7 +50,7 @@ def test_class_balanced_sampling_sees_rare_classes_as_often_as_common_ones():
 def test_head_checkpoint_round_trips(tmp_path):
     head = build_head("pooled", 50, 64, 5)
     meta = {"head": "pooled", "model": "tiny.en", "window_seconds": 1.0, "positions": 50, "d_model": 64, "classes": list("abcde")}
-    save_head(tmp_path / "h.safetensors", head, meta)
+    RunDirectory(tmp_path).save_arrays("h", head.state_dict(), meta)
     loaded, loaded_meta = load_head(tmp_path / "h.safetensors")
     assert loaded_meta == meta
     for name, tensor in head.state_dict().items():

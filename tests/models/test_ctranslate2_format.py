@@ -5,6 +5,7 @@ import pytest
 import torch
 from transformers import WhisperForConditionalGeneration
 
+from fedwhisper.errors import FedwhisperError
 from fedwhisper.models.convert import state_dict_from_checkpoint, whisper_config_from_checkpoint
 from fedwhisper.models.ctranslate2_format import CheckpointFormatError, load_checkpoint
 
@@ -68,7 +69,7 @@ def test_unknown_binary_version_is_rejected(tmp_path):
 
 
 def test_missing_part_names_the_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="part2"):
+    with pytest.raises(FedwhisperError, match="part2"):
         load_checkpoint([tmp_path / "part1", tmp_path / "part2"])
 
 

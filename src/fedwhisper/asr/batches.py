@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from fedwhisper.asr.prepare import full_features
+from fedwhisper.constants import IGNORE_INDEX
+from fedwhisper.features.cache import FeatureCache
 from fedwhisper.features.encoder import encoder_bottom, encoder_top, weights_fingerprint
-
-IGNORE_INDEX = -100  # label positions the loss skips
 
 
 def log_mel_batch(dataset, indices: Sequence[int]) -> torch.Tensor:
@@ -40,11 +39,9 @@ def label_batch(label_lists: Sequence[Sequence[int]], decoder_start_token_id: in
 
 class EncoderOutputCache:
     """Outputs ``[rows, positions, d_model]`` float16 of one split under the encoder's first ``layers`` blocks
-    (``None``: the whole encoder, final layer norm included).
-
-    Stored as chunk files under ``root/<encoder fingerprint>-<dataset fingerprint>/``; a chunk is written to a
-    temporary name and renamed, so an interrupted computation resumes at the first missing chunk.
-    """
+    (``None``: the whole encoder, final layer norm included), kept in the shared encoder-output store
+    (``features.cache.FeatureCache``) under the encoder's identity, one key per dataset row. Chunks are stored as they
+    are computed, so an interrupted computation resumes at the first missing chunk."""
 
     def __init__(self, root: str | os.PathLike, encoder: torch.nn.Module, dataset, layers: int | None = None, chunk_rows: int = 64, batch_size: int = 8):
         self.encoder = encoder
@@ -52,56 +49,30 @@ class EncoderOutputCache:
         self.layers = layers
         self.chunk_rows = chunk_rows
         self.batch_size = batch_size
-        self.directory = Path(root) / f"{weights_fingerprint(encoder, f'layers={layers}')}-{dataset._fingerprint}"
-        self._chunks: dict[int, np.ndarray] = {}
+        self.store = FeatureCache(root, weights_fingerprint(encoder, f"layers={layers}"))
+        self.keys = [f"{dataset._fingerprint}/{index}" for index in range(len(dataset))]
 
-    def _encode(self, features: torch.Tensor) -> torch.Tensor:
-        if self.layers is None:
-            return self.encoder(features).last_hidden_state
-        return encoder_bottom(self.encoder, features, self.layers)
-
-    def _chunk_path(self, chunk: int) -> Path:
-        return self.directory / f"chunk-{chunk:05d}.npy"
+    def _encode(self, indices: list[int]) -> np.ndarray:
+        outputs = []
+        for first in range(0, len(indices), self.batch_size):
+            features = log_mel_batch(self.dataset, indices[first : first + self.batch_size]).to(next(self.encoder.parameters()).device)
+            with torch.inference_mode():
+                hidden = self.encoder(features).last_hidden_state if self.layers is None else encoder_bottom(self.encoder, features, self.layers)
+            outputs.append(hidden.float().cpu().numpy().astype(np.float16))
+        return np.concatenate(outputs)
 
     def compute(self, progress: bool = True) -> int:
         """Encode every row not stored yet; returns how many rows were encoded now."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        missing = [c for c in range(-(-len(self.dataset) // self.chunk_rows)) if not self._chunk_path(c).is_file()]
-        rows_done = 0
-        with tqdm(total=sum(self._chunk_size(c) for c in missing), desc="encode (frozen encoder, once)", unit="clip", disable=not progress or not missing) as bar:
-            for chunk in missing:
-                start = chunk * self.chunk_rows
-                indices = range(start, start + self._chunk_size(chunk))
-                outputs = []
-                for first in range(0, len(indices), self.batch_size):
-                    batch = indices[first : first + self.batch_size]
-                    with torch.inference_mode():
-                        hidden = self._encode(log_mel_batch(self.dataset, batch).to(self._device))
-                    outputs.append(hidden.float().cpu().numpy().astype(np.float16))
-                    bar.update(len(batch))
-                partial = self._chunk_path(chunk).with_suffix(".partial.npy")
-                np.save(partial, np.concatenate(outputs))
-                os.replace(partial, self._chunk_path(chunk))
-                rows_done += len(indices)
-        return rows_done
-
-    @property
-    def _device(self) -> torch.device:
-        return next(self.encoder.parameters()).device
-
-    def _chunk_size(self, chunk: int) -> int:
-        return min(self.chunk_rows, len(self.dataset) - chunk * self.chunk_rows)
+        missing = self.store.missing(self.keys)
+        with tqdm(total=len(missing), desc="encode (frozen encoder, once)", unit="clip", disable=not progress or not missing) as bar:
+            for start in range(0, len(missing), self.chunk_rows):
+                indices = missing[start : start + self.chunk_rows]
+                self.store.add([self.keys[i] for i in indices], self._encode(indices))
+                bar.update(len(indices))
+        return len(missing)
 
     def rows(self, indices: Sequence[int]) -> torch.Tensor:
-        out = []
-        for index in indices:
-            chunk = index // self.chunk_rows
-            if chunk not in self._chunks:
-                if not self._chunk_path(chunk).is_file():
-                    raise RuntimeError(f"encoder outputs for row {index} are missing from {self.directory}; call compute() first")
-                self._chunks[chunk] = np.load(self._chunk_path(chunk), mmap_mode="r")
-            out.append(self._chunks[chunk][index % self.chunk_rows])
-        return torch.from_numpy(np.stack(out).astype(np.float32))
+        return torch.from_numpy(self.store.rows([self.keys[i] for i in indices]).astype(np.float32))
 
 
 class AsrBatches:

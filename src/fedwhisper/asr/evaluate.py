@@ -10,6 +10,8 @@ import torch
 from tqdm.auto import tqdm
 
 from fedwhisper.asr.batches import AsrBatches, model_inputs
+from fedwhisper.constants import IGNORE_INDEX
+from fedwhisper.errors import FedwhisperError
 from fedwhisper.metrics import character_error_rate, normalizer, word_error_rate
 from fedwhisper.transcribe import DecodingOptions, decode_batch
 
@@ -28,8 +30,8 @@ def evaluate_batches(model, tokenizer, batches: AsrBatches, options: DecodingOpt
             inputs = model_inputs(model, batch)
             logits = model(**inputs).logits
         labels = inputs["labels"]
-        loss_sum += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), labels, ignore_index=-100, reduction="sum"))
-        tokens += int((labels != -100).sum())
+        loss_sum += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), labels, ignore_index=IGNORE_INDEX, reduction="sum"))
+        tokens += int((labels != IGNORE_INDEX).sum())
         hypotheses += decode_batch(model, tokenizer, inputs, options)
     if was_training:
         model.train()
@@ -63,3 +65,33 @@ def write_rows(rows: list[dict], path: str | os.PathLike) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def evaluate_data(data: str | os.PathLike, model: str, split: str = "test", options: DecodingOptions = DecodingOptions(),
+                  limit: int = 0, progress: bool = True) -> dict:
+    """WER/CER of ``model`` on a split of prepared features or of a corpus directory (prepared for the model in a
+    scratch directory first). ``options.language`` None: the features' language. Adds "clips", "audio_seconds",
+    "seconds" (decoding time) and "language" to ``evaluate_batches``' result."""
+    import tempfile
+    import time
+    from dataclasses import replace
+
+    from fedwhisper.asr.prepare import MANIFEST, PrepareOptions, load_features, prepare_features
+    from fedwhisper.models.registry import load_whisper
+
+    data = Path(data)
+    with tempfile.TemporaryDirectory(prefix="fedwhisper-eval-") as scratch:
+        features = data
+        if not (data / MANIFEST).is_file():  # a corpus
+            features = Path(scratch) / "features"
+            prepare_features(data, model, features, PrepareOptions(language=options.language or "en", task=options.task, validation_speakers=0))
+        dataset, manifest = load_features(features)
+        if split not in dataset:
+            raise FedwhisperError(f"{data} has no {split} split (it has {', '.join(dataset)})")
+        rows = dataset[split].select(range(min(limit, len(dataset[split])))) if limit else dataset[split]
+        whisper, processor = load_whisper(model)
+        options = replace(options, language=options.language or manifest["options"]["language"])
+        started = time.perf_counter()
+        result = evaluate_batches(whisper, processor.tokenizer, AsrBatches(rows, whisper.config.decoder_start_token_id), options, progress)
+        return result | {"clips": len(rows), "audio_seconds": float(sum(rows["duration"])), "seconds": time.perf_counter() - started,
+                         "language": options.language}

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from fedwhisper.audio import SAMPLE_RATE, AudioError, load_audio
+from fedwhisper.audio import AudioError, load_audio
+from fedwhisper.constants import HOP_LENGTH, SAMPLE_RATE, is_multilingual
+from fedwhisper.errors import FedwhisperError
+from fedwhisper.files import atomic_path, write_json
 
-HOP_LENGTH = 160
 WINDOW_FRAMES = 3000  # Whisper's 30-s input
 MAX_SECONDS = 30.0
 MAX_LABEL_TOKENS = 448  # the decoder's positions
@@ -97,7 +98,7 @@ def _with_validation_split(corpus, count: int | None, seed: int):
 def prepare_features(source, model: str, out: str | Path, options: PrepareOptions = PrepareOptions()) -> dict:
     """Write ``out`` (a datasets DatasetDict on disk) and return the report of kept and dropped clips per split."""
     import datasets
-    from transformers import WhisperProcessor
+    from transformers import WhisperConfig, WhisperProcessor
 
     from fedwhisper.data.corpus import load_corpus
     from fedwhisper.models.registry import resolve_model
@@ -105,8 +106,7 @@ def prepare_features(source, model: str, out: str | Path, options: PrepareOption
     out = Path(out)
     location = resolve_model(model)
     processor = WhisperProcessor.from_pretrained(location)
-    generation = json.loads((Path(location) / "generation_config.json").read_text()) if Path(location).is_dir() else {}
-    multilingual = bool(generation.get("is_multilingual", len(processor.tokenizer) > 51865))
+    multilingual = is_multilingual(WhisperConfig.from_pretrained(location).vocab_size)
     corpus = _with_validation_split(load_corpus(source), options.validation_speakers, options.seed)
     manifest = {
         "source": str(source), "model": str(model), "vocab_size": len(processor.tokenizer),
@@ -116,11 +116,11 @@ def prepare_features(source, model: str, out: str | Path, options: PrepareOption
     work = out / ".shards"
     manifest_path = out / MANIFEST
     if manifest_path.is_file() and json.loads(manifest_path.read_text()) != manifest:
-        raise FileExistsError(f"{out} holds features prepared from other inputs ({manifest_path}); choose a new directory or delete it")
+        raise FedwhisperError(f"{out} holds features prepared from other inputs ({manifest_path}); choose a new directory or delete it")
     if manifest_path.is_file() and (out / REPORT).is_file() and (out / "dataset_dict.json").is_file():
         return json.loads((out / REPORT).read_text())  # finished before with the same inputs
     out.mkdir(parents=True, exist_ok=True)
-    manifest_path.write_text(json.dumps(manifest, indent=2))
+    write_json(manifest_path, manifest)
 
     report: dict = {"splits": {}}
     finished = {}
@@ -138,11 +138,8 @@ def prepare_features(source, model: str, out: str | Path, options: PrepareOption
                     features=_feature_types(rows, manifest["n_mels"]),
                     desc=f"prepare {split} {start}-{start + len(rows)} of {len(dataset)}", load_from_cache_file=False,
                 )
-                partial = shard_dir.with_name(shard_dir.name + ".partial")
-                shutil.rmtree(partial, ignore_errors=True)
-                featurised.save_to_disk(str(partial))
-                shutil.rmtree(shard_dir, ignore_errors=True)
-                os.replace(partial, shard_dir)
+                with atomic_path(shard_dir) as partial:
+                    featurised.save_to_disk(str(partial))
             shards.append(datasets.load_from_disk(str(shard_dir)))
         combined = datasets.concatenate_datasets(shards) if shards else dataset.remove_columns(["audio"])
         reasons = combined["drop_reason"] if len(combined) else []
@@ -154,17 +151,12 @@ def prepare_features(source, model: str, out: str | Path, options: PrepareOption
             "speakers": len(set(kept["speaker_id"])) if "speaker_id" in kept.column_names else None,
             "dropped_by_reason": _count_reasons(dropped), "dropped_clips": dropped[:200],
         }
-    final = datasets.DatasetDict(finished)
-    staging = out / ".dataset.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    final.save_to_disk(str(staging))
-    for split in final:
-        shutil.rmtree(out / split, ignore_errors=True)
-        os.replace(staging / split, out / split)
-    os.replace(staging / "dataset_dict.json", out / "dataset_dict.json")
-    shutil.rmtree(staging, ignore_errors=True)
+    for split, kept in finished.items():  # the layout DatasetDict.save_to_disk writes, one split at a time
+        with atomic_path(out / split) as partial:
+            kept.save_to_disk(str(partial))
+    write_json(out / "dataset_dict.json", {"splits": list(finished)})
     shutil.rmtree(work, ignore_errors=True)
-    (out / REPORT).write_text(json.dumps(report, indent=2))
+    write_json(out / REPORT, report)
     return report
 
 
@@ -201,7 +193,7 @@ def load_features(path: str | Path):
     path = Path(path)
     manifest_path = path / MANIFEST
     if not (path / "dataset_dict.json").is_file() or not manifest_path.is_file():
-        raise FileNotFoundError(f"{path}: not a prepared feature directory (run `fedwhisper asr prepare` first)")
+        raise FedwhisperError(f"{path}: not a prepared feature directory (run `fedwhisper asr prepare` first)")
     return datasets.load_from_disk(str(path)), json.loads(manifest_path.read_text())
 
 

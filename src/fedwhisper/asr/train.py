@@ -9,26 +9,22 @@ embeddings: a small update to send); ``lora`` (peft adapters on the decoder's at
 
 from __future__ import annotations
 
-import copy
-import csv
-import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from fedwhisper.asr.batches import AsrBatches, EncoderOutputCache, model_inputs
+from fedwhisper.asr.run import TrainingRun, whisper_of
+from fedwhisper.errors import FedwhisperError
 from fedwhisper.models.registry import fedwhisper_home
 
 MODES = ("full", "encoder-only", "frozen-encoder", "decoder-only", "lora")
 LORA_TARGETS = r"model\.decoder\.layers\.\d+\.(self_attn|encoder_attn)\.(q_proj|v_proj)"
-METRIC_FIELDS = ("step", "epoch", "loss", "learning_rate", "samples_per_second", "eval_loss", "eval_wer", "eval_cer", "elapsed_seconds")
 
 
 @dataclass(frozen=True)
@@ -61,12 +57,12 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+            raise FedwhisperError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         for name in ("max_steps", "batch_size", "gradient_accumulation", "eval_every", "save_every", "log_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise FedwhisperError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+            raise FedwhisperError(f"learning_rate must be positive, got {self.learning_rate}")
 
     @property
     def cached_encoder_layers(self) -> int | None | bool:
@@ -96,7 +92,7 @@ def apply_mode(model, config: TrainConfig):
     if config.mode in ("full", "encoder-only") and config.frozen_encoder_layers:
         encoder = model.model.encoder
         if config.frozen_encoder_layers >= len(encoder.layers):
-            raise ValueError(f"frozen_encoder_layers must be below the encoder's {len(encoder.layers)} blocks (use frozen-encoder mode)")
+            raise FedwhisperError(f"frozen_encoder_layers must be below the encoder's {len(encoder.layers)} blocks (use frozen-encoder mode)")
         for part in (encoder.conv1, encoder.conv2, encoder.embed_positions, *encoder.layers[: config.frozen_encoder_layers]):
             part.requires_grad_(False)
     elif config.mode == "frozen-encoder":
@@ -117,26 +113,6 @@ def apply_mode(model, config: TrainConfig):
         model.config.mask_time_prob = max(model.config.mask_time_prob, 0.05)
         model.config.mask_feature_prob = max(model.config.mask_feature_prob, 0.05)
     return model
-
-
-def whisper_of(model):
-    """The WhisperForConditionalGeneration inside a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    """The weights this mode trains: what a checkpoint stores and what a federated client would send."""
-    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-
-
-def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
-    parameters = dict(model.named_parameters())
-    unknown = sorted(set(state) - set(parameters))
-    if unknown:
-        raise KeyError(f"checkpoint holds weights this model lacks: {unknown[:3]}…")
-    with torch.no_grad():
-        for name, value in state.items():
-            parameters[name].copy_(value)
 
 
 def make_optimizer(model, config: TrainConfig, total_steps: int):
@@ -209,80 +185,6 @@ class TrainResult:
     run_dir: Path | None
 
 
-class RunDirectory:
-    """``RUN/``: config.json, metrics.csv, curves.png, checkpoints/step-N/ (resume points), best/ (a transformers model)."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.checkpoints = self.path / "checkpoints"
-        self.best = self.path / "best"
-        self.metrics_csv = self.path / "metrics.csv"
-
-    def latest_checkpoint(self) -> Path | None:
-        done = sorted(p for p in self.checkpoints.glob("step-*") if (p / "state.json").is_file() and not p.name.endswith(".partial"))
-        return done[-1] if done else None
-
-    def read_metrics(self) -> list[dict]:
-        if not self.metrics_csv.is_file():
-            return []
-        with open(self.metrics_csv, newline="") as stream:
-            return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(stream)]
-
-    def write_metrics(self, rows: list[dict]) -> None:
-        partial = self.metrics_csv.with_suffix(".partial")
-        with open(partial, "w", newline="") as stream:
-            writer = csv.DictWriter(stream, fieldnames=METRIC_FIELDS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(partial, self.metrics_csv)
-
-    def save_checkpoint(self, step: int, model, optimizer, scheduler, state: dict, keep: int = 2) -> None:
-        final = self.checkpoints / f"step-{step:06d}"
-        partial = final.with_name(final.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, partial / "trainable.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}, partial / "optimizer.pt")
-        (partial / "state.json").write_text(json.dumps(state | {"step": step}, indent=2))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(partial, final)
-        for old in sorted(self.checkpoints.glob("step-*"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-
-    def save_model(self, model, processor, target: Path) -> None:
-        """A plain transformers Whisper directory (LoRA merged), so every command can load it as a model."""
-        partial = target.with_name(target.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        whisper = whisper_of(model)
-        if whisper is not model:  # peft: merge a copy, keep training the adapters
-            whisper = copy.deepcopy(model).merge_and_unload()
-        whisper.save_pretrained(partial)
-        processor.save_pretrained(partial)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(partial, target)
-
-    def plot(self, rows: list[dict]) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        train = [r for r in rows if r.get("loss") is not None]
-        evals = [r for r in rows if r.get("eval_wer") is not None]
-        figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-        left.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
-        left.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval")
-        left.set(xlabel="step", ylabel="loss", title="loss")
-        left.legend()
-        right.plot([r["step"] for r in evals], [100 * r["eval_wer"] for r in evals], "o-", label="WER")
-        right.plot([r["step"] for r in evals], [100 * r["eval_cer"] for r in evals], "s--", label="CER")
-        right.set(xlabel="step", ylabel="%", title="evaluation")
-        right.legend()
-        figure.tight_layout()
-        figure.savefig(self.path / "curves.png", dpi=110)
-        plt.close(figure)
-
-
 def _tensorboard(path: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -294,12 +196,13 @@ def _tensorboard(path: Path):
 def fine_tune(
     model, processor, train_set, config: TrainConfig, *, eval_set=None, run_dir: str | os.PathLike | None = None,
     resume: bool = False, on_evaluate: Callable[[int, dict], None] | None = None, cache_root: Path | None = None, progress: bool = True,
+    run_info: dict | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` on a prepared split; evaluate every ``eval_every`` steps, checkpoint every ``save_every``.
 
     With ``run_dir``, ``resume=True`` continues from the last checkpoint exactly (weights, optimizer, scheduler, random
     state, position in the data order) and the best model by WER is kept in ``run_dir/best``. ``on_evaluate(step,
-    metrics)`` may raise :class:`StopTraining`.
+    metrics)`` may raise :class:`StopTraining`. ``run_info`` is stored beside the config in the run's options.json.
     """
     from tqdm.auto import tqdm
 
@@ -314,10 +217,10 @@ def fine_tune(
         eval_batches = batches_for(model, subset, config, cache_root, progress)
     total = config.total_steps(len(train_set))
     optimizer, scheduler = make_optimizer(model, config, total)
-    run = RunDirectory(run_dir) if run_dir else None
-    step, best_wer, best_step, rows, elapsed_before = 0, None, None, [], 0.0
-    if run:
-        step, best_wer, best_step, rows, elapsed_before = _start_run(run, model, optimizer, scheduler, config, resume)
+    run = TrainingRun(run_dir) if run_dir else None
+    state = run.begin({"config": asdict(config), **(run_info or {})}, resume, model, optimizer, scheduler) if run else {"step": 0}
+    step, best_wer, best_step, elapsed_before = state["step"], state.get("best_wer"), state.get("best_step"), state.get("elapsed_seconds", 0.0)
+    rows = list(run.rows) if run else []
     writer = _tensorboard(run.path) if run else None
     per_epoch = train_batches.batches_per_epoch(config.batch_size)
     started, trained_samples, trained_seconds = time.perf_counter(), 0, 0.0
@@ -348,17 +251,17 @@ def fine_tune(
             best_wer, best_step = evaluated["wer"], step
         if run:
             if improved:
-                run.save_model(model, processor, run.best)
+                run.save_model(model, processor)
+            run.record(row)  # before the checkpoint: a resume cuts the rows back to the checkpoint's step
             if step % config.save_every == 0 or step == total:
                 run.save_checkpoint(step, model, optimizer, scheduler, {"best_wer": best_wer, "best_step": best_step, "elapsed_seconds": row["elapsed_seconds"]})
-            run.write_metrics(rows)
             if evaluated is not None:
-                run.plot(rows)
+                run.plot()
         if evaluated is not None and on_evaluate is not None:
             on_evaluate(step, row)
     bar.close()
     if run and best_step is None:  # nothing evaluated: the final weights are the model
-        run.save_model(model, processor, run.best)
+        run.save_model(model, processor)
     if writer is not None:
         writer.close()
     return TrainResult(step, best_wer, best_step, rows, trained_samples / trained_seconds if trained_seconds else 0.0, run.path if run else None)
@@ -375,29 +278,25 @@ def decoding_options(model, config: TrainConfig):
                            max_new_tokens=config.max_new_tokens, batch_size=config.eval_batch_size)
 
 
-def _start_run(run: RunDirectory, model, optimizer, scheduler, config: TrainConfig, resume: bool):
-    """Fresh: write config.json (refusing a directory that holds a run). Resume: restore the last checkpoint and cut
-    the metrics back to it, so steps after it are recorded once."""
-    config_path = run.path / "config.json"
-    if not resume:
-        if run.latest_checkpoint() is not None or run.metrics_csv.is_file():
-            raise FileExistsError(f"{run.path} already holds a run; pass --resume to continue it or choose a new directory")
-        run.path.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(json.dumps(asdict(config), indent=2))
-        return 0, None, None, [], 0.0
-    checkpoint = run.latest_checkpoint()
-    if checkpoint is None:
-        raise FileNotFoundError(f"{run.path}: no checkpoint to resume from")
-    saved = json.loads(config_path.read_text())
-    if saved != json.loads(json.dumps(asdict(config))):
-        raise ValueError(f"{config_path}: the run was started with other settings; resume it with the same ones")
-    load_trainable_state(model, load_file(checkpoint / "trainable.safetensors"))
-    states = torch.load(checkpoint / "optimizer.pt", weights_only=False)
-    optimizer.load_state_dict(states["optimizer"])
-    scheduler.load_state_dict(states["scheduler"])
-    torch.set_rng_state(states["rng"])
-    state = json.loads((checkpoint / "state.json").read_text())
-    rows = [r for r in run.read_metrics() if r["step"] <= state["step"]]
-    for row in rows:
-        row["step"] = int(row["step"])
-    return state["step"], state.get("best_wer"), state.get("best_step"), rows, state.get("elapsed_seconds", 0.0)
+def train_run(out: str | os.PathLike, *, features: str | os.PathLike | None = None, model: str | None = None,
+              config: TrainConfig | None = None, resume: bool = False, progress: bool = True) -> TrainResult:
+    """What `asr train` does: fine-tune ``model`` on prepared ``features`` into run directory ``out``, or (``resume``)
+    continue the run in ``out`` with the features, model and config it was started with."""
+    from fedwhisper.asr.prepare import load_features
+    from fedwhisper.models.registry import load_whisper
+
+    if resume:
+        saved = TrainingRun(out).saved_options()
+        features, model, config = saved["features"], saved["model"], TrainConfig.from_dict(saved["config"])
+    elif features is None:
+        raise FedwhisperError("give FEATURES (or --resume RUN)")
+    config = config or TrainConfig()
+    dataset, manifest = load_features(features)
+    if config.language is None:
+        config = replace(config, language=manifest["options"]["language"])
+    eval_split = "validation" if "validation" in dataset else "test"
+    whisper, processor = load_whisper(model, dropout=config.dropout)
+    if len(processor.tokenizer) != manifest["vocab_size"]:
+        raise FedwhisperError(f"{features} was prepared with another tokenizer ({manifest['model']}); prepare it again for {model}")
+    return fine_tune(whisper, processor, dataset["train"], config, eval_set=dataset[eval_split], run_dir=out, resume=resume,
+                     progress=progress, run_info={"features": str(Path(features).resolve()), "model": model, "eval_split": eval_split})

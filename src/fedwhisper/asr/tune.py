@@ -3,10 +3,12 @@ intermediate WER, the study kept in SQLite so a stopped search resumes where it 
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+from fedwhisper.errors import FedwhisperError
+from fedwhisper.files import write_json
 
 SAMPLERS = ("tpe", "random", "grid")
 # The grid sampler's points; TPE and random search the ranges these span (learning rate on a log scale).
@@ -23,9 +25,9 @@ class TuneOptions:
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, not {self.sampler!r}")
+            raise FedwhisperError(f"sampler must be one of {', '.join(SAMPLERS)}, not {self.sampler!r}")
         if not 0 < self.min_steps <= self.max_steps:
-            raise ValueError(f"need 0 < min_steps <= max_steps, got {self.min_steps} and {self.max_steps}")
+            raise FedwhisperError(f"need 0 < min_steps <= max_steps, got {self.min_steps} and {self.max_steps}")
 
 
 def _space(base, options: TuneOptions) -> dict[str, list]:
@@ -78,7 +80,7 @@ def tune(model_ref: str, features: Path, out: Path, base, options: TuneOptions =
     )
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)  # left running by a stopped search
-    (out / "search.json").write_text(json.dumps({"model": model_ref, "features": str(features), "base": asdict(base), "options": asdict(options)}, indent=2))
+    write_json(out / "search.json", {"model": model_ref, "features": str(features), "base": asdict(base), "options": asdict(options)})
 
     def objective(trial) -> float:
         config = suggest_config(trial, base, options)
@@ -119,5 +121,5 @@ def _report(study, out: Path, eval_split: str, manifest: dict) -> dict:
         for trial in study.trials:
             if trial.number != best.number:
                 shutil.rmtree(out / f"trial-{trial.number:03d}" / "best", ignore_errors=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_json(out / "report.json", report)
     return report

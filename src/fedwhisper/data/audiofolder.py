@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from fedwhisper.data.corpus import audio_dataset
+from fedwhisper.errors import FedwhisperError
 
 METADATA_NAMES = ("metadata.csv", "metadata.jsonl")
 SPLIT_NAMES = {"train": "train", "validation": "validation", "valid": "validation", "dev": "validation", "test": "test"}
@@ -30,7 +31,7 @@ def _read_metadata(path: Path) -> list[dict]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{number}: not JSON ({error})") from None
+                    raise FedwhisperError(f"{path}:{number}: not JSON ({error})") from None
         return rows
     with open(path, newline="", encoding="utf-8") as stream:
         return list(csv.DictReader(stream))
@@ -43,10 +44,10 @@ def _split_rows(metadata: Path) -> tuple[dict[str, list], list[str]]:
     if not rows:
         return columns, []
     if "file_name" not in rows[0]:
-        raise ValueError(f"{metadata}: no 'file_name' column (columns: {', '.join(rows[0])})")
+        raise FedwhisperError(f"{metadata}: no 'file_name' column (columns: {', '.join(rows[0])})")
     text_column = next((name for name in TEXT_COLUMNS if name in rows[0]), None)
     if text_column is None:
-        raise ValueError(f"{metadata}: no transcription column (expected one of {', '.join(TEXT_COLUMNS)})")
+        raise FedwhisperError(f"{metadata}: no transcription column (expected one of {', '.join(TEXT_COLUMNS)})")
     extra = [name for name in rows[0] if name not in {"file_name", text_column, "speaker_id", *columns}]
     columns |= {name: [] for name in extra}
     missing = []
@@ -78,7 +79,7 @@ def read_audiofolder(root: str | Path):
     if not metadata_files:
         single = next((root / n for n in METADATA_NAMES if (root / n).is_file()), None)
         if single is None:
-            raise FileNotFoundError(f"{root}: no metadata.csv or metadata.jsonl (audiofolder layout)")
+            raise FedwhisperError(f"{root}: no metadata.csv or metadata.jsonl (audiofolder layout)")
         metadata_files = {"train": single}
     corpus, skipped = {}, []
     for split, metadata in metadata_files.items():

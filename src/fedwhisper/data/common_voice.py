@@ -7,6 +7,7 @@ import csv
 from pathlib import Path
 
 from fedwhisper.data.corpus import audio_dataset
+from fedwhisper.errors import FedwhisperError
 
 SPLIT_FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
 
@@ -23,7 +24,7 @@ def read_common_voice(root: str | Path):
 
     root = Path(root)
     if not is_common_voice(root):
-        raise FileNotFoundError(f"{root}: not a Common Voice directory (clips/ and train.tsv/dev.tsv/test.tsv)")
+        raise FedwhisperError(f"{root}: not a Common Voice directory (clips/ and train.tsv/dev.tsv/test.tsv)")
     corpus, skipped = {}, []
     for split, name in SPLIT_FILES.items():
         tsv = root / name
@@ -35,7 +36,7 @@ def read_common_voice(root: str | Path):
             reader = csv.DictReader(stream, delimiter="\t", quoting=csv.QUOTE_NONE)
             for field in ("path", "sentence", "client_id"):
                 if field not in (reader.fieldnames or []):
-                    raise ValueError(f"{tsv}: missing column {field!r}")
+                    raise FedwhisperError(f"{tsv}: missing column {field!r}")
             for row in reader:
                 clip = root / "clips" / row["path"]
                 if not clip.is_file():

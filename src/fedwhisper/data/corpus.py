@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fedwhisper.errors import FedwhisperError
+
 AUDIO_COLUMN = "audio"
 
 
@@ -66,9 +68,9 @@ def corpus_kind(source: str | Path) -> str:
         for kind, matches in (("speech_commands", is_speech_commands), ("common_voice", is_common_voice), ("audiofolder", is_audiofolder)):
             if matches(path):
                 return kind
-        raise ValueError(f"{path}: not a Speech Commands, Common Voice or audiofolder directory")
+        raise FedwhisperError(f"{path}: not a Speech Commands, Common Voice or audiofolder directory")
     if path.exists() or str(source).startswith((".", "/", "~")):
-        raise FileNotFoundError(f"{source}: corpus directory not found")
+        raise FedwhisperError(f"{source}: corpus directory not found")
     return "hub"
 
 

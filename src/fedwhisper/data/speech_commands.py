@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from fedwhisper.data.corpus import audio_dataset
+from fedwhisper.errors import FedwhisperError
 
 WORDS = (
     "backward", "bed", "bird", "cat", "dog", "down", "eight", "five", "follow", "forward", "four", "go",
@@ -66,7 +67,7 @@ def read_speech_commands(root: str | Path):
 
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: Speech Commands directory not found")
+        raise FedwhisperError(f"{root}: Speech Commands directory not found")
     lists = {"validation": _read_list(root / VALIDATION_LIST), "test": _read_list(root / TESTING_LIST)}
     columns = {split: {"audio": [], "label": [], "speaker_id": [], "utterance": []} for split in ("train", "validation", "test")}
     skipped = []
@@ -84,7 +85,7 @@ def read_speech_commands(root: str | Path):
             column["speaker_id"].append(parsed[0])
             column["utterance"].append(parsed[1])
     if not any(columns[split]["audio"] for split in columns):
-        raise ValueError(f"{root}: no <word>/<speaker>_nohash_<n>.wav files found")
+        raise FedwhisperError(f"{root}: no <word>/<speaker>_nohash_<n>.wav files found")
     types = {"label": "string", "speaker_id": "string", "utterance": "int32"}
     corpus = datasets.DatasetDict({split: audio_dataset(data, types) for split, data in columns.items()})
     corpus.skipped_files = skipped  # names that do not follow the layout, reported by `data info`

@@ -15,6 +15,8 @@ from fedwhisper.data import noise
 from fedwhisper.data.synthesis import SynthesisReport, check_manifest, run_tasks
 from fedwhisper.data.text import load_sentences
 from fedwhisper.data.tts import speaker_voices
+from fedwhisper.errors import FedwhisperError
+from fedwhisper.files import write_json
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,10 @@ def synthesize_audiofolder(out: str | Path, options: AsrSynthesisOptions = AsrSy
     """Write ``out/train`` and ``out/test`` audiofolders (wav + metadata.csv); resumes where a run stopped."""
     out = Path(out)
     if not 0 < options.test_speakers < options.speakers:
-        raise ValueError(f"test speakers ({options.test_speakers}) must be between 1 and speakers - 1 ({options.speakers - 1})")
+        raise FedwhisperError(f"test speakers ({options.test_speakers}) must be between 1 and speakers - 1 ({options.speakers - 1})")
     pool = load_sentences(options.language, options.text)
     if len(pool) < options.sentences:
-        raise ValueError(f"the text source has {len(pool)} usable sentences, fewer than the {options.sentences} asked for")
+        raise FedwhisperError(f"the text source has {len(pool)} usable sentences, fewer than the {options.sentences} asked for")
     sentences = random.Random(options.seed).sample(pool, options.sentences)
     voices = speaker_voices(options.speakers, options.language, options.seed, options.engines)
     # Shuffle voices so the test speakers are not all one engine or accent.
@@ -59,7 +61,7 @@ def synthesize_audiofolder(out: str | Path, options: AsrSynthesisOptions = AsrSy
                 {"file_name": f"{speaker}/{speaker}-{i:05d}.wav", "transcription": text, "speaker_id": speaker,
                  "engine": voice.engine, "voice": voice.name, "_voice": v, "_index": i}
             )
-    (out / "speakers.json").write_text(json.dumps({f"{options.language}{v:04d}": voices[v].describe() for v in range(options.speakers)}, indent=1))
+    write_json(out / "speakers.json", {f"{options.language}{v:04d}": voices[v].describe() for v in range(options.speakers)})
 
     tasks = [(split, row) for split in rows for row in rows[split]]
 
@@ -84,5 +86,5 @@ def synthesize_audiofolder(out: str | Path, options: AsrSynthesisOptions = AsrSy
             writer = csv.DictWriter(stream, fieldnames=["file_name", "transcription", "speaker_id", "engine", "voice"], extrasaction="ignore")
             writer.writeheader()
             writer.writerows(r for r in split_rows if str(out / split / r["file_name"]) not in failed)
-    (out / "synthesis_report.json").write_text(json.dumps(report.as_dict(), indent=2))
+    write_json(out / "synthesis_report.json", report.as_dict())
     return report

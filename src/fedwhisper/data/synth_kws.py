@@ -15,6 +15,7 @@ from fedwhisper.data import noise
 from fedwhisper.data.speech_commands import BACKGROUND_NOISE_DIR, TESTING_LIST, VALIDATION_LIST, WORDS, which_set
 from fedwhisper.data.synthesis import SynthesisReport, check_manifest, run_tasks
 from fedwhisper.data.tts import Voice, speaker_voices
+from fedwhisper.files import write_json
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def synthesize_speech_commands(out: str | Path, options: KwsSynthesisOptions = K
     voices = speaker_voices(options.speakers, "en", options.seed, options.engines)
     speakers = [speaker_id(options.seed, i) for i in range(options.speakers)]
     check_manifest(out, {"kind": "speech_commands_v0.02", "options": json.loads(json.dumps(asdict(options)))})
-    (out / "speakers.json").write_text(json.dumps({sid: voice.describe() for sid, voice in zip(speakers, voices)}, indent=1))
+    write_json(out / "speakers.json", {sid: voice.describe() for sid, voice in zip(speakers, voices)})
     noises = list(_background_noise(out, options, voices).values())
 
     tasks = [(s, w, r) for s in range(options.speakers) for w in range(len(options.words)) for r in range(options.repeats)]
@@ -99,7 +100,7 @@ def synthesize_speech_commands(out: str | Path, options: KwsSynthesisOptions = K
 
     report = run_tasks(tasks, target, work, workers, "synth-kws")
     _write_split_lists(out, options.words)
-    (out / "synthesis_report.json").write_text(json.dumps(report.as_dict(), indent=2))
+    write_json(out / "synthesis_report.json", report.as_dict())
     return report
 
 

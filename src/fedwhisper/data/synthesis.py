@@ -12,10 +12,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from fedwhisper.errors import FedwhisperError
+from fedwhisper.files import write_json
+
 MANIFEST = "fedwhisper_synthesis.json"
 
 
-class SynthesisOptionsMismatch(RuntimeError):
+class SynthesisOptionsMismatch(FedwhisperError):
     pass
 
 
@@ -53,7 +56,7 @@ def check_manifest(out: Path, manifest: dict) -> None:
                 f"{out} was synthesised with other options ({path}); choose a new directory or delete it"
             )
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest, indent=2))
+    write_json(path, manifest)
 
 
 def run_tasks(tasks: Iterable, target: Callable, work: Callable, workers: int | None, description: str) -> SynthesisReport:

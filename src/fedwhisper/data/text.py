@@ -10,12 +10,14 @@ import importlib.util
 import re
 from pathlib import Path
 
+from fedwhisper.errors import FedwhisperError
+
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 _LETTERS = {"en": "A-Za-z", "sv": "A-Za-zÅÄÖåäöÉé"}
 MIN_WORDS, MAX_WORDS = 4, 16
 
 
-class TextSourceError(RuntimeError):
+class TextSourceError(FedwhisperError):
     pass
 
 

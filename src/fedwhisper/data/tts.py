@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fedwhisper.audio import SAMPLE_RATE, load_audio
+from fedwhisper.errors import FedwhisperError
 
 # espeak-ng's own voices per language (MBROLA voices need extra Debian packages and are left out).
 ESPEAK_ACCENTS = {
@@ -27,7 +28,7 @@ FLITE_VOICES = {"en": ("slt", "rms", "awb", "kal16", "kal"), "sv": ()}
 ENGINES = ("espeak-ng", "flite")
 
 
-class SynthesisError(RuntimeError):
+class SynthesisError(FedwhisperError):
     pass
 
 

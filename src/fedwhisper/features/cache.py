@@ -1,9 +1,10 @@
-"""Encoder outputs kept on the local disk of whoever computed them, keyed by encoder identity and audio content.
+"""Encoder outputs kept on the local disk of whoever computed them: the one store behind keyword spotting's clips and
+ASR's frozen-encoder batches.
 
-One store per encoder fingerprint (weights + window): ``ROOT/<fingerprint>/features.npy`` (float16, one row per
-clip) and ``keys.json`` (the content hash of each row). A clip whose bytes change gets a new key and is encoded
-again; a new model or window gets a new store. Writes go to a temporary file and are renamed, so an interrupted
-run leaves the previous store intact.
+One store per encoder identity (weights + window, or + frozen blocks): ``ROOT/<fingerprint>/chunk-NNNNN.npy`` (float16
+rows) each with ``chunk-NNNNN.keys.json`` (the key of each row: a clip's content hash, or a dataset row). Chunks are
+written as they are computed (array first, then its keys, each atomically), so an interrupted encoding resumes at the
+first missing chunk; a chunk whose keys file is missing or does not match its rows is ignored and computed again.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from fedwhisper.files import atomic_path, write_json
 
 
 def content_key(entry) -> str:
@@ -34,47 +37,65 @@ class FeatureCache:
     def __init__(self, root: str | os.PathLike, fingerprint: str):
         self.directory = Path(root) / fingerprint
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._features_path = self.directory / "features.npy"
-        self._keys_path = self.directory / "keys.json"
+        self._where: dict[str, tuple[int, int]] = {}  # key -> (chunk, row)
+        self._chunks: dict[int, np.ndarray] = {}
+        self._seen: set[int] = set()
+        self._next_chunk = 0
+        self._refresh()
 
-    def _load(self) -> tuple[list[str], np.ndarray | None]:
-        if not (self._keys_path.is_file() and self._features_path.is_file()):
-            return [], None
-        keys = json.loads(self._keys_path.read_text())
-        features = np.load(self._features_path, mmap_mode="r")
-        if len(keys) != len(features):  # killed between the two renames of _write: start over
-            return [], None
-        return keys, features
+    def _refresh(self) -> None:
+        """Index the chunks on disk not indexed yet (another process may have added some)."""
+        for keys_file in sorted(self.directory.glob("chunk-*.keys.json")):
+            chunk = int(keys_file.name[len("chunk-") :].split(".")[0])
+            self._next_chunk = max(self._next_chunk, chunk + 1)
+            if chunk in self._seen:
+                continue
+            self._seen.add(chunk)
+            try:
+                keys = json.loads(keys_file.read_text())
+                rows = np.load(self._chunk_path(chunk), mmap_mode="r")
+            except (OSError, ValueError):
+                continue  # damaged: its clips are encoded again
+            if len(keys) == len(rows):
+                self._chunks[chunk] = rows
+                self._where.update((key, (chunk, row)) for row, key in enumerate(keys))
 
     def __len__(self) -> int:
-        return len(self._load()[0])
+        self._refresh()
+        return len(self._where)
 
-    def get_or_compute(self, keys: Sequence[str], compute: Callable[[list[int]], np.ndarray]) -> tuple[np.ndarray, int]:
-        """Rows for ``keys`` in order, calling ``compute(indices)`` only for keys not stored yet.
+    def _chunk_path(self, chunk: int) -> Path:
+        return self.directory / f"chunk-{chunk:05d}.npy"
 
-        Returns (features, number of rows computed now).
-        """
-        stored_keys, stored = self._load()
-        row_of = {key: row for row, key in enumerate(stored_keys)}
-        first_missing: dict[str, int] = {}
+    def missing(self, keys: Sequence[str]) -> list[int]:
+        """Positions in ``keys`` of the first occurrence of each key not stored yet."""
+        self._refresh()
+        first: dict[str, int] = {}
         for i, key in enumerate(keys):
-            if key not in row_of:
-                first_missing.setdefault(key, i)
-        missing_unique = list(first_missing.values())
-        if missing_unique:
-            fresh = compute(missing_unique)
-            combined = fresh if stored is None else np.concatenate([np.asarray(stored), fresh])
-            for offset, i in enumerate(missing_unique):
-                row_of[keys[i]] = len(stored_keys) + offset
-            stored_keys = stored_keys + [keys[i] for i in missing_unique]
-            self._write(stored_keys, combined)
-            stored = combined
-        return np.asarray(stored[[row_of[key] for key in keys]]), len(missing_unique)
+            if key not in self._where:
+                first.setdefault(key, i)
+        return list(first.values())
 
-    def _write(self, keys: list[str], features: np.ndarray) -> None:
-        partial_features = self._features_path.with_suffix(".partial.npy")
-        np.save(partial_features, features)
-        partial_keys = self._keys_path.with_suffix(".partial")
-        partial_keys.write_text(json.dumps(keys))
-        os.replace(partial_features, self._features_path)
-        os.replace(partial_keys, self._keys_path)
+    def add(self, keys: Sequence[str], outputs: np.ndarray) -> None:
+        """Store ``outputs`` (one row per key) as a new chunk."""
+        self._refresh()
+        chunk, self._next_chunk = self._next_chunk, self._next_chunk + 1
+        with atomic_path(self._chunk_path(chunk)) as partial, open(partial, "wb") as stream:
+            np.save(stream, np.asarray(outputs, dtype=np.float16))
+        write_json(self.directory / f"chunk-{chunk:05d}.keys.json", list(keys))
+        self._seen.add(chunk)
+        self._chunks[chunk] = np.load(self._chunk_path(chunk), mmap_mode="r")
+        self._where.update((key, (chunk, row)) for row, key in enumerate(keys))
+
+    def rows(self, keys: Sequence[str]) -> np.ndarray:
+        """The stored rows of ``keys``, in order (KeyError for a key not stored)."""
+        return np.stack([self._chunks[chunk][row] for chunk, row in (self._where[key] for key in keys)])
+
+    def get_or_compute(self, keys: Sequence[str], compute: Callable[[list[int]], np.ndarray], chunk_rows: int = 1024) -> tuple[np.ndarray, int]:
+        """Rows for ``keys`` in order, calling ``compute(indices)`` (indices into ``keys``) only for keys not stored yet,
+        ``chunk_rows`` at a time, each chunk stored as soon as it is computed. Returns (rows, number computed now)."""
+        missing = self.missing(keys)
+        for start in range(0, len(missing), chunk_rows):
+            indices = missing[start : start + chunk_rows]
+            self.add([keys[i] for i in indices], compute(indices))
+        return (self.rows(keys) if len(keys) else np.zeros((0,), dtype=np.float16)), len(missing)

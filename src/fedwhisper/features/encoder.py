@@ -16,10 +16,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fedwhisper.audio import SAMPLE_RATE
+from fedwhisper.constants import HOP_LENGTH, SAMPLE_RATE
+from fedwhisper.errors import FedwhisperError
 from fedwhisper.models.registry import resolve_model
-
-HOP_LENGTH = 160  # samples per mel frame
 
 
 def encoder_bottom(encoder: nn.Module, features: torch.Tensor, layers: int) -> torch.Tensor:
@@ -59,7 +58,7 @@ class FrozenEncoder:
         config = whisper.config
         max_seconds = config.max_source_positions * 2 * HOP_LENGTH / SAMPLE_RATE
         if not 0 < window_seconds <= max_seconds:
-            raise ValueError(f"window must be in (0, {max_seconds:g}] seconds, got {window_seconds}")
+            raise FedwhisperError(f"window must be in (0, {max_seconds:g}] seconds, got {window_seconds}")
         self.model_ref = str(model)
         self.window_seconds = float(window_seconds)
         self.window_samples = int(round(window_seconds * SAMPLE_RATE))

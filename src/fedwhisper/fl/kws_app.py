@@ -1,114 +1,90 @@
-"""Flower ServerApp and ClientApp for federated keyword spotting: thin glue over fedwhisper.kws.task.
+"""Federated keyword spotting on Flower: ServerApp and ClientApp over fedwhisper.kws.task's plain functions.
 
-`flwr run .` loads ``server_app`` / ``client_app`` with the run config from pyproject's [tool.flwr.app.config];
-`fedwhisper kws federate` runs the same apps in-process with Flower's simulation engine.
+`flwr run .` loads ``server_app`` / ``client_app`` with pyproject's [tool.flwr.app.config] as the run config;
+`fedwhisper kws federate` (``simulate``) runs the same apps in-process with Flower's simulation engine.
+A client's data is its own: ``partition-id`` in its node config (simulation) or ``corpus``, a directory on the device.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
 
-from fedwhisper.kws.runlog import RunLog
-from fedwhisper.kws.task import KwsOptions, SplitEvaluator, client_partitions, client_update, head_meta, new_head, with_recipe
+from fedwhisper.fl.client import build_client_app
+from fedwhisper.fl.server import Federation, run_federation
+from fedwhisper.fl.simulation import run_in_process
+from fedwhisper.kws.task import (
+    TRAINING_FIELDS,
+    KwsOptions,
+    SplitEvaluator,
+    client_partitions,
+    client_update,
+    head_meta,
+    new_head,
+    plot_accuracy,
+    with_recipe,
+)
+from fedwhisper.runs import RunDirectory
 
-log = logging.getLogger("fedwhisper.kws")
-
-client_app = ClientApp()
-
-
-@client_app.train()
-def train(message: Message, context: Context) -> Message:
-    """Train the received head on this client's own clips; only weights and metrics go back."""
-    config = message.content["config"]
-    options = KwsOptions.from_config(config)
-    round_number = int(config["server-round"]) + int(config.get("round-offset", 0))
-    state = message.content["arrays"].to_torch_state_dict()
-    new_state, metrics = client_update(options, int(context.node_config["partition-id"]), state, round_number)
-    # A client too small to train returns the global weights it was sent, marked skipped; KwsFedAvg drops it.
-    reply = RecordDict({"arrays": ArrayRecord(new_state if new_state is not None else state), "metrics": MetricRecord(metrics)})
-    return Message(content=reply, reply_to=message)
+METRICS = ("train_loss", "train_accuracy", "encoded-clips", "load-seconds", "encode-seconds", "train-seconds", "round-seconds")
 
 
-class KwsFedAvg(FedAvg):
-    """FedAvg that leaves out clients too small to train (they reply with ``skipped``) and remembers
-    the last round's client statistics for the run log."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.last_round: dict = {}
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        replies = list(replies)
-        ok = [r for r in replies if not r.has_error()]
-        failures = [r for r in replies if r.has_error()]
-        if failures:
-            log.error("round %d: %d of %d clients failed; first reason: %s", server_round, len(failures), len(replies),
-                      failures[0].error.reason)
-        trained = [r for r in ok if not r.content["metrics"].get("skipped", 0)]
-        self.last_round = {"clients_trained": len(trained), "clients_skipped": len(ok) - len(trained),
-                           "clients_failed": len(failures)}
-        if trained:
-            metrics = [r.content["metrics"] for r in trained]
-            self.last_round |= {
-                "train_loss": sum(m["train_loss"] * m["num-examples"] for m in metrics) / sum(m["num-examples"] for m in metrics),
-                "clips_encoded": int(sum(m["encoded-clips"] for m in metrics)),
-            }
-            for key in ("num-examples", "encoded-clips", "load-seconds", "encode-seconds", "train-seconds"):  # per client
-                if all(key in m for m in metrics):
-                    self.last_round[f"client_{key.replace('-', '_')}"] = [round(m[key], 3) for m in metrics]
-        return super().aggregate_train(server_round, trained)
+def client_options(run_config: dict, context: Context) -> tuple[KwsOptions, int]:
+    """This client's options and partition: its own corpus directory (deployment) or its simulation partition."""
+    if "corpus" in context.node_config:  # deployment: every training clip of the device's own corpus
+        return replace(with_recipe(KwsOptions.from_config(run_config)), corpus=str(context.node_config["corpus"]), num_clients=1), 0
+    return with_recipe(KwsOptions.from_config(run_config)), int(context.node_config["partition-id"])
 
 
-def run_federation(grid: Grid, options: KwsOptions, run_dir: str, resume: bool = False,
-                   on_round: Callable[[dict], None] | None = None) -> RunLog:
-    """The server's loop: FedAvg over sampled clients, then evaluation on held-out speakers, every round recorded."""
+def build_kws_client_app(overrides: dict | None = None):
+    def update(state: dict, config: dict, context: Context):
+        options, partition = client_options({**context.run_config, **(overrides or {}), **config}, context)
+        return client_update(options, partition, state, int(config["server-round"]) + int(config["round-offset"]))
+
+    return build_client_app(update, METRICS)
+
+
+def round_row(stats: dict) -> dict:
+    """The round's client statistics for the run record (per client in client-name order)."""
+    clients = stats["client_metrics"]
+    if not clients:
+        return {}
+    examples = sum(m["num-examples"] for m in clients)
+    row = {"train_loss": sum(m["train_loss"] * m["num-examples"] for m in clients) / examples,
+           "clips_encoded": int(sum(m["encoded-clips"] for m in clients)), "client_num_examples": [m["num-examples"] for m in clients]}
+    for key in ("encoded-clips", "load-seconds", "encode-seconds", "train-seconds", "round-seconds"):
+        row[f"client_{key.replace('-', '_')}"] = [round(m[key], 3) for m in clients]
+    return row
+
+
+def federate(grid: Grid, options: KwsOptions, run_dir: str | Path, resume: bool = False,
+             on_round: Callable[[dict], None] | None = None) -> RunDirectory:
+    """The server's job: the head federated over speaker-grouped clients, evaluated on held-out speakers every round."""
     options = with_recipe(options)
-    runlog = RunLog(run_dir)
-    runlog.start(options.to_config(), resume)
-    if resume:
-        head, _ = runlog.latest_head()
-        start_round = runlog.last_round
-    else:
-        head, start_round = new_head(options), 0
-    remaining = options.rounds - start_round
-    if remaining <= 0:
-        log.warning("run %s already has %d of %d rounds", run_dir, start_round, options.rounds)
-        return runlog
-    client_partitions(options)  # a corpus too small for the clients fails here, not in every client of every round
-    evaluator = SplitEvaluator(options)
-    meta = head_meta(options)
-    strategy = KwsFedAvg(
-        fraction_train=options.clients_per_round / options.num_clients,
-        min_train_nodes=options.clients_per_round,
-        min_available_nodes=options.num_clients,
-        fraction_evaluate=0.0,  # evaluation is centralized, on speakers no client has
-    )
-    round_started = [time.perf_counter()]
+    client_partitions(options)  # a corpus too small for the clients fails here, before round 1
+    evaluator, meta = SplitEvaluator(options), head_meta(options)
+    head = new_head(options)
 
-    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        if server_round == 0 and resume:
-            return None  # the resumed round was evaluated and recorded before
-        head.load_state_dict(arrays.to_torch_state_dict())
-        metrics = evaluator(head)
-        row = {"round": start_round + server_round, **metrics, **(strategy.last_round if server_round else {}),
-               "seconds": round(time.perf_counter() - round_started[0], 2)}
-        runlog.record(row, head, meta)
+    def evaluate(state: dict) -> dict:
+        head.load_state_dict(state)
+        return evaluator(head)
+
+    federation = Federation(initial_arrays=lambda: new_head(options).state_dict(), evaluate=evaluate, rounds=options.rounds,
+                            train_config={k: v for k, v in options.to_config().items() if k in TRAINING_FIELDS},
+                            clients_per_round=options.clients_per_round, seed=options.seed, meta=meta, round_metrics=round_row,
+                            checkpoint="head")
+
+    def record(row: dict) -> None:
+        plot_accuracy(run.rows, run.path / "accuracy.png")
         if on_round:
             on_round(row)
-        round_started[0] = time.perf_counter()
-        return MetricRecord(metrics)
 
-    train_config = ConfigRecord({**options.to_config(), "round-offset": start_round})
-    strategy.start(grid=grid, initial_arrays=ArrayRecord(head.state_dict()), num_rounds=remaining,
-                   train_config=train_config, evaluate_fn=evaluate)
-    return runlog
+    run = RunDirectory(run_dir)
+    return run_federation(grid, federation, run, options.to_config(), resume, record)
 
 
 def build_server_app(overrides: dict | None = None, on_round: Callable[[dict], None] | None = None) -> ServerApp:
@@ -118,10 +94,26 @@ def build_server_app(overrides: dict | None = None, on_round: Callable[[dict], N
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         config = {**context.run_config, **(overrides or {})}
-        options = KwsOptions.from_config(config)
-        run_federation(grid, options, str(config["run-dir"]), bool(config["resume"]), on_round)
+        federate(grid, KwsOptions.from_config(config), str(config["run-dir"]), bool(config["resume"]), on_round)
 
     return app
 
 
+def simulate(options: KwsOptions, run_dir: str | Path, resume: bool = False, on_round: Callable[[dict], None] | None = None,
+             verbose: bool = False) -> RunDirectory:
+    """The federation in this process on Flower's simulation engine; fails unless every round was recorded."""
+    from fedwhisper.errors import FedwhisperError
+
+    options = with_recipe(options)
+    options.check()  # a missing corpus, an unknown keyword, more clients than speakers: one line, before Ray starts
+    static = options.to_config()
+    run_in_process(build_server_app({**static, "run-dir": str(run_dir), "resume": resume}, on_round), build_kws_client_app(static),
+                   options.num_clients, verbose)
+    run = RunDirectory(run_dir)
+    if run.last < options.rounds:
+        raise FedwhisperError(f"the federation stopped after round {run.last} of {options.rounds} (see the log above)")
+    return run
+
+
 server_app = build_server_app()
+client_app = build_kws_client_app()

@@ -9,6 +9,7 @@ import numpy as np
 
 from fedwhisper.audio import SAMPLE_RATE, load_audio
 from fedwhisper.data.speech_commands import COMMANDS, background_noise_files, read_speech_commands
+from fedwhisper.errors import FedwhisperError
 from fedwhisper.features.cache import content_key
 
 SILENCE = "_silence_"
@@ -19,7 +20,7 @@ def class_names(words: set[str], keywords: tuple[str, ...] = COMMANDS, has_noise
     """The keywords present in the corpus, then `_silence_` if background noise exists, then `_unknown_` if other words do."""
     present = tuple(k for k in keywords if k in words)
     if not present:
-        raise ValueError(f"none of the keywords {', '.join(keywords)} is a word folder of this corpus ({', '.join(sorted(words))})")
+        raise FedwhisperError(f"none of the keywords {', '.join(keywords)} is a word folder of this corpus ({', '.join(sorted(words))})")
     return present + ((SILENCE,) if has_noise else ()) + ((UNKNOWN,) if words - set(present) else ())
 
 
@@ -92,7 +93,7 @@ def speaker_partitioner(train_split, num_clients: int, seed: int = 0):
 
     speakers = sorted(set(train_split["speaker_id"]))
     if len(speakers) < num_clients:
-        raise ValueError(f"{num_clients} clients need at least as many training speakers; the corpus has {len(speakers)}")
+        raise FedwhisperError(f"{num_clients} clients need at least as many training speakers; the corpus has {len(speakers)}")
     order = np.random.default_rng(seed).permutation(len(speakers))
     office_of = {speakers[index]: rank % num_clients for rank, index in enumerate(order)}
     with_offices = train_split.map(lambda row: {"office": office_of[row["speaker_id"]]}, desc="assign offices")

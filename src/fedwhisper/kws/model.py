@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
+
+from fedwhisper.errors import FedwhisperError
+from fedwhisper.runs import load_arrays
 
 
 class AnchorHead(nn.Sequential):
@@ -39,7 +40,7 @@ HEADS = {"anchor": AnchorHead, "pooled": PooledHead}
 
 def build_head(kind: str, positions: int, d_model: int, num_classes: int, seed: int = 0) -> nn.Module:
     if kind not in HEADS:
-        raise ValueError(f"unknown head {kind!r}; choose from {', '.join(HEADS)}")
+        raise FedwhisperError(f"unknown head {kind!r}; choose from {', '.join(HEADS)}")
     torch.manual_seed(seed)
     return HEADS[kind](positions, d_model, num_classes)
 
@@ -48,21 +49,12 @@ def parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def save_head(path: str | Path, head: nn.Module, meta: dict) -> None:
-    """Weights as safetensors plus what is needed to rebuild the head and its encoder (model, window, classes)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(path), metadata={"fedwhisper": json.dumps(meta)})
-
-
 def load_head(path: str | Path) -> tuple[nn.Module, dict]:
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: head checkpoint not found")
-    with safe_open(str(path), framework="pt") as handle:
-        meta = json.loads(handle.metadata()["fedwhisper"])
-    head = build_head(meta["head"], meta["positions"], meta["d_model"], len(meta["classes"]))
-    head.load_state_dict(load_file(str(path)))
+    """A head saved in a run directory (``head.safetensors``) and its meta: model, window, classes."""
+    state, meta = load_arrays(path)
+    try:
+        head = build_head(meta["head"], meta["positions"], meta["d_model"], len(meta["classes"]))
+        head.load_state_dict(state)
+    except (KeyError, RuntimeError) as error:
+        raise FedwhisperError(f"{path}: not a keyword-spotting head ({type(error).__name__}: {error})") from None
     return head.eval(), meta

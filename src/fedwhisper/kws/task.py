@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from fedwhisper.data.speech_commands import COMMANDS
+from fedwhisper.errors import FedwhisperError
 from fedwhisper.features.cache import FeatureCache
 from fedwhisper.features.encoder import FrozenEncoder
 from fedwhisper.kws import flower_example
@@ -19,7 +20,7 @@ from fedwhisper.kws.data import KwsCorpus, KwsExamples, speaker_partitioner
 from fedwhisper.kws.model import build_head
 from fedwhisper.kws.train import TrainOptions, evaluate_head, train_head
 from fedwhisper.models.registry import fedwhisper_home
-
+from fedwhisper.runs import RunDirectory
 
 # How a run-config value (TOML scalar or ConfigRecord entry) becomes each field's type.
 _COERCE = {"int": int, "float": float, "str": str, "bool": lambda v: v if isinstance(v, bool) else str(v).lower() == "true"}
@@ -70,6 +71,12 @@ class KwsOptions:
     def cache_root(self) -> Path:
         return Path(self.cache_dir) if self.cache_dir else fedwhisper_home() / "cache" / "kws"
 
+    def check(self) -> None:
+        """Fail before any work on what would fail later: the corpus, the keywords, clients vs speakers, the model."""
+        resolved = with_recipe(self)
+        client_partitions(resolved)
+        encoder_for(resolved)  # loaded once per process: the server's evaluation reuses it
+
     def train_options(self, round_number: int, partition_id: int = 0) -> TrainOptions:
         return TrainOptions(
             epochs=self.local_epochs, batch_size=self.batch_size, learning_rate=self.learning_rate, optimizer=self.optimizer,
@@ -95,7 +102,7 @@ def partitioner(root: str, keywords: tuple[str, ...], silence_fraction: float, n
 
 def corpus_for(options: KwsOptions) -> KwsCorpus:
     if not options.corpus:
-        raise ValueError("no corpus given (options.corpus)")
+        raise FedwhisperError("no corpus given (options.corpus)")
     return kws_corpus(str(Path(options.corpus).resolve()), options.keyword_tuple, options.silence_fraction)
 
 
@@ -110,6 +117,8 @@ def encode_examples(encoder: FrozenEncoder, examples: KwsExamples, cache_dir: Pa
     return cache.get_or_compute(examples.keys(), lambda indices: encoder(examples.waveforms(indices), progress=progress))
 
 
+# What the server sends each round; the rest of KwsOptions is the run's static config (Flower's run_config).
+TRAINING_FIELDS = ("local_epochs", "batch_size", "learning_rate", "optimizer", "class_balanced", "min_client_examples")
 RECIPES = ("fedwhisper", "flower-example")
 
 
@@ -117,7 +126,7 @@ def with_recipe(options: KwsOptions) -> KwsOptions:
     """``options`` with the settings its recipe fixes. ``flower-example`` takes Flower's Whisper example's client
     settings (kws/flower_example.py) and its partition: one client per 5 training speakers, 5 % of them per round."""
     if options.recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {options.recipe!r}; choose from {', '.join(RECIPES)}")
+        raise FedwhisperError(f"unknown recipe {options.recipe!r}; choose from {', '.join(RECIPES)}")
     if options.recipe == "fedwhisper":
         return options
     speakers = len(set(corpus_for(options).splits["train"]["speaker_id"]))
@@ -163,14 +172,15 @@ def client_update(options: KwsOptions, partition_id: int, state: dict[str, torch
     started = time.perf_counter()
     examples = client_examples(options, partition_id)
     if len(examples) < options.min_client_examples:
-        return None, {"num-examples": 0, "skipped": 1, "client-examples": len(examples)}
+        return None, {"num-examples": 0}
     features, encoded_now = encode_examples(encoder_for(options), examples, options.cache_root / f"client-{partition_id}")
     encoded_at = time.perf_counter()
     head = new_head(options)
     head.load_state_dict(state)
     metrics = train_head(head, features, examples.labels, options.train_options(round_number, partition_id))
     finished = time.perf_counter()
-    metrics |= {"skipped": 0, "encoded-clips": encoded_now, "encode-seconds": encoded_at - started, "train-seconds": finished - encoded_at}
+    metrics |= {"encoded-clips": encoded_now, "encode-seconds": encoded_at - started, "train-seconds": finished - encoded_at,
+                "round-seconds": finished - started}
     return {k: v.detach().clone() for k, v in head.state_dict().items()}, metrics
 
 
@@ -185,10 +195,11 @@ def _flower_example_update(options: KwsOptions, partition_id: int, state: dict, 
     head = new_head(options)
     head.load_state_dict(state)
     metrics = flower_example.train_one_round(encoder.encoder, head, dataset, torch.Generator().manual_seed(seed))
-    timing = {"load-seconds": loaded_at - started, "train-seconds": time.perf_counter() - loaded_at}
+    timing = {"load-seconds": loaded_at - started, "train-seconds": time.perf_counter() - loaded_at,
+              "round-seconds": time.perf_counter() - started}
     if metrics is None:
-        return None, {"num-examples": 0, "skipped": 1, "client-examples": len(dataset), **timing}
-    metrics |= {"skipped": 0, "encoded-clips": metrics["steps"] * flower_example.RECIPE.batch_size, **timing}
+        return None, {"num-examples": 0, **timing}
+    metrics |= {"encoded-clips": metrics["steps"] * flower_example.RECIPE.batch_size, **timing}
     return {k: v.detach().clone() for k, v in head.state_dict().items()}, metrics
 
 
@@ -205,7 +216,7 @@ class SplitEvaluator:
             features, _ = encode_examples(encoder_for(options), examples, options.cache_root / "server", progress=progress)
             self.sets[split] = (features, examples.labels)
         if not self.sets:
-            raise ValueError(f"{options.corpus}: no {' or '.join(splits)} examples to evaluate on")
+            raise FedwhisperError(f"{options.corpus}: no {' or '.join(splits)} examples to evaluate on")
 
     def __call__(self, head: torch.nn.Module) -> dict[str, float]:
         metrics = {}
@@ -216,13 +227,11 @@ class SplitEvaluator:
         return metrics
 
 
-def train_centralized(options: KwsOptions, run_dir: str | Path, epochs: int = 10, on_epoch=None):
+def train_centralized(options: KwsOptions, run_dir: str | Path, epochs: int = 10, on_epoch=None) -> RunDirectory:
     """The baseline without federation: one head trained on every training speaker's clips, evaluated each epoch
     on the same held-out speakers as the federated run."""
-    from fedwhisper.kws.runlog import RunLog
-
-    runlog = RunLog(run_dir)
-    runlog.start({**options.to_config(), "epochs": epochs}, resume=False)
+    run = RunDirectory(run_dir)
+    run.start({**options.to_config(), "epochs": epochs}, resume=False)
     corpus = corpus_for(options)
     examples = corpus.examples(corpus.splits["train"], seed=options.seed * 7919 + 20_000_000)
     features, _ = encode_examples(encoder_for(options), examples, options.cache_root / "central", progress=True)
@@ -232,10 +241,33 @@ def train_centralized(options: KwsOptions, run_dir: str | Path, epochs: int = 10
         started = time.perf_counter()
         metrics = train_head(head, features, examples.labels, options.train_options(epoch))
         row = {"round": epoch, **evaluator(head), "train_loss": metrics["train_loss"], "seconds": round(time.perf_counter() - started, 2)}
-        runlog.record(row, head, meta)
+        run.save_arrays(f"head-round-{epoch:03d}", head.state_dict(), meta)
+        run.save_arrays("head", head.state_dict(), meta)
+        run.record(row)
+        plot_accuracy(run.rows, run.path / "accuracy.png")
         if on_epoch:
             on_epoch(row)
-    return runlog
+    return run
+
+
+def plot_accuracy(rows: list[dict], path: Path) -> None:
+    """Held-out accuracy per round (or epoch) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    rounds = [row["round"] for row in rows]
+    for key, label in (("validation_accuracy", "validation speakers"), ("test_accuracy", "held-out test speakers")):
+        if any(key in row for row in rows):
+            axis.plot(rounds, [row.get(key) for row in rows], marker="o", label=label)
+    axis.set(xlabel="round", ylabel="accuracy", ylim=(0, 1), title="Keyword spotting: held-out accuracy")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 def head_encoder_and_corpus(head_meta_: dict, corpus: str | Path | None = None):
@@ -248,5 +280,22 @@ def head_encoder_and_corpus(head_meta_: dict, corpus: str | Path | None = None):
     keywords = tuple(c for c in head_meta_["classes"] if c not in (SILENCE, UNKNOWN))
     kws = kws_corpus(str(Path(corpus).resolve()), keywords, 0.1)
     if list(kws.classes) != list(head_meta_["classes"]):
-        raise ValueError(f"{corpus} gives classes {list(kws.classes)}, the head was trained on {head_meta_['classes']}")
+        raise FedwhisperError(f"{corpus} gives classes {list(kws.classes)}, the head was trained on {head_meta_['classes']}")
     return encoder, kws
+
+
+def evaluate_saved_head(head_path: str | Path, corpus: str | Path, split: str = "test") -> dict:
+    """Accuracy of a saved head on a corpus split, overall and per class (the classes the head was trained on)."""
+    from fedwhisper.kws.model import load_head
+    from fedwhisper.kws.train import predict_proba
+
+    head, meta = load_head(head_path)
+    encoder, kws = head_encoder_and_corpus(meta, corpus)
+    if split not in kws.splits or len(kws.splits[split]) == 0:
+        raise FedwhisperError(f"{corpus} has no {split} clips")
+    examples = kws.examples(kws.splits[split], seed=1)
+    predicted = predict_proba(head, encoder(examples.waveforms(list(range(len(examples)))), progress=True)).argmax(-1)
+    per_class = [{"class": name, "clips": int((examples.labels == index).sum()),
+                  "accuracy": float(np.mean(predicted[examples.labels == index] == index))}
+                 for index, name in enumerate(meta["classes"]) if (examples.labels == index).any()]
+    return {"accuracy": float(np.mean(predicted == examples.labels)), "clips": len(examples), "per_class": per_class}

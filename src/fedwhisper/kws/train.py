@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedwhisper.errors import FedwhisperError
+
 
 @dataclass(frozen=True)
 class TrainOptions:
@@ -33,12 +35,12 @@ def _batches(labels: np.ndarray, options: TrainOptions, generator: torch.Generat
 def train_head(head: nn.Module, features: np.ndarray, labels: np.ndarray, options: TrainOptions = TrainOptions()) -> dict:
     """Train ``head`` in place on encoder outputs; returns loss, accuracy and the number of examples."""
     if len(labels) == 0:
-        raise ValueError("no training examples")
+        raise FedwhisperError("no training examples")
     inputs = torch.from_numpy(np.asarray(features, dtype=np.float32))
     targets = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     optimizers = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
     if options.optimizer not in optimizers:
-        raise ValueError(f"unknown optimizer {options.optimizer!r}; choose from {', '.join(optimizers)}")
+        raise FedwhisperError(f"unknown optimizer {options.optimizer!r}; choose from {', '.join(optimizers)}")
     optimizer = optimizers[options.optimizer](head.parameters(), lr=options.learning_rate)
     generator = torch.Generator().manual_seed(options.seed)
     head.train()
@@ -70,7 +72,7 @@ def predict_proba(head: nn.Module, features: np.ndarray, batch_size: int = 512) 
 def evaluate_head(head: nn.Module, features: np.ndarray, labels: np.ndarray) -> dict:
     """Accuracy and cross-entropy of ``head`` on encoder outputs."""
     if len(labels) == 0:
-        raise ValueError("no evaluation examples")
+        raise FedwhisperError("no evaluation examples")
     probabilities = predict_proba(head, features)
     labels = np.asarray(labels)
     loss = float(-np.mean(np.log(probabilities[np.arange(len(labels)), labels] + 1e-12)))

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedwhisper.constants import is_multilingual
 from fedwhisper.models.ctranslate2_format import Checkpoint, CheckpointFormatError
 
 # openai/whisper's criterion: English-only vocabularies have 51864 entries.
-MULTILINGUAL_VOCAB_SIZE = 51865
 N_TIMESTAMPS = 1501  # <|0.00|> ... <|30.00|> in 20 ms steps
 _LAYER = re.compile(r"^(encoder|decoder)/layer_(\d+)/")
 
@@ -99,7 +99,7 @@ def whisper_config_from_checkpoint(checkpoint: Checkpoint, package_config: dict)
     from transformers import WhisperConfig
 
     vocab_size, d_model = checkpoint.get("decoder/embeddings/weight").shape
-    multilingual = vocab_size >= MULTILINGUAL_VOCAB_SIZE
+    multilingual = is_multilingual(vocab_size)
     eot = 50257 if multilingual else 50256
     return WhisperConfig(
         vocab_size=vocab_size,
@@ -143,7 +143,7 @@ def generation_config_for(config, tokenizer, package_config: dict):
     from transformers import GenerationConfig
 
     token_id = tokenizer.convert_tokens_to_ids
-    multilingual = config.vocab_size >= MULTILINGUAL_VOCAB_SIZE
+    multilingual = is_multilingual(config.vocab_size)
     generation = GenerationConfig(
         decoder_start_token_id=config.decoder_start_token_id,
         bos_token_id=config.bos_token_id,

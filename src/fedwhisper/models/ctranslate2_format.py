@@ -16,6 +16,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from fedwhisper.errors import FedwhisperError
+
 # CTranslate2's DataType enum.
 _DTYPES = {
     0: np.dtype("<f4"),
@@ -29,7 +31,7 @@ _BFLOAT16 = 5
 SUPPORTED_BINARY_VERSIONS = (5, 6)
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(FedwhisperError):
     """A model.bin that is not a readable CTranslate2 checkpoint."""
 
 
@@ -124,7 +126,7 @@ def load_checkpoint(parts: list[Path]) -> Checkpoint:
 
     missing = [str(p) for p in parts if not Path(p).is_file()]
     if missing:
-        raise FileNotFoundError(f"checkpoint part(s) not found: {', '.join(missing)}")
+        raise FedwhisperError(f"checkpoint part(s) not found: {', '.join(missing)}")
     if len(parts) == 1:
         with open(parts[0], "rb") as stream:
             return read_checkpoint(stream, str(parts[0]))

@@ -6,11 +6,12 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedwhisper.errors import FedwhisperError
+from fedwhisper.files import atomic_path
 from fedwhisper.models.convert import convert_checkpoint, read_package_config
 from fedwhisper.models.ctranslate2_format import CheckpointFormatError, load_checkpoint
 
@@ -64,7 +65,7 @@ PACKAGED_MODELS = {
 }
 
 
-class ModelNotAvailableError(RuntimeError):
+class ModelNotAvailableError(FedwhisperError):
     pass
 
 
@@ -119,19 +120,15 @@ def import_packaged_model(name: str, out: Path | None = None, force: bool = Fals
     if not force and marker.is_file() and json.loads(marker.read_text()).get("packages") == versions:
         return out
     started = time.perf_counter()
-    # Convert into a sibling directory and swap it in, so an interrupted import never looks finished.
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
     try:
         checkpoint = load_checkpoint(parts)
     except CheckpointFormatError as error:
         raise ModelNotAvailableError(f"model {name!r}: the packaged checkpoint is incomplete or damaged ({error})") from None
-    convert_checkpoint(checkpoint, _locate(model, model.tokenizer), read_package_config(_locate(model, model.config)), staging)
-    (staging / IMPORT_MARKER).write_text(
-        json.dumps({"name": name, "packages": versions, "license": model.license, "seconds": round(time.perf_counter() - started, 2)}, indent=2)
-    )
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+    with atomic_path(out) as staging:  # an interrupted import never looks finished
+        convert_checkpoint(checkpoint, _locate(model, model.tokenizer), read_package_config(_locate(model, model.config)), staging)
+        (staging / IMPORT_MARKER).write_text(
+            json.dumps({"name": name, "packages": versions, "license": model.license, "seconds": round(time.perf_counter() - started, 2)}, indent=2)
+        )
     return out
 
 

@@ -14,11 +14,11 @@ LANGUAGES = ("auto", "en", "sv", "de", "fr", "es", "it", "nl", "pl", "pt", "fi",
 
 def discover_models() -> list[str]:
     """Imported packaged models and the best model of every fine-tuning run under FEDWHISPER_HOME."""
-    from fedwhisper.models.registry import PACKAGED_MODELS, fedwhisper_home, is_installed
+    from fedwhisper.models.registry import PACKAGED_MODELS, is_installed
+    from fedwhisper.runs import runs_root
 
-    home = fedwhisper_home()
     packaged = [name for name in PACKAGED_MODELS if is_installed(name)]
-    runs = sorted(str(p.parent) + "/best" for p in (home / "runs").glob("*/best/config.json")) if (home / "runs").is_dir() else []
+    runs = sorted(str(p.parent) for p in runs_root().glob("*/best/config.json"))
     return packaged + runs
 
 
@@ -33,8 +33,8 @@ def _transcriber(model_ref: str):
 
 def transcribe_and_translate(audio_path: str | None, model_ref: str, language: str = "auto") -> tuple[str, str, str]:
     """(transcript, English translation, timing note) for one file; errors come back as messages, not exceptions."""
-    from fedwhisper.audio import AudioError, load_audio
-    from fedwhisper.models.registry import ModelNotAvailableError
+    from fedwhisper.audio import load_audio
+    from fedwhisper.errors import FedwhisperError
     from fedwhisper.transcribe import WHISPER_TEMPERATURES, DecodingOptions, is_multilingual
 
     if not audio_path:
@@ -55,7 +55,7 @@ def transcribe_and_translate(audio_path: str | None, model_ref: str, language: s
             translate_seconds = time.perf_counter() - started
         else:
             translation, translate_seconds = "(English-only model: the transcript is the English text)", 0.0
-    except (AudioError, ModelNotAvailableError, ValueError) as error:
+    except FedwhisperError as error:
         return "", "", f"Error: {error}"
     timing = (f"{transcript.duration:.1f} s of audio ({transcript.language}); transcribed in {transcribe_seconds:.1f} s"
               + (f", translated in {translate_seconds:.1f} s" if translate_seconds else "") + (f"; model loaded in {loaded:.1f} s" if loaded > 0.5 else ""))

@@ -1,0 +1,141 @@
+"""`fedwhisper asr`: prepare features, fine-tune, evaluate, tune."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from fedwhisper.cli.common import console
+
+app = typer.Typer(help="Speech recognition: prepare features, fine-tune, evaluate, tune hyper-parameters.", no_args_is_help=True)
+
+
+@app.command("prepare")
+def asr_prepare(
+    data: Annotated[str, typer.Argument(help="corpus directory (audiofolder, Common Voice) or hub dataset id")],
+    out: Annotated[Path, typer.Option(help="where the prepared features go (datasets Arrow)")],
+    model: Annotated[str, typer.Option(help="whose feature extractor and tokenizer: packaged name, model directory or hub id")] = "tiny.en",
+    language: Annotated[str, typer.Option(help="the corpus language (label prompt of multilingual models)")] = "en",
+    task: Annotated[str, typer.Option(help="transcribe, or translate (labels are English translations)")] = "transcribe",
+    num_proc: Annotated[int, typer.Option(help="parallel worker processes")] = 2,
+    shard_size: Annotated[int, typer.Option(help="clips per resumable shard")] = 256,
+    validation_speakers: Annotated[int | None, typer.Option(help="training speakers held out as validation when the corpus has none [10 %]")] = None,
+) -> None:
+    """CPU feature pipeline: log-mel features and tokenised labels, saved once; resumable; bad clips dropped and reported."""
+    from fedwhisper.asr.prepare import REPORT, PrepareOptions, prepare_features
+
+    options = PrepareOptions(language=language, task=task, num_proc=num_proc, shard_size=shard_size, validation_speakers=validation_speakers)
+    report = prepare_features(data, model, out, options)
+    table = Table("split", "kept", "hours", "speakers", "dropped", "why")
+    for split, row in report["splits"].items():
+        why = ", ".join(f"{count} {reason}" for reason, count in row["dropped_by_reason"].items())
+        table.add_row(split, str(row["kept"]), f"{row['hours']:.2f}", str(row["speakers"] or "-"), str(row["dropped"]), escape(why or "-"))
+    console.print(table)
+    console.print(f"features in {out}; dropped clips listed in {out / REPORT}")
+
+
+@app.command("train")
+def asr_train(
+    features: Annotated[Path | None, typer.Argument(help="prepared features (`asr prepare`); not needed with --resume")] = None,
+    out: Annotated[Path | None, typer.Option(help="run directory: checkpoints, metrics.csv, curves.png, best/")] = None,
+    resume: Annotated[Path | None, typer.Option(help="continue this run directory exactly where it stopped")] = None,
+    model: Annotated[str, typer.Option(help="starting model: packaged name, model directory or hub id")] = "tiny.en",
+    mode: Annotated[str, typer.Option(help="full, encoder-only, frozen-encoder, decoder-only or lora")] = "decoder-only",
+    learning_rate: Annotated[float, typer.Option()] = 1e-4,
+    warmup_steps: Annotated[int, typer.Option()] = 20,
+    max_steps: Annotated[int, typer.Option(help="optimizer steps")] = 300,
+    epochs: Annotated[float | None, typer.Option(help="passes over the training split (instead of --max-steps)")] = None,
+    batch_size: Annotated[int, typer.Option()] = 16,
+    gradient_accumulation: Annotated[int, typer.Option()] = 1,
+    spec_augment: Annotated[bool, typer.Option(help="SpecAugment masks on the log-mel (runs the encoder every step)")] = False,
+    frozen_encoder_layers: Annotated[int, typer.Option(help="full mode: bottom encoder blocks kept fixed, their outputs computed once")] = 0,
+    dropout: Annotated[float, typer.Option()] = 0.0,
+    lora_rank: Annotated[int, typer.Option()] = 32,
+    eval_every: Annotated[int, typer.Option(help="steps between evaluations (WER, CER)")] = 100,
+    save_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 100,
+    log_every: Annotated[int, typer.Option(help="steps between training-loss rows")] = 10,
+    eval_clips: Annotated[int, typer.Option(help="evaluation clips (0: the whole split)")] = 200,
+    language: Annotated[str | None, typer.Option(help="[the language the features were prepared for]")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Fine-tune Whisper on prepared features; evaluates, checkpoints, keeps the best model by WER, resumes exactly."""
+    from fedwhisper.asr.train import TrainConfig, train_run
+    from fedwhisper.runs import runs_root
+
+    config = None if resume else TrainConfig(
+        mode=mode, learning_rate=learning_rate, warmup_steps=warmup_steps, max_steps=max_steps, epochs=epochs, batch_size=batch_size,
+        gradient_accumulation=gradient_accumulation, spec_augment=spec_augment, frozen_encoder_layers=frozen_encoder_layers, dropout=dropout,
+        lora_rank=lora_rank, lora_alpha=2 * lora_rank, eval_every=eval_every, save_every=save_every, log_every=log_every,
+        eval_clips=eval_clips or None, language=language, seed=seed)
+    out = resume or out or runs_root() / f"asr-{time.strftime('%Y%m%d-%H%M%S')}"
+    console.print(f"run directory: {out}")
+    result = train_run(out, features=features, model=model, config=config, resume=bool(resume))
+    best = f"best WER {result.best_wer:.2%} at step {result.best_step}" if result.best_wer is not None else "no evaluation"
+    console.print(f"finished at step {result.step}: {best}; {result.samples_per_second:.1f} samples/s; model in {out / 'best'}")
+
+
+@app.command("evaluate")
+def asr_evaluate(
+    data: Annotated[Path, typer.Argument(help="prepared features (`asr prepare`) or a corpus directory")],
+    model: Annotated[str, typer.Option(help="packaged name, model directory (e.g. RUN/best) or hub id")] = "tiny.en",
+    split: Annotated[str, typer.Option(help="which split")] = "test",
+    language: Annotated[str | None, typer.Option(help="multilingual models: the spoken language [from the features, or detected]")] = None,
+    task: Annotated[str, typer.Option(help="transcribe or translate")] = "transcribe",
+    batch_size: Annotated[int, typer.Option()] = 16,
+    num_beams: Annotated[int, typer.Option()] = 1,
+    limit: Annotated[int, typer.Option(help="first N clips only (0: all)")] = 0,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="per-utterance CSV [DATA-SPLIT-wer.csv in the current directory]")] = None,
+) -> None:
+    """WER and CER (after Whisper's normalisers) with batched generation; a per-utterance CSV."""
+    from fedwhisper.asr.evaluate import evaluate_data, speaker_wer, write_rows
+    from fedwhisper.transcribe import DecodingOptions
+
+    options = DecodingOptions(language=language, task=task, batch_size=batch_size, num_beams=num_beams)
+    result = evaluate_data(data, model, split, options, limit)
+    csv_out = csv_out or Path(f"{data.name}-{split}-wer.csv")
+    write_rows(result["rows"], csv_out)
+    table = Table("speaker", "WER", title=f"{model} on {data} ({split})")
+    for speaker, wer in speaker_wer(result["rows"], result["language"]).items():
+        table.add_row(escape(speaker or "-"), f"{wer:.2%}")
+    console.print(table)
+    console.print(f"WER {result['wer']:.2%}  CER {result['cer']:.2%} over {result['clips']} clips; {result['audio_seconds']:.0f} s of audio "
+                  f"in {result['seconds']:.1f} s ({result['audio_seconds'] / result['seconds']:.1f}x real time); per-utterance CSV {csv_out}")
+
+
+@app.command("tune")
+def asr_tune(
+    features: Annotated[Path, typer.Argument(help="prepared features; trials are judged on the validation split")],
+    out: Annotated[Path, typer.Option(help="study directory (study.db, trial runs, report.json); run again to resume")],
+    model: Annotated[str, typer.Option(help="starting model")] = "tiny.en",
+    mode: Annotated[str, typer.Option(help="full, encoder-only, frozen-encoder, decoder-only or lora")] = "lora",
+    trials: Annotated[int, typer.Option(help="finished trials the study should hold")] = 10,
+    sampler: Annotated[str, typer.Option(help="tpe, random or grid")] = "tpe",
+    min_steps: Annotated[int, typer.Option(help="shortest trial")] = 50,
+    max_steps: Annotated[int, typer.Option(help="longest trial")] = 150,
+    eval_every: Annotated[int, typer.Option(help="steps between the WER reports that pruning judges")] = 25,
+    batch_size: Annotated[int, typer.Option()] = 16,
+    eval_clips: Annotated[int, typer.Option(help="validation clips per evaluation")] = 100,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Optuna search over learning rate, warmup, steps, dropout (and LoRA rank), pruned on intermediate WER."""
+    from fedwhisper.asr.prepare import load_features
+    from fedwhisper.asr.train import TrainConfig
+    from fedwhisper.asr.tune import TuneOptions, tune
+
+    _, manifest = load_features(features)
+    base = TrainConfig.from_dict(dict(mode=mode, batch_size=batch_size, eval_every=eval_every, log_every=eval_every, eval_clips=eval_clips,
+                              language=manifest["options"]["language"], seed=seed))
+    report = tune(model, features, out, base, TuneOptions(trials=trials, sampler=sampler, min_steps=min_steps, max_steps=max_steps, seed=seed))
+    table = Table("trial", "state", "WER", "parameters", "last step", title=report["metric"])
+    for trial in report["trials"]:
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial["params"].items())
+        table.add_row(str(trial["number"]), trial["state"], f"{trial['wer']:.2%}" if trial["wer"] is not None else "-", escape(params), str(trial["last_step"] or "-"))
+    console.print(table)
+    if report["best"]:
+        console.print(f"best: trial {report['best']['trial']}, WER {report['best']['wer']:.2%}, model {report['best']['model_dir']}")
+    console.print(f"report in {out / 'report.json'}")

@@ -1,0 +1,109 @@
+"""`fedwhisper data`: synthesise, inspect and check speech corpora."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from fedwhisper.cli.common import console
+from fedwhisper.files import write_json
+
+app = typer.Typer(help="Speech corpora: synthesise, inspect and check.", no_args_is_help=True)
+
+
+def _engines(value: str | None) -> tuple[str, ...] | None:
+    return tuple(e.strip() for e in value.split(",") if e.strip()) if value else None
+
+
+@app.command("synth-kws")
+def data_synth_kws(
+    out: Annotated[Path, typer.Argument(help="corpus directory to write (resumed if it exists)")],
+    speakers: Annotated[int, typer.Option(help="number of synthetic speakers (the original has ~2,100 in train+val+test)")] = 200,
+    repeats: Annotated[int, typer.Option(help="clips of each word per speaker")] = 1,
+    words: Annotated[str | None, typer.Option(help="comma-separated words (default: the 35 of Speech Commands v0.02)")] = None,
+    noise_seconds: Annotated[float, typer.Option(help="length of each background-noise file")] = 60.0,
+    engines: Annotated[str | None, typer.Option(help="comma-separated: espeak-ng,flite (default: all installed)")] = None,
+    seed: Annotated[int, typer.Option(help="same seed, same corpus")] = 0,
+    workers: Annotated[int | None, typer.Option(help="parallel synthesis threads (default: CPU count)")] = None,
+) -> None:
+    """Write a Google Speech Commands v0.02-style keyword corpus of synthetic speakers."""
+    from fedwhisper.data.speech_commands import WORDS
+    from fedwhisper.data.synth_kws import KwsSynthesisOptions, synthesize_speech_commands
+
+    word_list = tuple(w.strip() for w in words.split(",") if w.strip()) if words else WORDS
+    options = KwsSynthesisOptions(speakers=speakers, words=word_list, repeats=repeats, seed=seed, noise_seconds=noise_seconds, engines=_engines(engines))
+    report = synthesize_speech_commands(out, options, workers)
+    _print_report(out, report)
+
+
+@app.command("synth-asr")
+def data_synth_asr(
+    out: Annotated[Path, typer.Argument(help="corpus directory to write (resumed if it exists)")],
+    language: Annotated[str, typer.Option(help="en or sv")] = "en",
+    sentences: Annotated[int, typer.Option(help="distinct sentences, each spoken once")] = 2400,
+    speakers: Annotated[int, typer.Option(help="synthetic speakers in all")] = 48,
+    test_speakers: Annotated[int, typer.Option(help="speakers held out for the test split")] = 8,
+    text: Annotated[Path | None, typer.Option(help="text file, one sentence a line (replaces the built-in source)")] = None,
+    engines: Annotated[str | None, typer.Option(help="comma-separated: espeak-ng,flite (default: all installed)")] = None,
+    seed: Annotated[int, typer.Option(help="same seed, same corpus")] = 0,
+    workers: Annotated[int | None, typer.Option(help="parallel synthesis threads (default: CPU count)")] = None,
+) -> None:
+    """Write a Hugging Face audiofolder ASR corpus (train/ and test/ with metadata.csv)."""
+    from fedwhisper.data.synth_asr import AsrSynthesisOptions, synthesize_audiofolder
+
+    options = AsrSynthesisOptions(
+        language=language, sentences=sentences, speakers=speakers, test_speakers=test_speakers,
+        seed=seed, text=str(text) if text else None, engines=_engines(engines),
+    )
+    report = synthesize_audiofolder(out, options, workers)
+    _print_report(out, report)
+
+
+def _print_report(out: Path, report) -> None:
+    summary = report.as_dict()
+    console.print(
+        f"{out}: {summary['written']} clips written, {summary['reused']} reused, {summary['failed']} failed "
+        f"in {summary['seconds']} s ({summary['clips_per_second']} clips/s)"
+    )
+    for failure in summary["failures"][:10]:
+        console.print(f"  [yellow]skipped[/yellow] {failure['file']}: {failure['error']}")
+    if summary["failed"]:
+        console.print(f"  full list: {out / 'synthesis_report.json'}")
+
+
+@app.command("info")
+def data_info(source: Annotated[str, typer.Argument(help="corpus directory (Speech Commands, Common Voice, audiofolder) or hub id")]) -> None:
+    """Which layout a corpus follows, and its splits, sizes and speakers."""
+    from fedwhisper.data.corpus import corpus_kind, load_corpus
+
+    kind = corpus_kind(source)
+    corpus = load_corpus(source)
+    table = Table("split", "clips", "speakers", title=f"{source} ({kind})")
+    for split, dataset in corpus.items():
+        table.add_row(split, str(len(dataset)), str(len(set(dataset["speaker_id"]))))
+    console.print(table)
+    skipped = getattr(corpus, "skipped_files", [])
+    if skipped:
+        console.print(f"[yellow]{len(skipped)} listed or found files left out[/yellow], e.g. {skipped[0]}")
+
+
+@app.command("check")
+def data_check(
+    source: Annotated[str, typer.Argument(help="corpus directory or hub id")],
+    max_seconds: Annotated[float, typer.Option(help="longest acceptable clip")] = 30.0,
+    num_proc: Annotated[int | None, typer.Option(help="decoding processes (default: CPU count)")] = None,
+    report: Annotated[Path | None, typer.Option(help="write the bad files as JSON here")] = None,
+) -> None:
+    """Decode every clip; list files that are missing, unreadable, truncated, empty, non-finite, silent or too long."""
+    from fedwhisper.data.check import check_corpus
+
+    bad, total = check_corpus(source, max_seconds=max_seconds, num_proc=num_proc)
+    console.print(f"{total - len(bad)} of {total} clips usable, {len(bad)} bad")
+    for entry in bad[:20]:
+        console.print(f"  [yellow]bad[/yellow] {entry['error']}")
+    if report:
+        write_json(report, bad)
+        console.print(f"list written to {report}")

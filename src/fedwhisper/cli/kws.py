@@ -1,0 +1,147 @@
+"""`fedwhisper kws`: federated keyword spotting."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from fedwhisper.cli.common import console
+from fedwhisper.errors import FedwhisperError
+
+app = typer.Typer(help="Keyword spotting: a frozen Whisper encoder plus a small head, federated with Flower.", no_args_is_help=True)
+
+
+def print_round(row: dict) -> None:
+    line = f"round {row['round']:>3}: validation {row.get('validation_accuracy', float('nan')):.2%}  test {row.get('test_accuracy', float('nan')):.2%}"
+    if "clients_trained" in row:
+        line += f"  ({row['clients_trained']} clients trained, {row.get('clients_skipped', 0)} too small, {row['seconds']:.1f} s)"
+    console.print(line)
+
+
+# Options of `kws federate` that a resumed run may override; None means "not given".
+def _kws_overrides(**given) -> dict:
+    return {key: value for key, value in given.items() if value is not None}
+
+
+@app.command("federate")
+def kws_federate(
+    corpus: Annotated[Path | None, typer.Argument(help="Speech Commands-layout corpus (not needed with --resume)")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="where metrics, plot and head checkpoints go")] = None,
+    resume: Annotated[Path | None, typer.Option(help="continue this run directory from its last saved round")] = None,
+    model: Annotated[str | None, typer.Option(help="frozen encoder: tiny.en, base, a model directory or hub id [tiny.en]")] = None,
+    window_seconds: Annotated[float | None, typer.Option(help="encoder window (30: an ablation with Whisper's padding) [1.0]")] = None,
+    keywords: Annotated[str | None, typer.Option(help="comma-separated keywords [the 10 commands]")] = None,
+    head: Annotated[str | None, typer.Option(help="pooled (ours) or anchor (the Flower example's Conv1d layout) [pooled]")] = None,
+    num_clients: Annotated[int | None, typer.Option(help="speaker groups (offices) [100]")] = None,
+    clients_per_round: Annotated[int | None, typer.Option(help="clients sampled each round [10]")] = None,
+    rounds: Annotated[int | None, typer.Option(help="federated rounds in all [10]")] = None,
+    local_epochs: Annotated[int | None, typer.Option(help="epochs each client trains per round [5]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="[16]")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="[0.002]")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adam or sgd [adam]")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="encoder-output caches [$FEDWHISPER_HOME/cache/kws]")] = None,
+    seed: Annotated[int | None, typer.Option(help="[0]")] = None,
+    recipe: Annotated[str | None, typer.Option(help="fedwhisper, or flower-example: Flower's Whisper example's client "
+                                                    "(5-speaker clients, 5 % per round, 30-s window, Adam, batch 8, 1 epoch) [fedwhisper]")] = None,
+    verbose: Annotated[bool, typer.Option(help="show Flower's and Ray's logs")] = False,
+) -> None:
+    """Federated training of the head: FedAvg over speaker-grouped clients in Flower's simulation engine."""
+    from fedwhisper.fl.kws_app import simulate
+    from fedwhisper.kws.task import KwsOptions
+    from fedwhisper.runs import RunDirectory, runs_root
+
+    given = _kws_overrides(
+        corpus=str(corpus.resolve()) if corpus else None, model=model, window_seconds=window_seconds, keywords=keywords, head=head,
+        num_clients=num_clients, clients_per_round=clients_per_round, rounds=rounds, local_epochs=local_epochs,
+        batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer, cache_dir=str(cache_dir) if cache_dir else None, seed=seed,
+        recipe=recipe,
+    )
+    if resume is None and corpus is None:
+        raise FedwhisperError("give a CORPUS (or --resume RUN_DIR)")
+    base = RunDirectory(resume).saved_options() if resume else {}
+    run_dir = resume or run_dir or runs_root() / f"kws-{time.strftime('%Y%m%d-%H%M%S')}"
+    options = KwsOptions.from_config({**base, **given})
+    console.print(f"run directory: {run_dir}")
+    final = simulate(options, run_dir, resume=bool(resume), on_round=print_round, verbose=verbose).rows[-1]
+    console.print(f"final held-out accuracy after round {final['round']}: test {final['test_accuracy']:.2%}, "
+                  f"validation {final['validation_accuracy']:.2%}; plot {run_dir / 'accuracy.png'}")
+
+
+@app.command("train")
+def kws_train(
+    corpus: Annotated[Path, typer.Argument(help="Speech Commands-layout corpus")],
+    run_dir: Annotated[Path | None, typer.Option(help="output directory")] = None,
+    epochs: Annotated[int, typer.Option(help="passes over all training clips")] = 10,
+    model: Annotated[str, typer.Option(help="frozen encoder")] = "tiny.en",
+    window_seconds: Annotated[float, typer.Option(help="encoder window")] = 1.0,
+    keywords: Annotated[str | None, typer.Option(help="comma-separated keywords [the 10 commands]")] = None,
+    head: Annotated[str, typer.Option(help="pooled or anchor")] = "pooled",
+    batch_size: Annotated[int, typer.Option()] = 16,
+    learning_rate: Annotated[float, typer.Option()] = 2e-3,
+    optimizer: Annotated[str, typer.Option(help="adam or sgd")] = "adam",
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Centralized baseline: the same head trained on all training speakers at once."""
+    from fedwhisper.kws.task import KwsOptions, train_centralized
+    from fedwhisper.runs import runs_root
+
+    options = KwsOptions.from_config(_kws_overrides(
+        corpus=str(corpus.resolve()), model=model, window_seconds=window_seconds, keywords=keywords, head=head,
+        batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer, seed=seed, local_epochs=1))
+    run_dir = run_dir or runs_root() / f"kws-central-{time.strftime('%Y%m%d-%H%M%S')}"
+    train_centralized(options, run_dir, epochs, on_epoch=print_round)
+    console.print(f"head and metrics in {run_dir}")
+
+
+@app.command("evaluate")
+def kws_evaluate(
+    head_path: Annotated[Path, typer.Argument(metavar="HEAD", help="a head checkpoint (head.safetensors of a run)")],
+    corpus: Annotated[Path, typer.Argument(help="Speech Commands-layout corpus")],
+    split: Annotated[str, typer.Option(help="train, validation or test")] = "test",
+) -> None:
+    """Accuracy of a saved head on a corpus split, overall and per class."""
+    from fedwhisper.kws.task import evaluate_saved_head
+
+    result = evaluate_saved_head(head_path, corpus, split)
+    table = Table("class", "clips", "accuracy", title=f"{head_path} on {corpus} ({split})")
+    for row in result["per_class"]:
+        table.add_row(escape(row["class"]), str(row["clips"]), f"{row['accuracy']:.2%}")
+    console.print(table)
+    console.print(f"accuracy {result['accuracy']:.2%} over {result['clips']} clips")
+
+
+@app.command("predict")
+def kws_predict(
+    head_path: Annotated[Path, typer.Argument(metavar="HEAD", help="a head checkpoint")],
+    files: Annotated[list[Path], typer.Argument(help="audio files (any format, rate and channels)")],
+    top: Annotated[int, typer.Option(help="classes shown per file")] = 3,
+) -> None:
+    """Label and class probabilities for each audio file; unreadable files are reported and skipped."""
+    from fedwhisper.audio import AudioError, load_audio
+    from fedwhisper.kws.model import load_head
+    from fedwhisper.kws.task import head_encoder_and_corpus
+    from fedwhisper.kws.train import predict_proba
+
+    head, meta = load_head(head_path)
+    encoder, _ = head_encoder_and_corpus(meta)
+    table = Table("file", "label", "probabilities")
+    failed = 0
+    for file in files:
+        try:
+            clip = load_audio(file, allow_silent=True)
+        except AudioError as error:
+            table.add_row(escape(str(file)), "[red]error[/red]", escape(str(error)))
+            failed += 1
+            continue
+        probabilities = predict_proba(head, encoder([clip]))[0]
+        order = probabilities.argsort()[::-1][:top]
+        table.add_row(escape(str(file)), escape(meta["classes"][order[0]]),
+                      escape(", ".join(f"{meta['classes'][i]} {probabilities[i]:.3f}" for i in order)))
+    console.print(table)
+    if failed:
+        raise typer.Exit(code=1)

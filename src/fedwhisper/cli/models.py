@@ -1,0 +1,48 @@
+"""`fedwhisper models`: packaged pretrained Whisper checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from fedwhisper.cli.common import console
+
+app = typer.Typer(help="Pretrained Whisper: list and import packaged checkpoints.", no_args_is_help=True)
+
+
+@app.command("list")
+def models_list() -> None:
+    """Packaged models, whether their packages are installed, and where they are imported."""
+    from fedwhisper.models.registry import IMPORT_MARKER, PACKAGED_MODELS, fedwhisper_home, is_installed
+
+    table = Table("name", "install with", "packages", "imported at")
+    for name, model in PACKAGED_MODELS.items():
+        out = fedwhisper_home() / "models" / name
+        table.add_row(
+            name,
+            escape(f"pip install 'fedwhisper[{model.extra}]'"),
+            "installed" if is_installed(name) else "missing",
+            str(out) if (out / IMPORT_MARKER).is_file() else "-",
+        )
+    console.print(table)
+
+
+@app.command("import")
+def models_import(
+    name: Annotated[str, typer.Argument(help="tiny.en, base or small")],
+    out: Annotated[Path | None, typer.Option(help="output directory (default: $FEDWHISPER_HOME/models/NAME)")] = None,
+    force: Annotated[bool, typer.Option(help="convert again even if a finished import exists")] = False,
+) -> None:
+    """Convert a packaged CTranslate2 checkpoint into a Hugging Face transformers model directory."""
+    import time
+
+    from fedwhisper.models.registry import import_packaged_model
+
+    started = time.perf_counter()
+    with console.status(f"importing {name}"):
+        path = import_packaged_model(name, out, force=force)
+    console.print(f"{name} -> {path} ({time.perf_counter() - started:.1f} s)")

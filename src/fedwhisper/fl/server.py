@@ -1,0 +1,96 @@
+"""The server side of every federated task: who the clients are, the rounds, evaluation and the run record.
+
+A task gives the loop its initial arrays, a server evaluation (arrays -> metrics) and the per-round training
+config its clients need; the loop samples clients (``SeededFedAvg``), aggregates, evaluates, records each round
+with its arrays in a ``RunDirectory`` and resumes from the last recorded round.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from fedwhisper.errors import FedwhisperError
+from fedwhisper.fl.strategy import SeededFedAvg
+from fedwhisper.runs import RunDirectory, load_arrays
+
+log = logging.getLogger("fedwhisper.fl")
+CLIENT_NAME = "client-name"
+
+
+@dataclass
+class Federation:
+    """One federated run as the server sees it."""
+
+    initial_arrays: Callable[[], dict[str, torch.Tensor]]
+    evaluate: Callable[[dict[str, torch.Tensor]], dict[str, float]]  # arrays -> metrics on the server's held-out data
+    train_config: dict  # per-round hyper-parameters for the clients
+    rounds: int
+    clients_per_round: int
+    seed: int = 0
+    meta: dict = field(default_factory=dict)  # stored with every checkpoint (what rebuilds the model)
+    round_metrics: Callable[[dict], dict] = lambda stats: {}  # the strategy's round statistics -> extra row columns
+    connect_timeout: float = 120.0  # seconds to wait for the clients to connect
+    checkpoint: str = "model"  # checkpoint files: NAME.safetensors (latest round, the resume point), NAME-round-NNN.safetensors
+
+
+def identify_clients(grid: Grid, expected: int, timeout: float) -> dict[int, str]:
+    """Ask every connected node for its stable name (``fl.client``'s query handler), waiting up to ``timeout``
+    seconds for ``expected`` nodes. Names make sampling and aggregation order independent of Flower's node ids."""
+    deadline = time.monotonic() + timeout
+    while len(nodes := list(grid.get_node_ids())) < expected:
+        if time.monotonic() > deadline:
+            raise FedwhisperError(f"only {len(nodes)} of {expected} clients connected within {timeout:g} s")
+        time.sleep(0.5)
+    messages = [Message(RecordDict({"config": ConfigRecord({"ask": CLIENT_NAME})}), dst_node_id=node, message_type=MessageType.QUERY)
+                for node in nodes]
+    names = {}
+    for reply in grid.send_and_receive(messages, timeout=timeout):
+        node = reply.metadata.src_node_id
+        names[node] = str(reply.content["config"][CLIENT_NAME]) if not reply.has_error() else f"node-{node}"
+    return names
+
+
+def run_federation(grid: Grid, federation: Federation, run: RunDirectory, options: dict, resume: bool = False,
+                   on_round: Callable[[dict], None] | None = None) -> RunDirectory:
+    """Rounds ``run.last + 1 .. federation.rounds``: sample, train, aggregate, evaluate on the server, record."""
+    run.start(options, resume)
+    if resume:
+        arrays, _ = load_arrays(run.path / f"{federation.checkpoint}.safetensors")
+        start_round = run.last
+    else:
+        arrays, start_round = federation.initial_arrays(), 0
+    remaining = federation.rounds - start_round
+    if remaining <= 0:
+        log.warning("run %s already has %d of %d rounds", run.path, start_round, federation.rounds)
+        return run
+    names = identify_clients(grid, federation.clients_per_round, federation.connect_timeout)
+    strategy = SeededFedAvg(federation.clients_per_round, federation.seed, names)
+    round_started = [time.perf_counter()]
+
+    def evaluate(server_round: int, record: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0 and resume:
+            return None  # the resumed round was evaluated and recorded before
+        state = record.to_torch_state_dict()
+        metrics = federation.evaluate(state)
+        row = {"round": start_round + server_round, **metrics, "seconds": round(time.perf_counter() - round_started[0], 2)}
+        if server_round:
+            stats = strategy.last_round
+            row |= {k: stats[k] for k in ("clients_trained", "clients_skipped", "clients_failed")} | federation.round_metrics(stats)
+        run.save_arrays(f"{federation.checkpoint}-round-{row['round']:03d}", state, federation.meta)
+        run.save_arrays(federation.checkpoint, state, federation.meta)
+        run.record(row)  # after its arrays: a recorded round always has them
+        if on_round:
+            on_round(row)
+        round_started[0] = time.perf_counter()
+        return MetricRecord(metrics)
+
+    config = ConfigRecord({**federation.train_config, "round-offset": start_round, "seed": federation.seed})
+    strategy.start(grid=grid, initial_arrays=ArrayRecord(arrays), num_rounds=remaining, train_config=config, evaluate_fn=evaluate)
+    return run

@@ -1,0 +1,89 @@
+"""FedAvg made reproducible, and safe to wrap in Flower's differential-privacy strategies or to run under SecAgg+.
+
+- Clients are drawn by a seeded sample over stable client names (Flower gives nodes new random ids every run).
+- Replies are aggregated in client-name order, so the floating-point sums do not depend on arrival order.
+- A client that cannot train replies with weight 0 (``num-examples`` = 0), never with a plaintext "skip me" flag:
+  its arrays add nothing to the weighted mean, which stays true when the weighting happens inside SecAgg+ or a DP
+  wrapper. A round in which no client has weight keeps the current arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections.abc import Iterable
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+log = logging.getLogger("fedwhisper.fl")
+WEIGHT = "num-examples"
+
+
+def round_seed(seed: int, server_round: int, salt: str = "") -> int:
+    """A seed for one round of one run, stable across processes (unlike ``hash``)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{server_round}/{salt}".encode()).digest()[:8], "little")
+
+
+class SeededFedAvg(FedAvg):
+    """FedAvg over ``clients_per_round`` clients drawn with ``seed``; ``client_names`` maps Flower node ids to the
+    stable names the clients gave (see ``fl.server.identify_clients``). ``last_round`` holds the round's client
+    statistics and, in name order, each replying client's metrics."""
+
+    def __init__(self, clients_per_round: int, seed: int, client_names: dict[int, str], **kwargs):
+        super().__init__(fraction_train=1.0, min_train_nodes=clients_per_round, min_available_nodes=clients_per_round,
+                         fraction_evaluate=0.0, weighted_by_key=WEIGHT, **kwargs)
+        self.clients_per_round = clients_per_round
+        self.seed = seed
+        self.client_names = client_names
+        self.last_round: dict = {}
+        self._sent_keys: set[str] = set()
+
+    def name_of(self, node_id: int) -> str:
+        return self.client_names.get(node_id, f"node-{node_id}")
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        nodes = sorted(grid.get_node_ids(), key=self.name_of)
+        if len(nodes) < self.clients_per_round:
+            raise RuntimeError(f"{self.clients_per_round} clients per round, but only {len(nodes)} are connected")
+        chosen = random.Random(round_seed(self.seed, server_round)).sample(nodes, self.clients_per_round)
+        config["server-round"] = server_round
+        self._sent_keys = set(arrays.keys())
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._construct_messages(record, sorted(chosen, key=self.name_of), MessageType.TRAIN)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = sorted(replies, key=lambda reply: self.name_of(reply.metadata.src_node_id))
+        failed, answered = [], []
+        for reply in replies:
+            (failed if reply.has_error() or not self._well_formed(reply) else answered).append(reply)
+        metrics = [dict(r.content["metrics"]) for r in answered]
+        trained = [m for m in metrics if m.get(WEIGHT, 0) > 0]
+        self.last_round = {"clients_trained": len(trained), "clients_skipped": len(metrics) - len(trained), "clients_failed": len(failed),
+                           "client_metrics": trained}
+        if failed:
+            reasons = sorted({_reason(r) for r in failed})
+            self.last_round["failure_reasons"] = reasons
+            log.error("round %d: %d of %d clients failed: %s", server_round, len(failed), len(replies), "; ".join(reasons))
+        if not trained:
+            log.warning("round %d: no client trained; the model stays as it was", server_round)
+            return None, None
+        return super().aggregate_train(server_round, answered)
+
+    def _well_formed(self, reply: Message) -> bool:
+        """One ArrayRecord with exactly the arrays sent and one MetricRecord with a weight: anything else would make
+        Flower's FedAvg refuse the whole round."""
+        content = reply.content
+        if len(content.array_records) != 1 or len(content.metric_records) != 1:
+            return False
+        arrays, metrics = next(iter(content.array_records.values())), next(iter(content.metric_records.values()))
+        return set(arrays.keys()) == self._sent_keys and isinstance(metrics.get(WEIGHT), int | float) and metrics[WEIGHT] >= 0
+
+
+def _reason(reply: Message) -> str:
+    if not reply.has_error():
+        return "malformed reply (arrays or metrics other than those expected)"
+    lines = reply.error.reason.strip().splitlines()
+    return lines[-1] if lines else "no reason given"

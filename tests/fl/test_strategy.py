@@ -1,0 +1,107 @@
+"""SeededFedAvg driven directly with trained, skipped (weight 0), failed and malformed replies; aggregates checked by hand."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+
+from fedwhisper.fl.strategy import SeededFedAvg
+
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch):
+    """Messages are stamped with the run they belong to, as inside a ServerApp."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+class Grid:
+    def __init__(self, node_ids):
+        self.node_ids = list(node_ids)
+
+    def get_node_ids(self):
+        return self.node_ids
+
+
+def _sent(node: int) -> Message:
+    return Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=node, message_type=MessageType.TRAIN)
+
+
+def _reply(node: int, value: float, weight: int, extra_key: bool = False) -> Message:
+    arrays = {"w": torch.full((2, 3), value), "b": torch.tensor([value])}
+    if extra_key:
+        arrays["secret"] = torch.zeros(1)
+    content = RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord({"num-examples": weight, "train_loss": value})})
+    return Message(content, reply_to=_sent(node))
+
+
+def _failed(node: int) -> Message:
+    return Message(Error(code=0, reason="Traceback ...\nAudioError: clip.wav: not audio"), reply_to=_sent(node))
+
+
+def _strategy(names=None) -> SeededFedAvg:
+    strategy = SeededFedAvg(clients_per_round=3, seed=0, client_names=names or {n: f"client-{n}" for n in range(10)})
+    strategy._sent_keys = {"w", "b"}
+    return strategy
+
+
+def test_only_trained_clients_count_and_failures_do_not_stop_the_round():
+    replies = [_reply(1, 1.0, 10), _reply(2, 4.0, 30), _reply(3, 1000.0, 0),  # trained, trained, skipped (weight 0)
+               _failed(4), _reply(5, -1e6, 50, extra_key=True), _reply(6, 2.0, 20)]  # failed, malformed, trained
+    strategy = _strategy()
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    expected = (1.0 * 10 + 4.0 * 30 + 2.0 * 20) / 60
+    np.testing.assert_allclose(arrays["w"].numpy(), np.full((2, 3), expected), rtol=1e-6)
+    np.testing.assert_allclose(arrays["b"].numpy(), [expected], rtol=1e-6)
+    assert metrics["train_loss"] == pytest.approx(expected)
+    stats = strategy.last_round
+    assert (stats["clients_trained"], stats["clients_skipped"], stats["clients_failed"]) == (3, 1, 2)
+    assert "AudioError: clip.wav: not audio" in stats["failure_reasons"]
+    assert [m["num-examples"] for m in stats["client_metrics"]] == [10, 30, 20]  # client-name order
+
+
+def test_the_aggregate_does_not_depend_on_arrival_order():
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal(8).astype(np.float32) * 1e3
+    replies = [_reply(node, float(v), int(w)) for node, v, w in zip(range(8), values, rng.integers(1, 1000, 8))]
+    first, _ = _strategy().aggregate_train(1, replies)
+    for seed in range(5):
+        shuffled = list(replies)
+        random.Random(seed).shuffle(shuffled)
+        again, _ = _strategy().aggregate_train(1, shuffled)
+        assert again["w"].numpy().tobytes() == first["w"].numpy().tobytes()
+
+
+def test_a_round_where_nobody_trained_keeps_the_model():
+    strategy = _strategy()
+    assert strategy.aggregate_train(1, [_reply(1, 5.0, 0), _failed(2)]) == (None, None)
+    assert strategy.last_round["clients_skipped"] == 1 and strategy.last_round["clients_failed"] == 1
+
+
+def test_sampling_follows_client_names_and_seed_not_node_ids():
+    names = [f"partition-{i:05d}" for i in range(20)]
+
+    def chosen(node_ids, server_round):
+        strategy = SeededFedAvg(clients_per_round=5, seed=7, client_names=dict(zip(node_ids, names)))
+        messages = strategy.configure_train(server_round, ArrayRecord({"w": torch.zeros(1)}), ConfigRecord({}), Grid(node_ids))
+        return [strategy.name_of(m.metadata.dst_node_id) for m in messages]
+
+    ids_a = list(range(100, 120))
+    ids_b = random.Random(1).sample(range(10**9), 20)  # Flower gives nodes new random ids every run
+    assert chosen(ids_a, 1) == chosen(ids_b, 1) and len(set(chosen(ids_a, 1))) == 5
+    assert chosen(ids_a, 1) != chosen(ids_a, 2)
+
+
+def test_zero_weight_composes_with_flowers_dp_wrapper():
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+
+    inner = _strategy()
+    dp = DifferentialPrivacyServerSideFixedClipping(inner, noise_multiplier=0.0, clipping_norm=1e9, num_sampled_clients=3)
+    dp.current_arrays = ArrayRecord({"w": torch.zeros(2, 3), "b": torch.zeros(1)})
+    arrays, _ = dp.aggregate_train(1, [_reply(1, 1.0, 10), _reply(2, 500.0, 0), _reply(3, 3.0, 30)])
+    np.testing.assert_allclose(arrays["b"].numpy(), [(1.0 * 10 + 3.0 * 30) / 40], rtol=1e-6)
