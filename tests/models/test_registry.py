@@ -62,3 +62,10 @@ def test_small_without_complete_packages_is_a_clear_error(session_home):
     # whether or not they are installed, importing small must say why it cannot, not crash mid-read.
     with pytest.raises(ModelNotAvailableError, match="small"):
         import_packaged_model("small")
+
+
+def test_a_model_reference_that_does_not_load_is_one_clear_error():
+    from fedwhisper.models.registry import load_whisper
+
+    with pytest.raises(ModelNotAvailableError, match="'nosuch' does not load: not a packaged model"):
+        load_whisper("nosuch")  # a hub id, and the tests run offline

@@ -101,12 +101,12 @@ def prepare_features(source, model: str, out: str | Path, options: PrepareOption
     from transformers import WhisperConfig, WhisperProcessor
 
     from fedwhisper.data.corpus import load_corpus
-    from fedwhisper.models.registry import resolve_model
+    from fedwhisper.models.registry import from_pretrained, resolve_model
 
     out = Path(out)
     location = resolve_model(model)
-    processor = WhisperProcessor.from_pretrained(location)
-    multilingual = is_multilingual(WhisperConfig.from_pretrained(location).vocab_size)
+    processor = from_pretrained(WhisperProcessor, location)
+    multilingual = is_multilingual(from_pretrained(WhisperConfig, location).vocab_size)
     corpus = _with_validation_split(load_corpus(source), options.validation_speakers, options.seed)
     manifest = {
         "source": str(source), "model": str(model), "vocab_size": len(processor.tokenizer),

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from fedwhisper.constants import HOP_LENGTH, SAMPLE_RATE
 from fedwhisper.errors import FedwhisperError
-from fedwhisper.models.registry import resolve_model
+from fedwhisper.models.registry import from_pretrained, resolve_model
 
 
 def encoder_bottom(encoder: nn.Module, features: torch.Tensor, layers: int) -> torch.Tensor:
@@ -54,7 +54,7 @@ class FrozenEncoder:
         from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
 
         location = resolve_model(model)
-        whisper = WhisperForConditionalGeneration.from_pretrained(location)
+        whisper = from_pretrained(WhisperForConditionalGeneration, location)
         config = whisper.config
         max_seconds = config.max_source_positions * 2 * HOP_LENGTH / SAMPLE_RATE
         if not 0 < window_seconds <= max_seconds:
@@ -66,7 +66,7 @@ class FrozenEncoder:
         # long windows: attention's positions² memory makes big batches slow (tiny.en at 30 s: 0.5 s/clip at 64, 0.2 at 8)
         self.batch_size = batch_size or (64 if window_seconds <= 5 else 8)
         self.encoder = whisper.model.encoder.eval().requires_grad_(False)
-        self.feature_extractor = WhisperFeatureExtractor.from_pretrained(location)
+        self.feature_extractor = from_pretrained(WhisperFeatureExtractor, location)
         self.d_model = config.d_model
         self.positions = (self.frames + 1) // 2  # conv2 has stride 2
         # a cache written under another model or window is never reused

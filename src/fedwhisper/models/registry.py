@@ -147,11 +147,20 @@ def resolve_model(ref: str | os.PathLike) -> str:
     return ref  # a hub id such as openai/whisper-tiny; needs a network
 
 
+def from_pretrained(cls, location: str, **kwargs):
+    """``cls.from_pretrained(location)``; a reference that does not load here (no such hub id, no network) is one line."""
+    try:
+        return cls.from_pretrained(location, **kwargs)
+    except OSError as error:
+        raise ModelNotAvailableError(f"model {location!r} does not load: not a packaged model ({', '.join(PACKAGED_MODELS)}), a model "
+                                     f"directory, or a hub id reachable from here ({str(error).strip().splitlines()[0]})") from None
+
+
 def load_whisper(ref: str | os.PathLike, device: str = "cpu", **config_overrides):
     """(model, processor) for ``ref``, in eval mode; ``config_overrides`` (e.g. ``dropout=0.1``) replace config values."""
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     location = resolve_model(ref)
-    model = WhisperForConditionalGeneration.from_pretrained(location, **config_overrides).to(device).eval()
-    processor = WhisperProcessor.from_pretrained(location)
+    model = from_pretrained(WhisperForConditionalGeneration, location, **config_overrides).to(device).eval()
+    processor = from_pretrained(WhisperProcessor, location)
     return model, processor
