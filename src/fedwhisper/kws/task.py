@@ -195,8 +195,8 @@ def _flower_example_update(options: KwsOptions, partition_id: int, state: dict, 
     head = new_head(options)
     head.load_state_dict(state)
     metrics = flower_example.train_one_round(encoder.encoder, head, dataset, torch.Generator().manual_seed(seed))
-    timing = {"load-seconds": loaded_at - started, "train-seconds": time.perf_counter() - loaded_at,
-              "round-seconds": time.perf_counter() - started}
+    finished = time.perf_counter()
+    timing = {"load-seconds": loaded_at - started, "train-seconds": finished - loaded_at, "round-seconds": finished - started}
     if metrics is None:
         return None, {"num-examples": 0, **timing}
     metrics |= {"encoded-clips": metrics["steps"] * flower_example.RECIPE.batch_size, **timing}
