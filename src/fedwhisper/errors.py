@@ -4,3 +4,7 @@ any other exception is a bug and keeps its traceback."""
 
 class FedwhisperError(Exception):
     pass
+
+
+class Interrupted(FedwhisperError):
+    """Ctrl-C or SIGTERM stopped a long job; the message says what was kept and how to continue."""

@@ -38,12 +38,16 @@ class RunDirectory:
     def last(self) -> int:
         return max((row[self.key] for row in self.rows), default=0)
 
-    def start(self, options: dict, resume: bool) -> None:
-        """Begin a run here, or continue the one here (``resume``)."""
+    def check_start(self, resume: bool) -> None:
+        """Fail now if a run cannot begin here (fresh: the directory holds a run) or continue here (resume: none)."""
         if not resume and self.rows:
             raise FedwhisperError(f"{self.path} already holds a run; pass --resume to continue it or choose a new directory")
         if resume and not (self.path / OPTIONS).is_file():
             raise FedwhisperError(f"{self.path}: nothing to resume (no {OPTIONS})")
+
+    def start(self, options: dict, resume: bool) -> None:
+        """Begin a run here, or continue the one here (``resume``)."""
+        self.check_start(resume)
         self.path.mkdir(parents=True, exist_ok=True)
         write_json(self.path / OPTIONS, options)
 

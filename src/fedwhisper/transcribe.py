@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from fedwhisper import constants
 from fedwhisper.audio import SAMPLE_RATE, load_audio
 from fedwhisper.errors import FedwhisperError
+from fedwhisper.files import write_json, write_text
 
 OUTPUT_FORMATS = ("txt", "srt", "vtt", "json")
 MAX_TOKENS_PER_SECOND = 12  # fast speech is ~4 words/s, ~6 tokens/s with timestamps (Swedish: more tokens a word)
@@ -32,6 +33,18 @@ class DecodingOptions:
     # log-prob < -1) is decoded again at the next temperature. (0.0,) is plain greedy/beam search, as evaluation uses.
     temperatures: tuple[float, ...] = (0.0,)
 
+    def __post_init__(self):
+        for name in ("num_beams", "batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise FedwhisperError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if self.task not in ("transcribe", "translate"):
+            raise FedwhisperError(f"--task must be transcribe or translate (got {self.task!r})")
+        if self.language is not None:
+            from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
+
+            if self.language.lower() not in LANGUAGES and self.language.lower() not in TO_LANGUAGE_CODE:
+                raise FedwhisperError(f"--language {self.language!r} is not a language Whisper knows (a code such as en, sv, de, or a name)")
+
 
 WHISPER_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # openai/whisper's transcribe default
 
@@ -42,8 +55,6 @@ def is_multilingual(model) -> bool:
 
 def generation_kwargs(model, options: DecodingOptions) -> dict:
     """``generate`` arguments for ``options``; English-only models refuse other languages and translation."""
-    if options.task not in ("transcribe", "translate"):
-        raise FedwhisperError(f"task must be transcribe or translate, not {options.task!r}")
     kwargs = {"num_beams": options.num_beams, "max_new_tokens": options.max_new_tokens}
     if len(options.temperatures) > 1:  # transformers samples at each temperature above 0
         kwargs |= {"temperature": tuple(options.temperatures), "compression_ratio_threshold": 1.35, "logprob_threshold": -1.0}
@@ -110,7 +121,7 @@ class LongFormTranscriber:
     def __init__(self, model, processor, chunk_seconds: float = 30.0, stride_seconds: float = 5.0, batch_size: int = 8):
         from transformers import pipeline
 
-        self.model, self.processor, self.chunk_seconds = model, processor, chunk_seconds
+        self.model, self.processor, self.chunk_seconds, self.stride_seconds = model, processor, chunk_seconds, stride_seconds
         if processor.tokenizer.pad_token is None:  # the pipeline's batch collation needs one; Whisper pads with end-of-text
             processor.tokenizer.pad_token = processor.tokenizer.eos_token
         self.pipe = pipeline(
@@ -139,11 +150,63 @@ class LongFormTranscriber:
         return Transcript(text=output["text"].strip(), segments=segments, language=language, duration=round(duration, 2))
 
 
-def transcribe_file(transcriber: LongFormTranscriber, path: str | os.PathLike, options: DecodingOptions = DecodingOptions()) -> Transcript:
+def block_bounds(audio: np.ndarray, block_seconds: float, search_seconds: float = 5.0) -> list[tuple[int, int]]:
+    """(start, end) samples of blocks about ``block_seconds`` long, each cut at the quietest 0.1 s within
+    ``search_seconds`` of the nominal boundary, so a cut rarely falls inside a word."""
+    frame, block = SAMPLE_RATE // 10, int(block_seconds * SAMPLE_RATE)
+    bounds, start = [], 0
+    while audio.size - start > block + search_seconds * SAMPLE_RATE:
+        low, high = start + block - int(search_seconds * SAMPLE_RATE), start + block + int(search_seconds * SAMPLE_RATE)
+        energy = (audio[low:high][: (high - low) // frame * frame].reshape(-1, frame) ** 2).mean(axis=1)
+        cut = low + int(energy.argmin()) * frame + frame // 2
+        bounds.append((start, cut))
+        start = cut
+    return bounds + [(start, audio.size)]
+
+
+def transcribe_file(transcriber: LongFormTranscriber, path: str | os.PathLike, options: DecodingOptions = DecodingOptions(),
+                    partial: str | os.PathLike | None = None, progress: bool = False,
+                    on_resume: Callable[[float], None] | None = None) -> Transcript:
+    """The transcript of one file of any length, decoded block by block (``options.batch_size`` chunks a block).
+
+    With ``partial``, each finished block's segments are saved there at once and a later call with the same file and
+    options continues after the last saved block (calling ``on_resume(seconds already done)``): an interruption loses
+    at most the block being decoded."""
     audio = load_audio(path)
-    transcript = transcriber(audio, options)
-    transcript.source = str(path)
-    return transcript
+    duration = round(audio.size / SAMPLE_RATE, 2)
+    block_seconds = options.batch_size * (transcriber.chunk_seconds - 2 * transcriber.stride_seconds)
+    bounds = block_bounds(audio, block_seconds)
+    job = {"source": str(Path(path).resolve()), "samples": int(audio.size), "options": asdict(options), "block_seconds": block_seconds}
+    state = _read_partial(partial, job) or {**job, "blocks_done": 0, "language": None, "texts": [], "segments": []}
+    if state["language"] is None:
+        state["language"] = options.language or detect_language(transcriber.model, transcriber.processor, audio)
+    block_options = DecodingOptions(**(asdict(options) | {"language": state["language"]}))
+    done_seconds = round(bounds[state["blocks_done"] - 1][1] / SAMPLE_RATE, 1) if state["blocks_done"] else 0.0
+    if done_seconds and on_resume:
+        on_resume(done_seconds)
+    with tqdm(total=duration, initial=done_seconds, desc=Path(path).name, unit="audio s", disable=not progress or len(bounds) < 2) as bar:
+        for start, end in bounds[state["blocks_done"] :]:
+            piece = transcriber(audio[start:end], block_options)
+            offset = start / SAMPLE_RATE
+            state["texts"].append(piece.text)
+            state["segments"] += [{**seg, "start": round(seg["start"] + offset, 2), "end": round(seg["end"] + offset, 2)} for seg in piece.segments]
+            state["blocks_done"] += 1
+            if partial:
+                write_json(partial, state)
+            bar.update(round((end - start) / SAMPLE_RATE, 1))
+    text = " ".join(t for t in state["texts"] if t)
+    return Transcript(text=text, segments=state["segments"], language=state["language"], duration=duration, source=str(path))
+
+
+def _read_partial(partial: str | os.PathLike | None, job: dict) -> dict | None:
+    """The saved blocks of this same job (file, length, options), or None."""
+    if not partial or not Path(partial).is_file():
+        return None
+    try:
+        state = json.loads(Path(partial).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # damaged: decoded again from the start
+    return state if all(state.get(key) == json.loads(json.dumps(value)) for key, value in job.items()) else None
 
 
 def _clock(seconds: float, separator: str) -> str:
@@ -168,12 +231,12 @@ def format_transcript(transcript: Transcript, output_format: str) -> str:
     raise FedwhisperError(f"unknown output format {output_format!r}; choose from {', '.join(OUTPUT_FORMATS)}")
 
 
+def transcript_paths(source: str | os.PathLike, out_dir: str | os.PathLike, formats: Sequence[str]) -> list[Path]:
+    return [Path(out_dir) / f"{Path(source).stem or 'transcript'}.{output_format}" for output_format in formats]
+
+
 def write_transcript(transcript: Transcript, out_dir: str | os.PathLike, formats: Sequence[str]) -> list[Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for output_format in formats:
-        path = out_dir / f"{Path(transcript.source).stem or 'transcript'}.{output_format}"
-        path.write_text(format_transcript(transcript, output_format), encoding="utf-8")
-        written.append(path)
-    return written
+    paths = transcript_paths(transcript.source, out_dir, formats)
+    for path, output_format in zip(paths, formats, strict=True):
+        write_text(path, format_transcript(transcript, output_format))
+    return paths

@@ -23,20 +23,17 @@ def options(tiny_whisper_dir, tiny_kws_corpus, tmp_path):
                       clients_per_round=2, rounds=2, local_epochs=1, cache_dir=str(tmp_path / "cache"))
 
 
-def test_two_rounds_then_resume_to_three(options, tmp_path):
+def test_two_rounds_record_every_round_and_its_head(options, tmp_path):
+    """(Resume after an interruption: tests/test_interruptions.py.)"""
     run_dir = tmp_path / "run"
     seen = []
     run = simulate(options, run_dir, on_round=seen.append)
     assert [row["round"] for row in run.rows] == [0, 1, 2] == [row["round"] for row in seen]
     assert all(row["clients_trained"] == 2 for row in run.rows[1:])
-    assert run.rows[1]["clips_encoded"] > 0  # each client encodes its own clips once...
-    for name in ("metrics.json", "metrics.csv", "accuracy.png", "head.safetensors", "head-round-002.safetensors", "options.json"):
+    assert run.rows[1]["clips_encoded"] > 0  # each client encodes its own clips (once: test_client_trains_from_its_cache)
+    for name in ("metrics.json", "metrics.csv", "accuracy.png", "head.safetensors", "head-round-002.safetensors", "options.json",
+                 "federation.log"):
         assert (run_dir / name).is_file(), name
-    first_two = json.loads((run_dir / "metrics.json").read_text())
-
-    resumed = simulate(KwsOptions(**{**options.to_config(), "rounds": 3}), run_dir, resume=True)
-    assert [row["round"] for row in resumed.rows] == [0, 1, 2, 3]
-    assert resumed.rows[:3] == first_two  # recorded rounds are kept as they were
     _, meta = load_head(run_dir / "head.safetensors")
     assert meta["classes"] == ["yes", "no", "up", "_silence_", "_unknown_"] and meta["positions"] == 50
 

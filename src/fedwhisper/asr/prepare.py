@@ -107,7 +107,11 @@ def prepare_features(source, model: str, out: str | Path, options: PrepareOption
     location = resolve_model(model)
     processor = from_pretrained(WhisperProcessor, location)
     multilingual = is_multilingual(from_pretrained(WhisperConfig, location).vocab_size)
-    corpus = _with_validation_split(load_corpus(source), options.validation_speakers, options.seed)
+    corpus = load_corpus(source)
+    if any("transcription" not in dataset.column_names for dataset in corpus.values()):
+        raise FedwhisperError(f"{source}: no transcriptions (a keyword corpus?); asr prepare needs an audiofolder with metadata.csv "
+                              "or a Common Voice directory")
+    corpus = _with_validation_split(corpus, options.validation_speakers, options.seed)
     manifest = {
         "source": str(source), "model": str(model), "vocab_size": len(processor.tokenizer),
         "n_mels": processor.feature_extractor.feature_size, "multilingual": multilingual,

@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
+import pickle
 import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fedwhisper.errors import FedwhisperError
 from fedwhisper.files import atomic_path
 from fedwhisper.runs import RunDirectory
 
+log = logging.getLogger("fedwhisper.asr")
 CHECKPOINTS_KEPT = 2
 
 
@@ -45,31 +49,47 @@ class TrainingRun(RunDirectory):
         self.checkpoints = self.path / "checkpoints"
         self.best = self.path / "best"
 
+    def checkpoints_newest_first(self) -> list[Path]:
+        return sorted((p for p in self.checkpoints.glob("step-*") if (p / "state.json").is_file() and not p.name.endswith(".partial")),
+                      reverse=True)
+
     def latest_checkpoint(self) -> Path | None:
-        done = sorted(p for p in self.checkpoints.glob("step-*") if (p / "state.json").is_file() and not p.name.endswith(".partial"))
-        return done[-1] if done else None
+        done = self.checkpoints_newest_first()
+        return done[0] if done else None
 
     def begin(self, options: dict, resume: bool, model, optimizer, scheduler) -> dict:
-        """Fresh: record ``options`` (refusing a directory that holds a run). Resume: restore the last checkpoint into
-        model, optimizer, scheduler and torch's random state, and cut the metrics back to it, so the steps after it are
-        recorded once. Returns the checkpoint's state (step, best_wer, best_step, elapsed_seconds)."""
+        """Fresh: record ``options`` (refusing a directory that holds a run). Resume: restore the newest intact checkpoint
+        (a damaged one is named and passed over) into model, optimizer, scheduler and torch's random state, and cut the
+        metrics back to it, so the steps after it are recorded once; a run stopped before its first checkpoint starts
+        again at step 0. Returns the checkpoint's state (step, best_wer, best_step, elapsed_seconds)."""
         if not resume:
-            if self.latest_checkpoint() is not None:
+            if self.latest_checkpoint() is not None or self.rows:
                 raise FedwhisperError(f"{self.path} already holds a run; pass --resume to continue it or choose a new directory")
             self.start(options, resume=False)
             return {"step": 0}
-        checkpoint = self.latest_checkpoint()
-        if checkpoint is None:
-            raise FedwhisperError(f"{self.path}: no checkpoint to resume from")
         if self.saved_options().get("config") != json.loads(json.dumps(options["config"])):
             raise FedwhisperError(f"{self.path}: the run was started with other settings; resume it with the same ones")
-        load_trainable_state(model, load_file(checkpoint / "trainable.safetensors"))
+        for checkpoint in self.checkpoints_newest_first():
+            try:
+                state = self._restore(checkpoint, model, optimizer, scheduler)
+            except (OSError, ValueError, KeyError, RuntimeError, EOFError, pickle.UnpicklingError, SafetensorError) as error:
+                log.warning("%s is damaged (%s: %s); trying the checkpoint before it", checkpoint, type(error).__name__, error)
+                continue
+            self.keep_until(state["step"])
+            return state
+        log.warning("%s: no intact checkpoint; the run starts again at step 0", self.path)
+        self.keep_until(0)
+        return {"step": 0}
+
+    @staticmethod
+    def _restore(checkpoint: Path, model, optimizer, scheduler) -> dict:
+        state = json.loads((checkpoint / "state.json").read_text())
+        trainable = load_file(checkpoint / "trainable.safetensors")
         states = torch.load(checkpoint / "optimizer.pt", weights_only=False)
+        load_trainable_state(model, trainable)
         optimizer.load_state_dict(states["optimizer"])
         scheduler.load_state_dict(states["scheduler"])
         torch.set_rng_state(states["rng"])
-        state = json.loads((checkpoint / "state.json").read_text())
-        self.keep_until(state["step"])
         return state
 
     def save_checkpoint(self, step: int, model, optimizer, scheduler, state: dict) -> None:

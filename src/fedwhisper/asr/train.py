@@ -20,7 +20,7 @@ import torch
 
 from fedwhisper.asr.batches import AsrBatches, EncoderOutputCache, model_inputs
 from fedwhisper.asr.run import TrainingRun, whisper_of
-from fedwhisper.errors import FedwhisperError
+from fedwhisper.errors import FedwhisperError, Interrupted
 from fedwhisper.models.registry import fedwhisper_home
 
 MODES = ("full", "encoder-only", "frozen-encoder", "decoder-only", "lora")
@@ -57,12 +57,14 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise FedwhisperError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        for name in ("max_steps", "batch_size", "gradient_accumulation", "eval_every", "save_every", "log_every"):
+            raise FedwhisperError(f"--mode must be one of {', '.join(MODES)} (got {self.mode!r})")
+        for name in ("max_steps", "batch_size", "gradient_accumulation", "eval_every", "save_every", "log_every", "lora_rank"):
             if getattr(self, name) < 1:
-                raise FedwhisperError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise FedwhisperError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
         if self.learning_rate <= 0:
-            raise FedwhisperError(f"learning_rate must be positive, got {self.learning_rate}")
+            raise FedwhisperError(f"--learning-rate must be positive (got {self.learning_rate})")
+        if self.epochs is not None and self.epochs <= 0:
+            raise FedwhisperError(f"--epochs must be positive (got {self.epochs})")
 
     @property
     def cached_encoder_layers(self) -> int | None | bool:
@@ -298,5 +300,10 @@ def train_run(out: str | os.PathLike, *, features: str | os.PathLike | None = No
     whisper, processor = load_whisper(model, dropout=config.dropout)
     if len(processor.tokenizer) != manifest["vocab_size"]:
         raise FedwhisperError(f"{features} was prepared with another tokenizer ({manifest['model']}); prepare it again for {model}")
-    return fine_tune(whisper, processor, dataset["train"], config, eval_set=dataset[eval_split], run_dir=out, resume=resume,
-                     progress=progress, run_info={"features": str(Path(features).resolve()), "model": model, "eval_split": eval_split})
+    try:
+        return fine_tune(whisper, processor, dataset["train"], config, eval_set=dataset[eval_split], run_dir=out, resume=resume,
+                         progress=progress, run_info={"features": str(Path(features).resolve()), "model": model, "eval_split": eval_split})
+    except KeyboardInterrupt:
+        checkpoint = TrainingRun(out).latest_checkpoint()
+        kept = f"the last checkpoint is {checkpoint.name}" if checkpoint else "no checkpoint was saved yet (resuming starts at step 0)"
+        raise Interrupted(f"interrupted: {kept} in {out}; continue with `fedwhisper asr train --resume {out}`") from None

@@ -25,9 +25,9 @@ class TuneOptions:
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
-            raise FedwhisperError(f"sampler must be one of {', '.join(SAMPLERS)}, not {self.sampler!r}")
+            raise FedwhisperError(f"--sampler must be one of {', '.join(SAMPLERS)} (got {self.sampler!r})")
         if not 0 < self.min_steps <= self.max_steps:
-            raise FedwhisperError(f"need 0 < min_steps <= max_steps, got {self.min_steps} and {self.max_steps}")
+            raise FedwhisperError(f"--min-steps must be between 1 and --max-steps ({self.max_steps}) (got {self.min_steps})")
 
 
 def _space(base, options: TuneOptions) -> dict[str, list]:

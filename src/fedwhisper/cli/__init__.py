@@ -4,25 +4,47 @@ one call into the library. A ``FedwhisperError`` is printed in one line; anythin
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 
 if not sys.stderr.isatty():  # logs and CI: a progress line every 30 s instead of thousands of carriage-return frames
     os.environ.setdefault("TQDM_MININTERVAL", "30")
 
+import click  # noqa: E402
 import typer  # noqa: E402
 from typer.core import TyperGroup  # noqa: E402
 
 from fedwhisper.cli import asr, data, demo, kws, models, serve  # noqa: E402
 from fedwhisper.cli.common import fail  # noqa: E402
-from fedwhisper.errors import FedwhisperError  # noqa: E402
+from fedwhisper.errors import FedwhisperError, Interrupted  # noqa: E402
+
+INTERRUPTED_EXIT = 130  # the shell's code for a job stopped by SIGINT
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt  # `kill` stops a job the way Ctrl-C does: what is done is kept, the resume line is printed
 
 
 class _Commands(TyperGroup):
-    """The top-level group: a user error raised anywhere below becomes one line and exit code 1."""
+    """The top-level group: a user error raised anywhere below becomes one line and exit code 1 (2 for a bad option),
+    an interruption one line and exit code 130."""
 
     def invoke(self, ctx):
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _stop)
         try:
             return super().invoke(ctx)
+        except click.UsageError as error:  # a bad option value: one line naming the option, not click's boxed usage text
+            hint = f" (see {error.ctx.command_path} --help)" if error.ctx else ""
+            fail(error.format_message() + hint)
+            raise typer.Exit(code=2) from None
+        except (Interrupted, KeyboardInterrupt) as error:
+            fail(str(error) if isinstance(error, Interrupted) else "interrupted")
+            # Flower's server thread and Ray's helpers may still be waiting on clients that are gone: leave now.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(INTERRUPTED_EXIT)
         except FedwhisperError as error:
             raise fail(str(error)) from None
 
@@ -41,7 +63,18 @@ app.command()(demo.demo)
 @app.callback()
 def setup() -> None:
     """Adapt OpenAI Whisper to private speech without moving the audio."""
+    import logging
+
     from transformers.utils import logging as transformers_logging
+
+    library = logging.getLogger("fedwhisper")
+    if not any(h.get_name() == "fedwhisper-cli" for h in library.handlers):  # the library's warnings, one line each
+        handler = logging.StreamHandler()
+        handler.set_name("fedwhisper-cli")
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        library.addHandler(handler)
+        library.setLevel(logging.INFO)  # the run's log file also gets the library's INFO lines
 
     transformers_logging.set_verbosity_error()  # generation-config notices drown the progress bars
     transformers_logging.disable_progress_bar()  # "Loading weights" bars for every model load

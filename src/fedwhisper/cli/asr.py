@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fedwhisper.cli.common import console
+from fedwhisper.cli.common import console, writable_new_file
 
 app = typer.Typer(help="Speech recognition: prepare features, fine-tune, evaluate, tune hyper-parameters.", no_args_is_help=True)
 
@@ -22,9 +22,9 @@ def asr_prepare(
     model: Annotated[str, typer.Option(help="whose feature extractor and tokenizer: packaged name, model directory or hub id")] = "tiny.en",
     language: Annotated[str, typer.Option(help="the corpus language (label prompt of multilingual models)")] = "en",
     task: Annotated[str, typer.Option(help="transcribe, or translate (labels are English translations)")] = "transcribe",
-    num_proc: Annotated[int, typer.Option(help="parallel worker processes")] = 2,
-    shard_size: Annotated[int, typer.Option(help="clips per resumable shard")] = 256,
-    validation_speakers: Annotated[int | None, typer.Option(help="training speakers held out as validation when the corpus has none [10 %]")] = None,
+    num_proc: Annotated[int, typer.Option(min=1, help="parallel worker processes")] = 2,
+    shard_size: Annotated[int, typer.Option(min=1, help="clips per resumable shard")] = 256,
+    validation_speakers: Annotated[int | None, typer.Option(min=0, help="training speakers held out as validation when the corpus has none [10 %]")] = None,
 ) -> None:
     """CPU feature pipeline: log-mel features and tokenised labels, saved once; resumable; bad clips dropped and reported."""
     from fedwhisper.asr.prepare import REPORT, PrepareOptions, prepare_features
@@ -47,19 +47,19 @@ def asr_train(
     model: Annotated[str, typer.Option(help="starting model: packaged name, model directory or hub id")] = "tiny.en",
     mode: Annotated[str, typer.Option(help="full, encoder-only, frozen-encoder, decoder-only or lora")] = "decoder-only",
     learning_rate: Annotated[float, typer.Option()] = 1e-4,
-    warmup_steps: Annotated[int, typer.Option()] = 20,
-    max_steps: Annotated[int, typer.Option(help="optimizer steps")] = 300,
-    epochs: Annotated[float | None, typer.Option(help="passes over the training split (instead of --max-steps)")] = None,
-    batch_size: Annotated[int, typer.Option()] = 16,
-    gradient_accumulation: Annotated[int, typer.Option()] = 1,
+    warmup_steps: Annotated[int, typer.Option(min=0)] = 20,
+    max_steps: Annotated[int, typer.Option(min=1, help="optimizer steps")] = 300,
+    epochs: Annotated[float | None, typer.Option(min=0.0, help="passes over the training split (instead of --max-steps)")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    gradient_accumulation: Annotated[int, typer.Option(min=1)] = 1,
     spec_augment: Annotated[bool, typer.Option(help="SpecAugment masks on the log-mel (runs the encoder every step)")] = False,
-    frozen_encoder_layers: Annotated[int, typer.Option(help="full mode: bottom encoder blocks kept fixed, their outputs computed once")] = 0,
-    dropout: Annotated[float, typer.Option()] = 0.0,
-    lora_rank: Annotated[int, typer.Option()] = 32,
-    eval_every: Annotated[int, typer.Option(help="steps between evaluations (WER, CER)")] = 100,
-    save_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 100,
-    log_every: Annotated[int, typer.Option(help="steps between training-loss rows")] = 10,
-    eval_clips: Annotated[int, typer.Option(help="evaluation clips (0: the whole split)")] = 200,
+    frozen_encoder_layers: Annotated[int, typer.Option(min=0, help="full mode: bottom encoder blocks kept fixed, their outputs computed once")] = 0,
+    dropout: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.0,
+    lora_rank: Annotated[int, typer.Option(min=1)] = 32,
+    eval_every: Annotated[int, typer.Option(min=1, help="steps between evaluations (WER, CER)")] = 100,
+    save_every: Annotated[int, typer.Option(min=1, help="steps between checkpoints")] = 100,
+    log_every: Annotated[int, typer.Option(min=1, help="steps between training-loss rows")] = 10,
+    eval_clips: Annotated[int, typer.Option(min=0, help="evaluation clips (0: the whole split)")] = 200,
     language: Annotated[str | None, typer.Option(help="[the language the features were prepared for]")] = None,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
@@ -86,18 +86,20 @@ def asr_evaluate(
     split: Annotated[str, typer.Option(help="which split")] = "test",
     language: Annotated[str | None, typer.Option(help="multilingual models: the spoken language [from the features, or detected]")] = None,
     task: Annotated[str, typer.Option(help="transcribe or translate")] = "transcribe",
-    batch_size: Annotated[int, typer.Option()] = 16,
-    num_beams: Annotated[int, typer.Option()] = 1,
-    limit: Annotated[int, typer.Option(help="first N clips only (0: all)")] = 0,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    num_beams: Annotated[int, typer.Option(min=1)] = 1,
+    limit: Annotated[int, typer.Option(min=0, help="first N clips only (0: all)")] = 0,
     csv_out: Annotated[Path | None, typer.Option("--csv", help="per-utterance CSV [DATA-SPLIT-wer.csv in the current directory]")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing CSV")] = False,
 ) -> None:
     """WER and CER (after Whisper's normalisers) with batched generation; a per-utterance CSV."""
     from fedwhisper.asr.evaluate import evaluate_data, speaker_wer, write_rows
     from fedwhisper.transcribe import DecodingOptions
 
     options = DecodingOptions(language=language, task=task, batch_size=batch_size, num_beams=num_beams)
-    result = evaluate_data(data, model, split, options, limit)
     csv_out = csv_out or Path(f"{data.name}-{split}-wer.csv")
+    writable_new_file(csv_out, overwrite)  # before the evaluation, not after it
+    result = evaluate_data(data, model, split, options, limit)
     write_rows(result["rows"], csv_out)
     table = Table("speaker", "WER", title=f"{model} on {data} ({split})")
     for speaker, wer in speaker_wer(result["rows"], result["language"]).items():
@@ -113,13 +115,13 @@ def asr_tune(
     out: Annotated[Path, typer.Option(help="study directory (study.db, trial runs, report.json); run again to resume")],
     model: Annotated[str, typer.Option(help="starting model")] = "tiny.en",
     mode: Annotated[str, typer.Option(help="full, encoder-only, frozen-encoder, decoder-only or lora")] = "lora",
-    trials: Annotated[int, typer.Option(help="finished trials the study should hold")] = 10,
+    trials: Annotated[int, typer.Option(min=1, help="finished trials the study should hold")] = 10,
     sampler: Annotated[str, typer.Option(help="tpe, random or grid")] = "tpe",
-    min_steps: Annotated[int, typer.Option(help="shortest trial")] = 50,
-    max_steps: Annotated[int, typer.Option(help="longest trial")] = 150,
-    eval_every: Annotated[int, typer.Option(help="steps between the WER reports that pruning judges")] = 25,
-    batch_size: Annotated[int, typer.Option()] = 16,
-    eval_clips: Annotated[int, typer.Option(help="validation clips per evaluation")] = 100,
+    min_steps: Annotated[int, typer.Option(min=1, help="shortest trial")] = 50,
+    max_steps: Annotated[int, typer.Option(min=1, help="longest trial")] = 150,
+    eval_every: Annotated[int, typer.Option(min=1, help="steps between the WER reports that pruning judges")] = 25,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    eval_clips: Annotated[int, typer.Option(min=0, help="validation clips per evaluation")] = 100,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Optuna search over learning rate, warmup, steps, dropout (and LoRA rank), pruned on intermediate WER."""

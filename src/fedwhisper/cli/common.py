@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -13,3 +16,24 @@ def fail(message: str) -> typer.Exit:
     """Print ``message`` as the command's one-line error; raise the returned Exit."""
     console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     return typer.Exit(code=1)
+
+
+def writable_directory(path: Path) -> None:
+    """Fail now, not after the work, if ``path`` cannot be created or written."""
+    from fedwhisper.errors import FedwhisperError
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise FedwhisperError(f"{path}: cannot write there ({error.strerror or error})") from None
+
+
+def writable_new_file(path: Path, overwrite: bool) -> None:
+    """Fail now, not after the work, if ``path`` exists (unless ``overwrite``) or cannot be written."""
+    from fedwhisper.errors import FedwhisperError
+
+    if path.exists() and not overwrite:
+        raise FedwhisperError(f"{path} already exists; pass --overwrite to replace it, or choose another path")
+    writable_directory(path.parent)

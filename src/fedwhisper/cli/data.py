@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fedwhisper.cli.common import console
+from fedwhisper.cli.common import console, writable_new_file
+from fedwhisper.errors import FedwhisperError
 from fedwhisper.files import write_json
 
 app = typer.Typer(help="Speech corpora: synthesise, inspect and check.", no_args_is_help=True)
@@ -21,13 +22,13 @@ def _engines(value: str | None) -> tuple[str, ...] | None:
 @app.command("synth-kws")
 def data_synth_kws(
     out: Annotated[Path, typer.Argument(help="corpus directory to write (resumed if it exists)")],
-    speakers: Annotated[int, typer.Option(help="number of synthetic speakers (the original has ~2,100 in train+val+test)")] = 200,
-    repeats: Annotated[int, typer.Option(help="clips of each word per speaker")] = 1,
+    speakers: Annotated[int, typer.Option(min=1, help="number of synthetic speakers (the original has ~2,100 in train+val+test)")] = 200,
+    repeats: Annotated[int, typer.Option(min=1, help="clips of each word per speaker")] = 1,
     words: Annotated[str | None, typer.Option(help="comma-separated words (default: the 35 of Speech Commands v0.02)")] = None,
-    noise_seconds: Annotated[float, typer.Option(help="length of each background-noise file")] = 60.0,
+    noise_seconds: Annotated[float, typer.Option(min=0.0, help="length of each background-noise file")] = 60.0,
     engines: Annotated[str | None, typer.Option(help="comma-separated: espeak-ng,flite (default: all installed)")] = None,
     seed: Annotated[int, typer.Option(help="same seed, same corpus")] = 0,
-    workers: Annotated[int | None, typer.Option(help="parallel synthesis threads (default: CPU count)")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="parallel synthesis threads (default: CPU count)")] = None,
 ) -> None:
     """Write a Google Speech Commands v0.02-style keyword corpus of synthetic speakers."""
     from fedwhisper.data.speech_commands import WORDS
@@ -43,13 +44,13 @@ def data_synth_kws(
 def data_synth_asr(
     out: Annotated[Path, typer.Argument(help="corpus directory to write (resumed if it exists)")],
     language: Annotated[str, typer.Option(help="en or sv")] = "en",
-    sentences: Annotated[int, typer.Option(help="distinct sentences, each spoken once")] = 2400,
-    speakers: Annotated[int, typer.Option(help="synthetic speakers in all")] = 48,
-    test_speakers: Annotated[int, typer.Option(help="speakers held out for the test split")] = 8,
+    sentences: Annotated[int, typer.Option(min=1, help="distinct sentences, each spoken once")] = 2400,
+    speakers: Annotated[int, typer.Option(min=1, help="synthetic speakers in all")] = 48,
+    test_speakers: Annotated[int, typer.Option(min=0, help="speakers held out for the test split")] = 8,
     text: Annotated[Path | None, typer.Option(help="text file, one sentence a line (replaces the built-in source)")] = None,
     engines: Annotated[str | None, typer.Option(help="comma-separated: espeak-ng,flite (default: all installed)")] = None,
     seed: Annotated[int, typer.Option(help="same seed, same corpus")] = 0,
-    workers: Annotated[int | None, typer.Option(help="parallel synthesis threads (default: CPU count)")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="parallel synthesis threads (default: CPU count)")] = None,
 ) -> None:
     """Write a Hugging Face audiofolder ASR corpus (train/ and test/ with metadata.csv)."""
     from fedwhisper.data.synth_asr import AsrSynthesisOptions, synthesize_audiofolder
@@ -93,13 +94,17 @@ def data_info(source: Annotated[str, typer.Argument(help="corpus directory (Spee
 @app.command("check")
 def data_check(
     source: Annotated[str, typer.Argument(help="corpus directory or hub id")],
-    max_seconds: Annotated[float, typer.Option(help="longest acceptable clip")] = 30.0,
-    num_proc: Annotated[int | None, typer.Option(help="decoding processes (default: CPU count)")] = None,
+    max_seconds: Annotated[float, typer.Option(min=0.0, help="longest acceptable clip")] = 30.0,
+    num_proc: Annotated[int | None, typer.Option(min=1, help="decoding processes (default: CPU count)")] = None,
     report: Annotated[Path | None, typer.Option(help="write the bad files as JSON here")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing report")] = False,
 ) -> None:
-    """Decode every clip; list files that are missing, unreadable, truncated, empty, non-finite, silent or too long."""
+    """Decode every clip; list files that are missing, unreadable, truncated, empty, non-finite, silent or too long.
+    Exits with code 1 when any clip is bad."""
     from fedwhisper.data.check import check_corpus
 
+    if report:
+        writable_new_file(report, overwrite)
     bad, total = check_corpus(source, max_seconds=max_seconds, num_proc=num_proc)
     console.print(f"{total - len(bad)} of {total} clips usable, {len(bad)} bad")
     for entry in bad[:20]:
@@ -107,3 +112,6 @@ def data_check(
     if report:
         write_json(report, bad)
         console.print(f"list written to {report}")
+    if bad:
+        raise FedwhisperError(f"{len(bad)} of {total} clips are bad ({'listed in ' + str(report) if report else 'see above'}); "
+                              "training and federation skip them")

@@ -19,7 +19,12 @@ app = typer.Typer(help="Keyword spotting: a frozen Whisper encoder plus a small 
 def print_round(row: dict) -> None:
     line = f"round {row['round']:>3}: validation {row.get('validation_accuracy', float('nan')):.2%}  test {row.get('test_accuracy', float('nan')):.2%}"
     if "clients_trained" in row:
-        line += f"  ({row['clients_trained']} clients trained, {row.get('clients_skipped', 0)} too small, {row['seconds']:.1f} s)"
+        line += f"  ({row['clients_trained']} clients trained, {row.get('clients_skipped', 0)} too small"
+        if row.get("clients_failed"):
+            line += f", [red]{row['clients_failed']} failed[/red]"
+        if row.get("clips_skipped"):
+            line += f", {row['clips_skipped']} clips skipped (do not decode)"
+        line += f", {row['seconds']:.1f} s)"
     console.print(line)
 
 
@@ -76,7 +81,7 @@ def kws_federate(
 def kws_train(
     corpus: Annotated[Path, typer.Argument(help="Speech Commands-layout corpus")],
     run_dir: Annotated[Path | None, typer.Option(help="output directory")] = None,
-    epochs: Annotated[int, typer.Option(help="passes over all training clips")] = 10,
+    epochs: Annotated[int, typer.Option(min=1, help="passes over all training clips")] = 10,
     model: Annotated[str, typer.Option(help="frozen encoder")] = "tiny.en",
     window_seconds: Annotated[float, typer.Option(help="encoder window")] = 1.0,
     keywords: Annotated[str | None, typer.Option(help="comma-separated keywords [the 10 commands]")] = None,
@@ -119,7 +124,7 @@ def kws_evaluate(
 def kws_predict(
     head_path: Annotated[Path, typer.Argument(metavar="HEAD", help="a head checkpoint")],
     files: Annotated[list[Path], typer.Argument(help="audio files (any format, rate and channels)")],
-    top: Annotated[int, typer.Option(help="classes shown per file")] = 3,
+    top: Annotated[int, typer.Option(min=1, help="classes shown per file")] = 3,
 ) -> None:
     """Label and class probabilities for each audio file; unreadable files are reported and skipped."""
     from fedwhisper.audio import AudioError, load_audio

@@ -88,6 +88,11 @@ def load_corpus(source: str | Path, hub_config: str | None = None):
     if kind == "hub":
         import datasets
 
-        return standardise_columns(undecoded_audio(datasets.load_dataset(str(source), hub_config)))
+        try:
+            hub = datasets.load_dataset(str(source), hub_config)
+        except Exception as error:  # no network, no such dataset, no access: the hub's many error types say the same to a user
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise FedwhisperError(f"{source}: not a corpus directory, and not loadable as a hub dataset ({reason})") from None
+        return standardise_columns(undecoded_audio(hub))
     readers = {"speech_commands": read_speech_commands, "common_voice": read_common_voice, "audiofolder": read_audiofolder}
     return readers[kind](source)

@@ -30,13 +30,13 @@ from fedwhisper.kws.task import (
 )
 from fedwhisper.runs import RunDirectory
 
-METRICS = ("train_loss", "train_accuracy", "encoded-clips", "load-seconds", "encode-seconds", "train-seconds", "round-seconds")
+METRICS = ("train_loss", "train_accuracy", "encoded-clips", "skipped-clips", "load-seconds", "encode-seconds", "train-seconds", "round-seconds")
 
 
 def client_options(run_config: dict, context: Context) -> tuple[KwsOptions, int]:
     """This client's options and partition: its own corpus directory (deployment) or its simulation partition."""
     if "corpus" in context.node_config:  # deployment: every training clip of the device's own corpus
-        return replace(with_recipe(KwsOptions.from_config(run_config)), corpus=str(context.node_config["corpus"]), num_clients=1), 0
+        return replace(with_recipe(KwsOptions.from_config(run_config)), corpus=str(context.node_config["corpus"]), num_clients=1, clients_per_round=1), 0
     return with_recipe(KwsOptions.from_config(run_config)), int(context.node_config["partition-id"])
 
 
@@ -51,14 +51,15 @@ def build_kws_client_app(overrides: dict | None = None):
 def round_row(stats: dict) -> dict:
     """The round's client statistics for the run record (per client in client-name order)."""
     clients = stats["client_metrics"]
+    skipped = {"clips_skipped": int(sum(m.get("skipped-clips", 0) for m in stats["replied_metrics"]))}
     if not clients:
-        return {}
+        return skipped
     examples = sum(m["num-examples"] for m in clients)
     row = {"train_loss": sum(m["train_loss"] * m["num-examples"] for m in clients) / examples,
            "clips_encoded": int(sum(m["encoded-clips"] for m in clients)), "client_num_examples": [m["num-examples"] for m in clients]}
     for key in ("encoded-clips", "load-seconds", "encode-seconds", "train-seconds", "round-seconds"):
         row[f"client_{key.replace('-', '_')}"] = [round(m[key], 3) for m in clients]
-    return row
+    return row | skipped
 
 
 def federate(grid: Grid, options: KwsOptions, run_dir: str | Path, resume: bool = False,
@@ -102,13 +103,19 @@ def build_server_app(overrides: dict | None = None, on_round: Callable[[dict], N
 def simulate(options: KwsOptions, run_dir: str | Path, resume: bool = False, on_round: Callable[[dict], None] | None = None,
              verbose: bool = False) -> RunDirectory:
     """The federation in this process on Flower's simulation engine; fails unless every round was recorded."""
-    from fedwhisper.errors import FedwhisperError
+    from fedwhisper.errors import FedwhisperError, Interrupted
 
     options = with_recipe(options)
-    options.check()  # a missing corpus, an unknown keyword, more clients than speakers: one line, before Ray starts
+    RunDirectory(run_dir).check_start(resume)  # these fail in one line before Ray starts: a used or missing run directory,
+    options.check()  # a missing corpus, an unknown keyword, more clients than speakers, a model that does not load
     static = options.to_config()
-    run_in_process(build_server_app({**static, "run-dir": str(run_dir), "resume": resume}, on_round), build_kws_client_app(static),
-                   options.num_clients, verbose)
+    try:
+        run_in_process(build_server_app({**static, "run-dir": str(run_dir), "resume": resume}, on_round), build_kws_client_app(static),
+                       options.num_clients, verbose, log_file=Path(run_dir) / "federation.log")
+    except KeyboardInterrupt:
+        saved = RunDirectory(run_dir).last
+        raise Interrupted(f"interrupted: {saved} of {options.rounds} rounds are saved in {run_dir}; "
+                          f"continue with `fedwhisper kws federate --resume {run_dir}`") from None
     run = RunDirectory(run_dir)
     if run.last < options.rounds:
         raise FedwhisperError(f"the federation stopped after round {run.last} of {options.rounds} (see the log above)")

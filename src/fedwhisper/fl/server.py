@@ -57,13 +57,30 @@ def identify_clients(grid: Grid, expected: int, timeout: float) -> dict[int, str
     return names
 
 
+def resume_point(run: RunDirectory, checkpoint: str) -> tuple[dict[str, torch.Tensor], int]:
+    """The arrays of the last recorded round and its number. A damaged or missing round checkpoint is named and passed
+    over for the round before it; the rows after the round resumed from are dropped, so those rounds run again."""
+    for round_number in sorted((row[run.key] for row in run.rows), reverse=True):
+        path = run.path / f"{checkpoint}-round-{round_number:03d}.safetensors"
+        try:
+            arrays, _ = load_arrays(path)
+        except FedwhisperError as error:
+            log.warning("%s; trying an earlier checkpoint", error)
+            continue
+        if round_number < run.last:
+            log.warning("resuming from round %d (%s)", round_number, path.name)
+            run.keep_until(round_number)
+        return arrays, round_number
+    raise FedwhisperError(f"{run.path}: no intact {checkpoint} checkpoint to resume from")
+
+
 def run_federation(grid: Grid, federation: Federation, run: RunDirectory, options: dict, resume: bool = False,
                    on_round: Callable[[dict], None] | None = None) -> RunDirectory:
     """Rounds ``run.last + 1 .. federation.rounds``: sample, train, aggregate, evaluate on the server, record."""
     run.start(options, resume)
+    resume = resume and bool(run.rows)  # a run stopped before its round 0 was recorded starts from the beginning
     if resume:
-        arrays, _ = load_arrays(run.path / f"{federation.checkpoint}.safetensors")
-        start_round = run.last
+        arrays, start_round = resume_point(run, federation.checkpoint)
     else:
         arrays, start_round = federation.initial_arrays(), 0
     remaining = federation.rounds - start_round
@@ -82,15 +99,23 @@ def run_federation(grid: Grid, federation: Federation, run: RunDirectory, option
         row = {"round": start_round + server_round, **metrics, "seconds": round(time.perf_counter() - round_started[0], 2)}
         if server_round:
             stats = strategy.last_round
-            row |= {k: stats[k] for k in ("clients_trained", "clients_skipped", "clients_failed")} | federation.round_metrics(stats)
+            row |= {k: stats[k] for k in ("clients_trained", "clients_skipped", "clients_failed", "failure_reasons") if k in stats}
+            row |= federation.round_metrics(stats)
         run.save_arrays(f"{federation.checkpoint}-round-{row['round']:03d}", state, federation.meta)
         run.save_arrays(federation.checkpoint, state, federation.meta)
         run.record(row)  # after its arrays: a recorded round always has them
         if on_round:
             on_round(row)
+        if server_round and row["clients_failed"] == federation.clients_per_round:  # a broken setup: more rounds would fail alike
+            raise FedwhisperError(f"round {row['round']}: all {row['clients_failed']} clients failed "
+                                  f"({'; '.join(row['failure_reasons'])}); the run stops here")
         round_started[0] = time.perf_counter()
         return MetricRecord(metrics)
 
     config = ConfigRecord({**federation.train_config, "round-offset": start_round, "seed": federation.seed})
     strategy.start(grid=grid, initial_arrays=ArrayRecord(arrays), num_rounds=remaining, train_config=config, evaluate_fn=evaluate)
+    idle = [row["round"] for row in run.rows if row.get("clients_trained") == 0]
+    if idle:
+        raise FedwhisperError(f"no client trained in round{'s' if len(idle) > 1 else ''} {', '.join(map(str, idle))}: the model did not "
+                              f"change there (clients too small or failing; see {run.path / 'metrics.csv'})")
     return run

@@ -4,21 +4,40 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 
-def run_in_process(server_app: ServerApp, client_app: ClientApp, num_clients: int, verbose: bool = False) -> None:
+def run_in_process(server_app: ServerApp, client_app: ClientApp, num_clients: int, verbose: bool = False,
+                   log_file: str | os.PathLike | None = None) -> None:
+    """Run the apps to completion. Unless ``verbose``, Flower's and Ray's own logging (a client's exception is a
+    Ray traceback of hundreds of lines) goes only to ``log_file``; the server's one-line round summaries stay."""
+    from flwr.common.logger import FLOWER_LOGGER, console_handler
     from flwr.simulation import run_simulation
 
-    if not verbose:
-        logging.getLogger("flwr").setLevel(logging.ERROR)  # run_simulation's deprecation notice and per-round INFO lines
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU only; silences Ray's FutureWarning
     cpus = os.cpu_count() or 1
     backend_config = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False, "log_to_driver": verbose},
     }
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients, backend_config=backend_config,
-                   verbose_logging=verbose)
+    console_level, file_handler = console_handler.level, None
+    if not verbose:
+        console_handler.setLevel(logging.CRITICAL)
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        for name in (FLOWER_LOGGER.name, "fedwhisper"):
+            logging.getLogger(name).addHandler(file_handler)
+    try:
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients, backend_config=backend_config,
+                       verbose_logging=verbose)
+    finally:
+        console_handler.setLevel(console_level)
+        if file_handler:
+            for name in (FLOWER_LOGGER.name, "fedwhisper"):
+                logging.getLogger(name).removeHandler(file_handler)
+            file_handler.close()

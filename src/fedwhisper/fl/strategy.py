@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import re
 from collections.abc import Iterable
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -62,7 +63,7 @@ class SeededFedAvg(FedAvg):
         metrics = [dict(r.content["metrics"]) for r in answered]
         trained = [m for m in metrics if m.get(WEIGHT, 0) > 0]
         self.last_round = {"clients_trained": len(trained), "clients_skipped": len(metrics) - len(trained), "clients_failed": len(failed),
-                           "client_metrics": trained}
+                           "client_metrics": trained, "replied_metrics": metrics}
         if failed:
             reasons = sorted({_reason(r) for r in failed})
             self.last_round["failure_reasons"] = reasons
@@ -82,8 +83,15 @@ class SeededFedAvg(FedAvg):
         return set(arrays.keys()) == self._sent_keys and isinstance(metrics.get(WEIGHT), int | float) and metrics[WEIGHT] >= 0
 
 
+_ROOT_CAUSE = re.compile(r"^(?!ClientAppException|ray\.)([\w.]*(?:Error|Exception|Interrupt)): (.+)$", re.MULTILINE)
+
+
 def _reason(reply: Message) -> str:
+    """One line: the client's own exception (``ValueError: …``) out of the engine's wrapped traceback."""
     if not reply.has_error():
         return "malformed reply (arrays or metrics other than those expected)"
-    lines = reply.error.reason.strip().splitlines()
+    text = reply.error.reason.strip()
+    if found := _ROOT_CAUSE.search(text):
+        return f"{found.group(1)}: {found.group(2).strip()}"
+    lines = text.splitlines()
     return lines[-1] if lines else "no reason given"

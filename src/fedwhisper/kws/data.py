@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from fedwhisper.audio import SAMPLE_RATE, load_audio
+from fedwhisper.audio import SAMPLE_RATE, AudioError, load_audio
 from fedwhisper.data.speech_commands import COMMANDS, background_noise_files, read_speech_commands
 from fedwhisper.errors import FedwhisperError
 from fedwhisper.features.cache import content_key
 
+log = logging.getLogger("fedwhisper.kws")
 SILENCE = "_silence_"
 UNKNOWN = "_unknown_"
 
@@ -21,7 +23,11 @@ def class_names(words: set[str], keywords: tuple[str, ...] = COMMANDS, has_noise
     present = tuple(k for k in keywords if k in words)
     if not present:
         raise FedwhisperError(f"none of the keywords {', '.join(keywords)} is a word folder of this corpus ({', '.join(sorted(words))})")
-    return present + ((SILENCE,) if has_noise else ()) + ((UNKNOWN,) if words - set(present) else ())
+    classes = present + ((SILENCE,) if has_noise else ()) + ((UNKNOWN,) if words - set(present) else ())
+    if len(classes) < 2:  # one class is learnt to "100 %" and means nothing
+        raise FedwhisperError(f"the corpus gives one class ({classes[0]}): keyword spotting needs at least two "
+                              "(more keywords, other words for _unknown_, or _background_noise_ for _silence_)")
+    return classes
 
 
 @dataclass
@@ -36,10 +42,26 @@ class KwsExamples:
         return len(self.labels)
 
     def keys(self) -> list[str]:
-        return [content_key(a) for a in self.audio]
+        return [_key(a) for a in self.audio]
 
-    def waveforms(self, indices: list[int]) -> list[np.ndarray]:
-        return [a if isinstance(a, np.ndarray) else load_audio(a, allow_silent=True) for a in (self.audio[i] for i in indices)]
+    def waveforms(self, indices: list[int]) -> list[np.ndarray | None]:
+        """The clips at ``indices``; None for a clip that does not decode (logged here, on the device that holds it)."""
+        return [a if isinstance(a, np.ndarray) else _decode(a) for a in (self.audio[i] for i in indices)]
+
+
+def _key(entry) -> str:
+    try:
+        return content_key(entry)
+    except OSError:  # missing or unreadable: a key of its own, so it is skipped like any clip that does not decode
+        return f"unreadable:{entry['path'] if isinstance(entry, dict) else entry}"
+
+
+def _decode(entry) -> np.ndarray | None:
+    try:
+        return load_audio(entry, allow_silent=True)
+    except AudioError as error:
+        log.warning("skipped: %s", error)
+        return None
 
 
 def silence_crops(noise: list[np.ndarray], count: int, seed: int) -> list[np.ndarray]:

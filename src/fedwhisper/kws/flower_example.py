@@ -27,6 +27,7 @@ from torch import nn
 from fedwhisper.audio import SAMPLE_RATE, load_audio
 from fedwhisper.kws.data import SILENCE, KwsCorpus
 
+
 @dataclass(frozen=True)
 class FlowerExampleRecipe:
     optimizer: str = "adam"  # whisper_example/client_app.py:81  torch.optim.Adam(classifier.parameters(), lr=0.001)

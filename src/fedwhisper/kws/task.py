@@ -4,6 +4,7 @@ client, the server's evaluation and the centralized baseline all call these; Flo
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -21,6 +22,8 @@ from fedwhisper.kws.model import build_head
 from fedwhisper.kws.train import TrainOptions, evaluate_head, train_head
 from fedwhisper.models.registry import fedwhisper_home
 from fedwhisper.runs import RunDirectory
+
+log = logging.getLogger("fedwhisper.kws")
 
 # How a run-config value (TOML scalar or ConfigRecord entry) becomes each field's type.
 _COERCE = {"int": int, "float": float, "str": str, "bool": lambda v: v if isinstance(v, bool) else str(v).lower() == "true"}
@@ -49,6 +52,24 @@ class KwsOptions:
     seed: int = 0
     recipe: str = "fedwhisper"  # or "flower-example": Flower's Whisper example's client, for comparison (kws/flower_example.py)
 
+    def __post_init__(self):
+        """Ranges, choices and relations, checked wherever options are built (CLI, run config, resumed run): the
+        option is named as the CLI spells it."""
+        from fedwhisper.kws.model import HEADS
+        from fedwhisper.kws.train import OPTIMIZERS
+
+        for name in ("num_clients", "clients_per_round", "rounds", "local_epochs", "batch_size", "min_client_examples"):
+            _require(getattr(self, name) >= 1, name, "must be at least 1", getattr(self, name))
+        _require(self.learning_rate > 0, "learning_rate", "must be positive", self.learning_rate)
+        _require(0 < self.window_seconds <= 30, "window_seconds", "must be in (0, 30] (Whisper's window)", self.window_seconds)
+        _require(0 <= self.silence_fraction <= 1, "silence_fraction", "must be in [0, 1]", self.silence_fraction)
+        _require(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}", self.optimizer)
+        _require(self.head in HEADS, "head", f"must be one of {', '.join(HEADS)}", self.head)
+        _require(self.recipe in RECIPES, "recipe", f"must be one of {', '.join(RECIPES)}", self.recipe)
+        _require(bool(self.keyword_tuple), "keywords", "must name at least one keyword", self.keywords)
+        _require(self.clients_per_round <= self.num_clients, "clients_per_round",
+                 f"must be at most --num-clients ({self.num_clients})", self.clients_per_round)
+
     @classmethod
     def from_config(cls, config) -> KwsOptions:
         """From a mapping with keys spelt ``num_clients`` or ``num-clients``; unknown keys are ignored."""
@@ -57,7 +78,10 @@ class KwsOptions:
         for key, value in dict(config).items():
             name = key.replace("-", "_")
             if name in known:
-                values[name] = _COERCE[known[name]](value)
+                try:
+                    values[name] = _COERCE[known[name]](value)
+                except ValueError:
+                    raise FedwhisperError(f"--{name.replace('_', '-')} must be {known[name]} (got {value!r})") from None
         return cls(**values)
 
     def to_config(self) -> dict:
@@ -82,6 +106,11 @@ class KwsOptions:
             epochs=self.local_epochs, batch_size=self.batch_size, learning_rate=self.learning_rate, optimizer=self.optimizer,
             class_balanced=self.class_balanced, seed=self.seed * 1_000_003 + round_number * 1_009 + partition_id,
         )
+
+
+def _require(ok: bool, field: str, rule: str, value) -> None:
+    if not ok:
+        raise FedwhisperError(f"--{field.replace('_', '-')} {rule} (got {value!r})")
 
 
 # One corpus index and one encoder per process: a simulation actor serves many clients in turn.
@@ -112,9 +141,23 @@ def encoder_for(options: KwsOptions) -> FrozenEncoder:
 
 def encode_examples(encoder: FrozenEncoder, examples: KwsExamples, cache_dir: Path, progress: bool = False) -> tuple[np.ndarray, int]:
     """Encoder outputs of ``examples`` from the cache in ``cache_dir``, encoding only what is not there yet.
-    Returns (features, clips encoded now)."""
-    cache = FeatureCache(cache_dir, encoder.fingerprint)
-    return cache.get_or_compute(examples.keys(), lambda indices: encoder(examples.waveforms(indices), progress=progress))
+    A clip that does not decode gets a row of NaN (stored too, so it is not decoded again every round); ``usable``
+    drops those rows. Returns (features, clips encoded now)."""
+    def compute(indices: list[int]) -> np.ndarray:
+        clips = examples.waveforms(indices)
+        rows = np.full((len(indices), encoder.positions, encoder.d_model), np.nan, dtype=np.float16)
+        good = [i for i, clip in enumerate(clips) if clip is not None]
+        if good:
+            rows[good] = encoder([clips[i] for i in good], progress=progress)
+        return rows
+
+    return FeatureCache(cache_dir, encoder.fingerprint).get_or_compute(examples.keys(), compute)
+
+
+def usable(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """The rows of clips that decoded, their labels, and how many were skipped."""
+    good = ~np.isnan(features.reshape(len(features), -1)[:, 0]) if len(features) else np.zeros(0, dtype=bool)
+    return features[good], labels[good], int((~good).sum())
 
 
 # What the server sends each round; the rest of KwsOptions is the run's static config (Flower's run_config).
@@ -125,8 +168,6 @@ RECIPES = ("fedwhisper", "flower-example")
 def with_recipe(options: KwsOptions) -> KwsOptions:
     """``options`` with the settings its recipe fixes. ``flower-example`` takes Flower's Whisper example's client
     settings (kws/flower_example.py) and its partition: one client per 5 training speakers, 5 % of them per round."""
-    if options.recipe not in RECIPES:
-        raise FedwhisperError(f"unknown recipe {options.recipe!r}; choose from {', '.join(RECIPES)}")
     if options.recipe == "fedwhisper":
         return options
     speakers = len(set(corpus_for(options).splits["train"]["speaker_id"]))
@@ -174,13 +215,16 @@ def client_update(options: KwsOptions, partition_id: int, state: dict[str, torch
     if len(examples) < options.min_client_examples:
         return None, {"num-examples": 0}
     features, encoded_now = encode_examples(encoder_for(options), examples, options.cache_root / f"client-{partition_id}")
+    features, labels, skipped = usable(features, examples.labels)
+    if len(labels) < options.min_client_examples:
+        return None, {"num-examples": 0, "skipped-clips": skipped}
     encoded_at = time.perf_counter()
     head = new_head(options)
     head.load_state_dict(state)
-    metrics = train_head(head, features, examples.labels, options.train_options(round_number, partition_id))
+    metrics = train_head(head, features, labels, options.train_options(round_number, partition_id))
     finished = time.perf_counter()
-    metrics |= {"encoded-clips": encoded_now, "encode-seconds": encoded_at - started, "train-seconds": finished - encoded_at,
-                "round-seconds": finished - started}
+    metrics |= {"encoded-clips": encoded_now, "skipped-clips": skipped, "encode-seconds": encoded_at - started,
+                "train-seconds": finished - encoded_at, "round-seconds": finished - started}
     return {k: v.detach().clone() for k, v in head.state_dict().items()}, metrics
 
 
@@ -214,7 +258,11 @@ class SplitEvaluator:
                 continue
             examples = corpus.examples(corpus.splits[split], seed=options.seed * 7919 + 10_000_000 + offset)
             features, _ = encode_examples(encoder_for(options), examples, options.cache_root / "server", progress=progress)
-            self.sets[split] = (features, examples.labels)
+            features, labels, skipped = usable(features, examples.labels)
+            if skipped:
+                log.warning("%s: %d %s clips do not decode and are left out of the evaluation", options.corpus, skipped, split)
+            if len(labels):
+                self.sets[split] = (features, labels)
         if not self.sets:
             raise FedwhisperError(f"{options.corpus}: no {' or '.join(splits)} examples to evaluate on")
 
@@ -235,11 +283,14 @@ def train_centralized(options: KwsOptions, run_dir: str | Path, epochs: int = 10
     corpus = corpus_for(options)
     examples = corpus.examples(corpus.splits["train"], seed=options.seed * 7919 + 20_000_000)
     features, _ = encode_examples(encoder_for(options), examples, options.cache_root / "central", progress=True)
+    features, labels, skipped = usable(features, examples.labels)
+    if skipped:
+        log.warning("%s: %d training clips do not decode and are left out", options.corpus, skipped)
     evaluator = SplitEvaluator(options)
     head, meta = new_head(options), head_meta(options)
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
-        metrics = train_head(head, features, examples.labels, options.train_options(epoch))
+        metrics = train_head(head, features, labels, options.train_options(epoch))
         row = {"round": epoch, **evaluator(head), "train_loss": metrics["train_loss"], "seconds": round(time.perf_counter() - started, 2)}
         run.save_arrays(f"head-round-{epoch:03d}", head.state_dict(), meta)
         run.save_arrays("head", head.state_dict(), meta)
@@ -294,8 +345,12 @@ def evaluate_saved_head(head_path: str | Path, corpus: str | Path, split: str = 
     if split not in kws.splits or len(kws.splits[split]) == 0:
         raise FedwhisperError(f"{corpus} has no {split} clips")
     examples = kws.examples(kws.splits[split], seed=1)
-    predicted = predict_proba(head, encoder(examples.waveforms(list(range(len(examples)))), progress=True)).argmax(-1)
-    per_class = [{"class": name, "clips": int((examples.labels == index).sum()),
-                  "accuracy": float(np.mean(predicted[examples.labels == index] == index))}
-                 for index, name in enumerate(meta["classes"]) if (examples.labels == index).any()]
-    return {"accuracy": float(np.mean(predicted == examples.labels)), "clips": len(examples), "per_class": per_class}
+    clips = examples.waveforms(list(range(len(examples))))
+    good = [i for i, clip in enumerate(clips) if clip is not None]
+    if not good:
+        raise FedwhisperError(f"{corpus}: none of the {split} clips decodes")
+    labels = examples.labels[good]
+    predicted = predict_proba(head, encoder([clips[i] for i in good], progress=True)).argmax(-1)
+    per_class = [{"class": name, "clips": int((labels == index).sum()), "accuracy": float(np.mean(predicted[labels == index] == index))}
+                 for index, name in enumerate(meta["classes"]) if (labels == index).any()]
+    return {"accuracy": float(np.mean(predicted == labels)), "clips": len(good), "skipped": len(examples) - len(good), "per_class": per_class}

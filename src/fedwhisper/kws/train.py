@@ -10,6 +10,8 @@ from torch import nn
 
 from fedwhisper.errors import FedwhisperError
 
+OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
 
 @dataclass(frozen=True)
 class TrainOptions:
@@ -38,10 +40,7 @@ def train_head(head: nn.Module, features: np.ndarray, labels: np.ndarray, option
         raise FedwhisperError("no training examples")
     inputs = torch.from_numpy(np.asarray(features, dtype=np.float32))
     targets = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    optimizers = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-    if options.optimizer not in optimizers:
-        raise FedwhisperError(f"unknown optimizer {options.optimizer!r}; choose from {', '.join(optimizers)}")
-    optimizer = optimizers[options.optimizer](head.parameters(), lr=options.learning_rate)
+    optimizer = OPTIMIZERS[options.optimizer](head.parameters(), lr=options.learning_rate)
     generator = torch.Generator().manual_seed(options.seed)
     head.train()
     total_loss, correct, seen = 0.0, 0, 0

@@ -139,8 +139,15 @@ def resolve_model(ref: str | os.PathLike) -> str:
         return str(import_packaged_model(ref))
     path = Path(ref).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        config_path = path / "config.json"
+        if not config_path.is_file():
             raise ModelNotAvailableError(f"{path} is not a transformers model directory (no config.json)")
+        try:
+            model_type = json.loads(config_path.read_text()).get("model_type")
+        except (ValueError, AttributeError) as error:
+            raise ModelNotAvailableError(f"{config_path}: not a valid model config ({error})") from None
+        if model_type != "whisper":
+            raise ModelNotAvailableError(f"{path} holds a {model_type or 'model of unknown type'}, not a Whisper model")
         return str(path)
     if path.exists() or ref.startswith((".", "/", "~")):
         raise ModelNotAvailableError(f"model path {ref!r} does not exist or is not a directory")
@@ -151,7 +158,7 @@ def from_pretrained(cls, location: str, **kwargs):
     """``cls.from_pretrained(location)``; a reference that does not load here (no such hub id, no network) is one line."""
     try:
         return cls.from_pretrained(location, **kwargs)
-    except OSError as error:
+    except (OSError, ValueError) as error:  # ValueError: a damaged tokenizer or weights file
         raise ModelNotAvailableError(f"model {location!r} does not load: not a packaged model ({', '.join(PACKAGED_MODELS)}), a model "
                                      f"directory, or a hub id reachable from here ({str(error).strip().splitlines()[0]})") from None
 
