@@ -67,14 +67,16 @@ def setup() -> None:
 
     from transformers.utils import logging as transformers_logging
 
-    library = logging.getLogger("fedwhisper")
-    if not any(h.get_name() == "fedwhisper-cli" for h in library.handlers):  # the library's warnings, one line each
+    library = logging.getLogger("fedwhisper")  # the library's warnings, one line each on this command's stderr
+    handler = next((h for h in library.handlers if h.get_name() == "fedwhisper-cli"), None)
+    if handler is None:
         handler = logging.StreamHandler()
         handler.set_name("fedwhisper-cli")
         handler.setLevel(logging.WARNING)
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         library.addHandler(handler)
         library.setLevel(logging.INFO)  # the run's log file also gets the library's INFO lines
+    handler.setStream(sys.stderr)  # a command invoked again in one process (tests) may have another stderr
 
     transformers_logging.set_verbosity_error()  # generation-config notices drown the progress bars
     transformers_logging.disable_progress_bar()  # "Loading weights" bars for every model load

@@ -118,6 +118,9 @@ def kws_evaluate(
         table.add_row(escape(row["class"]), str(row["clips"]), f"{row['accuracy']:.2%}")
     console.print(table)
     console.print(f"accuracy {result['accuracy']:.2%} over {result['clips']} clips")
+    if result["skipped"]:
+        raise FedwhisperError(f"{result['skipped']} clips skipped because they do not decode (named above); "
+                              f"the accuracy is over the other {result['clips']}")
 
 
 @app.command("predict")

@@ -28,7 +28,7 @@ from fedwhisper.kws.task import (
     plot_accuracy,
     with_recipe,
 )
-from fedwhisper.runs import RunDirectory
+from fedwhisper.runs import OPTIONS, RunDirectory
 
 METRICS = ("train_loss", "train_accuracy", "encoded-clips", "skipped-clips", "load-seconds", "encode-seconds", "train-seconds", "round-seconds")
 
@@ -113,6 +113,8 @@ def simulate(options: KwsOptions, run_dir: str | Path, resume: bool = False, on_
         run_in_process(build_server_app({**static, "run-dir": str(run_dir), "resume": resume}, on_round), build_kws_client_app(static),
                        options.num_clients, verbose, log_file=Path(run_dir) / "federation.log")
     except KeyboardInterrupt:
+        if not (Path(run_dir) / OPTIONS).is_file():
+            raise Interrupted("interrupted before the first round; nothing was saved") from None
         saved = RunDirectory(run_dir).last
         raise Interrupted(f"interrupted: {saved} of {options.rounds} rounds are saved in {run_dir}; "
                           f"continue with `fedwhisper kws federate --resume {run_dir}`") from None

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from flwr.clientapp import ClientApp
@@ -33,11 +37,35 @@ def run_in_process(server_app: ServerApp, client_app: ClientApp, num_clients: in
         for name in (FLOWER_LOGGER.name, "fedwhisper"):
             logging.getLogger(name).addHandler(file_handler)
     try:
-        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients, backend_config=backend_config,
-                       verbose_logging=verbose)
+        with _callers_sigterm_handler():
+            run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients, backend_config=backend_config,
+                           verbose_logging=verbose)
     finally:
         console_handler.setLevel(console_level)
         if file_handler:
             for name in (FLOWER_LOGGER.name, "fedwhisper"):
                 logging.getLogger(name).removeHandler(file_handler)
             file_handler.close()
+
+
+@contextmanager
+def _callers_sigterm_handler() -> Iterator[None]:
+    """``ray.init`` replaces the process's SIGTERM handler (exit, or an abort from Ray's C++ core); put the caller's
+    back after it, so `kill` stops a federation as the CLI does (the last round kept, the resume line printed)."""
+    import ray
+
+    ray_init = ray.init
+
+    def init(*args, **kwargs):
+        handler = signal.getsignal(signal.SIGTERM)
+        try:
+            return ray_init(*args, **kwargs)
+        finally:
+            if handler is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, handler)
+
+    ray.init = init
+    try:
+        yield
+    finally:
+        ray.init = ray_init
