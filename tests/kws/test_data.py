@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
+from fedwhisper.data.partition import speaker_partitioner
 from fedwhisper.data.speech_commands import read_speech_commands
 from fedwhisper.errors import FedwhisperError
-from fedwhisper.kws.data import SILENCE, UNKNOWN, KwsCorpus, class_names, silence_crops, speaker_partitioner
+from fedwhisper.kws.data import SILENCE, UNKNOWN, KwsCorpus, class_names, silence_crops
 from tests.data.test_speech_commands import make_folder
 
 

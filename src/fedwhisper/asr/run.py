@@ -43,6 +43,16 @@ def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
             parameters[name].copy_(value)
 
 
+def save_plain_model(model, processor, path: Path) -> None:
+    """A plain transformers Whisper directory (LoRA merged into a copy), so every command can load it as a model."""
+    whisper = whisper_of(model)
+    if whisper is not model:  # peft: merge a copy, keep training the adapters
+        whisper = copy.deepcopy(model).merge_and_unload()
+    with atomic_path(path) as partial:
+        whisper.save_pretrained(partial)
+        processor.save_pretrained(partial)
+
+
 class TrainingRun(RunDirectory):
     def __init__(self, path):
         super().__init__(path, key="step")
@@ -67,7 +77,8 @@ class TrainingRun(RunDirectory):
                 raise FedwhisperError(f"{self.path} already holds a run; pass --resume to continue it or choose a new directory")
             self.start(options, resume=False)
             return {"step": 0}
-        if self.saved_options().get("config") != json.loads(json.dumps(options["config"])):
+        saved, current = self.saved_options().get("config") or {}, json.loads(json.dumps(options["config"]))
+        if any(current.get(key) != value for key, value in saved.items()):  # a setting added since then keeps its default
             raise FedwhisperError(f"{self.path}: the run was started with other settings; resume it with the same ones")
         for checkpoint in self.checkpoints_newest_first():
             try:
@@ -103,13 +114,7 @@ class TrainingRun(RunDirectory):
             shutil.rmtree(old, ignore_errors=True)
 
     def save_model(self, model, processor) -> None:
-        """``best/``: a plain transformers Whisper directory (LoRA merged), so every command can load it as a model."""
-        whisper = whisper_of(model)
-        if whisper is not model:  # peft: merge a copy, keep training the adapters
-            whisper = copy.deepcopy(model).merge_and_unload()
-        with atomic_path(self.best) as partial:
-            whisper.save_pretrained(partial)
-            processor.save_pretrained(partial)
+        save_plain_model(model, processor, self.best)
 
     def plot(self) -> None:
         import matplotlib

@@ -44,6 +44,7 @@ class TrainConfig:
     lora_rank: int = 32
     lora_alpha: int = 64
     lora_dropout: float = 0.05
+    lora_targets: str = LORA_TARGETS  # peft target_modules: a regex over module names
     eval_every: int = 100
     save_every: int = 100
     log_every: int = 10
@@ -107,7 +108,7 @@ def apply_mode(model, config: TrainConfig):
         from peft import LoraConfig, get_peft_model
 
         adapters = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                              target_modules=LORA_TARGETS, bias="none")
+                              target_modules=config.lora_targets, bias="none")
         model = get_peft_model(model, adapters)
     if config.spec_augment:
         # Whisper's own SpecAugment (transformers): time and frequency masks on the log-mel during training
@@ -167,6 +168,8 @@ def batches_for(model, dataset, config: TrainConfig, cache_root: Path | None = N
     whisper = whisper_of(model)
     cache = None
     layers = config.cached_encoder_layers
+    if layers is None and any(p.requires_grad for p in whisper.model.encoder.parameters()):
+        layers = False  # adapters inside the encoder: its outputs change every step
     if layers is not False:
         cache = EncoderOutputCache(cache_root or encoder_cache_root(), whisper.model.encoder, dataset, layers)
         cache.compute(progress=progress)

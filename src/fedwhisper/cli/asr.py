@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fedwhisper.cli.common import console, writable_new_file
+from fedwhisper.cli.common import console, given_options, writable_new_file
 
 app = typer.Typer(help="Speech recognition: prepare features, fine-tune, evaluate, tune hyper-parameters.", no_args_is_help=True)
 
@@ -77,6 +77,61 @@ def asr_train(
     result = train_run(out, features=features, model=model, config=config, resume=bool(resume))
     best = f"best WER {result.best_wer:.2%} at step {result.best_step}" if result.best_wer is not None else "no evaluation"
     console.print(f"finished at step {result.step}: {best}; {result.samples_per_second:.1f} samples/s; model in {out / 'best'}")
+
+
+@app.command("federate")
+def asr_federate(
+    features: Annotated[Path | None, typer.Argument(help="prepared features (`asr prepare`); clients are groups of training speakers")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="metrics, checkpoints of the trained tensors, best/ (a plain model)")] = None,
+    resume: Annotated[Path | None, typer.Option(help="continue this run directory from its last saved round")] = None,
+    model: Annotated[str | None, typer.Option(help="starting model: packaged name, model directory or hub id [tiny.en]")] = None,
+    mode: Annotated[str | None, typer.Option(help="what trains and travels: lora, encoder-top or full [lora]")] = None,
+    lora_rank: Annotated[int | None, typer.Option(min=1, help="[32]")] = None,
+    lora_alpha: Annotated[int | None, typer.Option(min=1, help="[64]")] = None,
+    lora_modules: Annotated[str | None, typer.Option(help="adapted projections in every encoder and decoder block [q_proj,v_proj,fc1,fc2]")] = None,
+    top_blocks: Annotated[int | None, typer.Option(min=1, help="encoder-top: trainable top encoder blocks [2]")] = None,
+    num_clients: Annotated[int | None, typer.Option(min=1, help="speaker groups [20]")] = None,
+    clients_per_round: Annotated[int | None, typer.Option(min=1, help="[5]")] = None,
+    rounds: Annotated[int | None, typer.Option(min=1, help="federated rounds in all [10]")] = None,
+    local_steps: Annotated[int | None, typer.Option(min=1, help="optimizer steps per client per round [10]")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="[8]")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="[0.001]")] = None,
+    eval_clips: Annotated[int | None, typer.Option(min=0, help="validation clips decoded every round (0: all) [100]")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="encoder-output caches [$FEDWHISPER_HOME/cache/asr-federated]")] = None,
+    seed: Annotated[int | None, typer.Option(help="[0]")] = None,
+    verbose: Annotated[bool, typer.Option(help="show Flower's and Ray's logs")] = False,
+) -> None:
+    """Federated fine-tuning on Flower's simulation engine: FedAvg of LoRA adapters (or top encoder blocks, or the model)
+    over speaker-grouped clients, WER on held-out speakers every round, the best global model in RUN/best."""
+    from fedwhisper.asr.federated import AsrFederationOptions
+    from fedwhisper.errors import FedwhisperError
+    from fedwhisper.fl.asr_app import simulate
+    from fedwhisper.runs import RunDirectory, runs_root
+
+    given = given_options(
+        features=str(features.resolve()) if features else None, model=model, mode=mode, lora_rank=lora_rank, lora_alpha=lora_alpha,
+        lora_modules=lora_modules, top_blocks=top_blocks, num_clients=num_clients, clients_per_round=clients_per_round, rounds=rounds,
+        local_steps=local_steps, batch_size=batch_size, learning_rate=learning_rate, eval_clips=eval_clips,
+        cache_dir=str(cache_dir) if cache_dir else None, seed=seed)
+    if resume is None and features is None:
+        raise FedwhisperError("give FEATURES (or --resume RUN_DIR)")
+    base = RunDirectory(resume).saved_options() if resume else {}
+    run_dir = resume or run_dir or runs_root() / f"asr-fed-{time.strftime('%Y%m%d-%H%M%S')}"
+    options = AsrFederationOptions.from_config({**base, **given})
+    console.print(f"run directory: {run_dir}")
+
+    def print_round(row: dict) -> None:
+        line = f"round {row['round']:>3}: WER {row['wer']:.2%}  CER {row['cer']:.2%}"
+        if "clients_trained" in row:
+            up = sum(row["bytes_up"]) / max(len(row["bytes_up"]), 1)
+            line += (f"  ({row['clients_trained']} clients trained, {row['clients_skipped']} could not"
+                     f"{', ' + str(row['clients_failed']) + ' failed' if row['clients_failed'] else ''}; "
+                     f"{row['bytes_down_per_client'] / 1e6:.2f} MB down, {up / 1e6:.2f} MB up per client; {row['seconds']:.1f} s)")
+        console.print(line)
+
+    run = simulate(options, run_dir, resume=bool(resume), on_round=print_round, verbose=verbose)
+    best = min(run.rows, key=lambda row: row["wer"])
+    console.print(f"best WER {best['wer']:.2%} at round {best['round']}; model in {run_dir / 'best'}")
 
 
 @app.command("evaluate")

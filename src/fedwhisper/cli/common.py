@@ -37,3 +37,8 @@ def writable_new_file(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise FedwhisperError(f"{path} already exists; pass --overwrite to replace it, or choose another path")
     writable_directory(path.parent)
+
+
+def given_options(**options) -> dict:
+    """The options given on the command line (None: not given), which override a resumed run's saved ones."""
+    return {key: value for key, value in options.items() if value is not None}

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fedwhisper.cli.common import console
+from fedwhisper.cli.common import console, given_options
 from fedwhisper.errors import FedwhisperError
 
 app = typer.Typer(help="Keyword spotting: a frozen Whisper encoder plus a small head, federated with Flower.", no_args_is_help=True)
@@ -26,11 +26,6 @@ def print_round(row: dict) -> None:
             line += f", {row['clips_skipped']} clips skipped (do not decode)"
         line += f", {row['seconds']:.1f} s)"
     console.print(line)
-
-
-# Options of `kws federate` that a resumed run may override; None means "not given".
-def _kws_overrides(**given) -> dict:
-    return {key: value for key, value in given.items() if value is not None}
 
 
 @app.command("federate")
@@ -60,7 +55,7 @@ def kws_federate(
     from fedwhisper.kws.task import KwsOptions
     from fedwhisper.runs import RunDirectory, runs_root
 
-    given = _kws_overrides(
+    given = given_options(
         corpus=str(corpus.resolve()) if corpus else None, model=model, window_seconds=window_seconds, keywords=keywords, head=head,
         num_clients=num_clients, clients_per_round=clients_per_round, rounds=rounds, local_epochs=local_epochs,
         batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer, cache_dir=str(cache_dir) if cache_dir else None, seed=seed,
@@ -95,7 +90,7 @@ def kws_train(
     from fedwhisper.kws.task import KwsOptions, train_centralized
     from fedwhisper.runs import runs_root
 
-    options = KwsOptions.from_config(_kws_overrides(
+    options = KwsOptions.from_config(given_options(
         corpus=str(corpus.resolve()), model=model, window_seconds=window_seconds, keywords=keywords, head=head,
         batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer, seed=seed, local_epochs=1))
     run_dir = run_dir or runs_root() / f"kws-central-{time.strftime('%Y%m%d-%H%M%S')}"

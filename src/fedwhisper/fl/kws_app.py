@@ -16,7 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedwhisper.fl.client import build_client_app
 from fedwhisper.fl.server import Federation, run_federation
-from fedwhisper.fl.simulation import run_in_process
+from fedwhisper.fl.simulation import simulate_run
 from fedwhisper.kws.task import (
     TRAINING_FIELDS,
     KwsOptions,
@@ -28,7 +28,7 @@ from fedwhisper.kws.task import (
     plot_accuracy,
     with_recipe,
 )
-from fedwhisper.runs import OPTIONS, RunDirectory
+from fedwhisper.runs import RunDirectory
 
 METRICS = ("train_loss", "train_accuracy", "encoded-clips", "skipped-clips", "load-seconds", "encode-seconds", "train-seconds", "round-seconds")
 
@@ -103,25 +103,12 @@ def build_server_app(overrides: dict | None = None, on_round: Callable[[dict], N
 def simulate(options: KwsOptions, run_dir: str | Path, resume: bool = False, on_round: Callable[[dict], None] | None = None,
              verbose: bool = False) -> RunDirectory:
     """The federation in this process on Flower's simulation engine; fails unless every round was recorded."""
-    from fedwhisper.errors import FedwhisperError, Interrupted
-
     options = with_recipe(options)
     RunDirectory(run_dir).check_start(resume)  # these fail in one line before Ray starts: a used or missing run directory,
     options.check()  # a missing corpus, an unknown keyword, more clients than speakers, a model that does not load
     static = options.to_config()
-    try:
-        run_in_process(build_server_app({**static, "run-dir": str(run_dir), "resume": resume}, on_round), build_kws_client_app(static),
-                       options.num_clients, verbose, log_file=Path(run_dir) / "federation.log")
-    except KeyboardInterrupt:
-        if not (Path(run_dir) / OPTIONS).is_file():
-            raise Interrupted("interrupted before the first round; nothing was saved") from None
-        saved = RunDirectory(run_dir).last
-        raise Interrupted(f"interrupted: {saved} of {options.rounds} rounds are saved in {run_dir}; "
-                          f"continue with `fedwhisper kws federate --resume {run_dir}`") from None
-    run = RunDirectory(run_dir)
-    if run.last < options.rounds:
-        raise FedwhisperError(f"the federation stopped after round {run.last} of {options.rounds} (see the log above)")
-    return run
+    return simulate_run(build_server_app({**static, "run-dir": str(run_dir), "resume": resume}, on_round), build_kws_client_app(static),
+                        options.num_clients, run_dir, options.rounds, "kws federate", verbose)
 
 
 server_app = build_server_app()

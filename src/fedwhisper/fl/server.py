@@ -88,7 +88,7 @@ def run_federation(grid: Grid, federation: Federation, run: RunDirectory, option
         log.warning("run %s already has %d of %d rounds", run.path, start_round, federation.rounds)
         return run
     names = identify_clients(grid, federation.clients_per_round, federation.connect_timeout)
-    strategy = SeededFedAvg(federation.clients_per_round, federation.seed, names)
+    strategy = SeededFedAvg(federation.clients_per_round, federation.seed, names, round_offset=start_round)
     round_started = [time.perf_counter()]
 
     def evaluate(server_round: int, record: ArrayRecord) -> MetricRecord | None:
@@ -100,6 +100,8 @@ def run_federation(grid: Grid, federation: Federation, run: RunDirectory, option
         if server_round:
             stats = strategy.last_round
             row |= {k: stats[k] for k in ("clients_trained", "clients_skipped", "clients_failed", "failure_reasons") if k in stats}
+            # what crossed the network, from the messages' own arrays: the same to every sampled client, and each reply
+            row |= {"bytes_down_per_client": stats["bytes_down_per_client"], "bytes_up": stats["bytes_up"]}
             row |= federation.round_metrics(stats)
         run.save_arrays(f"{federation.checkpoint}-round-{row['round']:03d}", state, federation.meta)
         run.save_arrays(federation.checkpoint, state, federation.meta)

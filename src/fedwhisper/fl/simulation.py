@@ -13,6 +13,26 @@ from pathlib import Path
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
+from fedwhisper.errors import FedwhisperError, Interrupted
+from fedwhisper.runs import OPTIONS, RunDirectory
+
+
+def simulate_run(server_app: ServerApp, client_app: ClientApp, num_clients: int, run_dir: str | os.PathLike, rounds: int,
+                 command: str, verbose: bool = False) -> RunDirectory:
+    """Run a federation to ``rounds`` in this process; its run directory, or a one-line error: stopped early, or
+    interrupted (Ctrl-C, kill) with the ``command`` that continues it."""
+    try:
+        run_in_process(server_app, client_app, num_clients, verbose, log_file=Path(run_dir) / "federation.log")
+    except KeyboardInterrupt:
+        if not (Path(run_dir) / OPTIONS).is_file():
+            raise Interrupted("interrupted before the first round; nothing was saved") from None
+        raise Interrupted(f"interrupted: {RunDirectory(run_dir).last} of {rounds} rounds are saved in {run_dir}; "
+                          f"continue with `fedwhisper {command} --resume {run_dir}`") from None
+    run = RunDirectory(run_dir)
+    if run.last < rounds:
+        raise FedwhisperError(f"the federation stopped after round {run.last} of {rounds} (see {Path(run_dir) / 'federation.log'})")
+    return run
+
 
 def run_in_process(server_app: ServerApp, client_app: ClientApp, num_clients: int, verbose: bool = False,
                    log_file: str | os.PathLike | None = None) -> None:

@@ -15,6 +15,7 @@ import random
 import re
 from collections.abc import Iterable
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -33,14 +34,16 @@ class SeededFedAvg(FedAvg):
     stable names the clients gave (see ``fl.server.identify_clients``). ``last_round`` holds the round's client
     statistics and, in name order, each replying client's metrics."""
 
-    def __init__(self, clients_per_round: int, seed: int, client_names: dict[int, str], **kwargs):
+    def __init__(self, clients_per_round: int, seed: int, client_names: dict[int, str], round_offset: int = 0, **kwargs):
         super().__init__(fraction_train=1.0, min_train_nodes=clients_per_round, min_available_nodes=clients_per_round,
                          fraction_evaluate=0.0, weighted_by_key=WEIGHT, **kwargs)
         self.clients_per_round = clients_per_round
         self.seed = seed
         self.client_names = client_names
+        self.round_offset = round_offset  # a resumed run's rounds continue its numbering: the same clients are drawn
         self.last_round: dict = {}
         self._sent_keys: set[str] = set()
+        self._bytes_down = 0
 
     def name_of(self, node_id: int) -> str:
         return self.client_names.get(node_id, f"node-{node_id}")
@@ -49,9 +52,10 @@ class SeededFedAvg(FedAvg):
         nodes = sorted(grid.get_node_ids(), key=self.name_of)
         if len(nodes) < self.clients_per_round:
             raise RuntimeError(f"{self.clients_per_round} clients per round, but only {len(nodes)} are connected")
-        chosen = random.Random(round_seed(self.seed, server_round)).sample(nodes, self.clients_per_round)
+        chosen = random.Random(round_seed(self.seed, server_round + self.round_offset)).sample(nodes, self.clients_per_round)
         config["server-round"] = server_round
         self._sent_keys = set(arrays.keys())
+        self._bytes_down = record_bytes(arrays)
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._construct_messages(record, sorted(chosen, key=self.name_of), MessageType.TRAIN)
 
@@ -63,24 +67,32 @@ class SeededFedAvg(FedAvg):
         metrics = [dict(r.content["metrics"]) for r in answered]
         trained = [m for m in metrics if m.get(WEIGHT, 0) > 0]
         self.last_round = {"clients_trained": len(trained), "clients_skipped": len(metrics) - len(trained), "clients_failed": len(failed),
-                           "client_metrics": trained, "replied_metrics": metrics}
+                           "client_metrics": trained, "replied_metrics": metrics, "bytes_down_per_client": self._bytes_down,
+                           "bytes_up": [record_bytes(next(iter(r.content.array_records.values()))) for r in answered]}
         if failed:
             reasons = sorted({_reason(r) for r in failed})
             self.last_round["failure_reasons"] = reasons
-            log.error("round %d: %d of %d clients failed: %s", server_round, len(failed), len(replies), "; ".join(reasons))
+            log.error("round %d: %d of %d clients failed: %s", server_round + self.round_offset, len(failed), len(replies), "; ".join(reasons))
         if not trained:
-            log.warning("round %d: no client trained; the model stays as it was", server_round)
+            log.warning("round %d: no client trained; the model stays as it was", server_round + self.round_offset)
             return None, None
         return super().aggregate_train(server_round, answered)
 
     def _well_formed(self, reply: Message) -> bool:
-        """One ArrayRecord with exactly the arrays sent and one MetricRecord with a weight: anything else would make
-        Flower's FedAvg refuse the whole round."""
+        """One ArrayRecord with exactly the arrays sent, all finite, and one MetricRecord with a weight: anything else
+        would make Flower's FedAvg refuse the whole round, or poison the model."""
         content = reply.content
         if len(content.array_records) != 1 or len(content.metric_records) != 1:
             return False
         arrays, metrics = next(iter(content.array_records.values())), next(iter(content.metric_records.values()))
-        return set(arrays.keys()) == self._sent_keys and isinstance(metrics.get(WEIGHT), int | float) and metrics[WEIGHT] >= 0
+        if set(arrays.keys()) != self._sent_keys or not isinstance(metrics.get(WEIGHT), int | float) or not metrics[WEIGHT] >= 0:
+            return False
+        return all(np.isfinite(array.numpy()).all() for array in arrays.values())  # a NaN or inf would poison the mean
+
+
+def record_bytes(arrays: ArrayRecord) -> int:
+    """What an ArrayRecord weighs on the wire: the serialised bytes of its arrays."""
+    return sum(len(array.data) for array in arrays.values())
 
 
 _ROOT_CAUSE = re.compile(r"^(?!ClientAppException|ray\.)([\w.]*(?:Error|Exception|Interrupt)): (.+)$", re.MULTILINE)
@@ -89,7 +101,7 @@ _ROOT_CAUSE = re.compile(r"^(?!ClientAppException|ray\.)([\w.]*(?:Error|Exceptio
 def _reason(reply: Message) -> str:
     """One line: the client's own exception (``ValueError: …``) out of the engine's wrapped traceback."""
     if not reply.has_error():
-        return "malformed reply (arrays or metrics other than those expected)"
+        return "malformed reply (arrays or metrics other than those expected, or not finite)"
     text = reply.error.reason.strip()
     if found := _ROOT_CAUSE.search(text):
         return f"{found.group(1)}: {found.group(2).strip()}"

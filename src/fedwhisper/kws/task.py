@@ -6,31 +6,31 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fedwhisper.data.partition import speaker_partitioner
 from fedwhisper.data.speech_commands import COMMANDS
 from fedwhisper.errors import FedwhisperError
 from fedwhisper.features.cache import FeatureCache
 from fedwhisper.features.encoder import FrozenEncoder
 from fedwhisper.kws import flower_example
-from fedwhisper.kws.data import KwsCorpus, KwsExamples, speaker_partitioner
+from fedwhisper.kws.data import KwsCorpus, KwsExamples
 from fedwhisper.kws.model import build_head
 from fedwhisper.kws.train import TrainOptions, evaluate_head, train_head
 from fedwhisper.models.registry import fedwhisper_home
+from fedwhisper.run_config import RunConfigOptions, require
 from fedwhisper.runs import RunDirectory
 
 log = logging.getLogger("fedwhisper.kws")
 
-# How a run-config value (TOML scalar or ConfigRecord entry) becomes each field's type.
-_COERCE = {"int": int, "float": float, "str": str, "bool": lambda v: v if isinstance(v, bool) else str(v).lower() == "true"}
 
 
 @dataclass(frozen=True)
-class KwsOptions:
+class KwsOptions(RunConfigOptions):
     """One run's settings. Flat scalars and strings, so they travel in a Flower ConfigRecord and a pyproject run config."""
 
     corpus: str = ""
@@ -59,33 +59,16 @@ class KwsOptions:
         from fedwhisper.kws.train import OPTIMIZERS
 
         for name in ("num_clients", "clients_per_round", "rounds", "local_epochs", "batch_size", "min_client_examples"):
-            _require(getattr(self, name) >= 1, name, "must be at least 1", getattr(self, name))
-        _require(self.learning_rate > 0, "learning_rate", "must be positive", self.learning_rate)
-        _require(0 < self.window_seconds <= 30, "window_seconds", "must be in (0, 30] (Whisper's window)", self.window_seconds)
-        _require(0 <= self.silence_fraction <= 1, "silence_fraction", "must be in [0, 1]", self.silence_fraction)
-        _require(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}", self.optimizer)
-        _require(self.head in HEADS, "head", f"must be one of {', '.join(HEADS)}", self.head)
-        _require(self.recipe in RECIPES, "recipe", f"must be one of {', '.join(RECIPES)}", self.recipe)
-        _require(bool(self.keyword_tuple), "keywords", "must name at least one keyword", self.keywords)
-        _require(self.clients_per_round <= self.num_clients, "clients_per_round",
+            require(getattr(self, name) >= 1, name, "must be at least 1", getattr(self, name))
+        require(self.learning_rate > 0, "learning_rate", "must be positive", self.learning_rate)
+        require(0 < self.window_seconds <= 30, "window_seconds", "must be in (0, 30] (Whisper's window)", self.window_seconds)
+        require(0 <= self.silence_fraction <= 1, "silence_fraction", "must be in [0, 1]", self.silence_fraction)
+        require(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}", self.optimizer)
+        require(self.head in HEADS, "head", f"must be one of {', '.join(HEADS)}", self.head)
+        require(self.recipe in RECIPES, "recipe", f"must be one of {', '.join(RECIPES)}", self.recipe)
+        require(bool(self.keyword_tuple), "keywords", "must name at least one keyword", self.keywords)
+        require(self.clients_per_round <= self.num_clients, "clients_per_round",
                  f"must be at most --num-clients ({self.num_clients})", self.clients_per_round)
-
-    @classmethod
-    def from_config(cls, config) -> KwsOptions:
-        """From a mapping with keys spelt ``num_clients`` or ``num-clients``; unknown keys are ignored."""
-        known = {f.name: f.type for f in fields(cls)}
-        values = {}
-        for key, value in dict(config).items():
-            name = key.replace("-", "_")
-            if name in known:
-                try:
-                    values[name] = _COERCE[known[name]](value)
-                except ValueError:
-                    raise FedwhisperError(f"--{name.replace('_', '-')} must be {known[name]} (got {value!r})") from None
-        return cls(**values)
-
-    def to_config(self) -> dict:
-        return asdict(self)
 
     @property
     def keyword_tuple(self) -> tuple[str, ...]:
@@ -106,11 +89,6 @@ class KwsOptions:
             epochs=self.local_epochs, batch_size=self.batch_size, learning_rate=self.learning_rate, optimizer=self.optimizer,
             class_balanced=self.class_balanced, seed=self.seed * 1_000_003 + round_number * 1_009 + partition_id,
         )
-
-
-def _require(ok: bool, field: str, rule: str, value) -> None:
-    if not ok:
-        raise FedwhisperError(f"--{field.replace('_', '-')} {rule} (got {value!r})")
 
 
 # One corpus index and one encoder per process: a simulation actor serves many clients in turn.

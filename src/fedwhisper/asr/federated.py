@@ -1,0 +1,192 @@
+"""Federated ASR fine-tuning as plain functions over (options, partition, weights): a client's round is the existing
+``train_on_batches`` on its own speakers' prepared features; the server evaluates WER on held-out speakers. Only the
+trainable tensors travel: LoRA adapters (peft), the encoder's top blocks, or the whole model."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fedwhisper.asr.batches import AsrBatches
+from fedwhisper.asr.run import load_trainable_state, save_plain_model, trainable_state, whisper_of
+from fedwhisper.asr.train import TrainConfig, apply_mode, batches_for, decoding_options, train_on_batches
+from fedwhisper.errors import FedwhisperError
+from fedwhisper.models.registry import fedwhisper_home
+from fedwhisper.run_config import RunConfigOptions, require
+
+log = logging.getLogger("fedwhisper.asr")
+MODES = ("lora", "encoder-top", "full")
+
+
+@dataclass(frozen=True)
+class AsrFederationOptions(RunConfigOptions):
+    """One federated ASR run. Flat scalars and strings: they travel in a Flower ConfigRecord and a pyproject run config."""
+
+    features: str = ""  # prepared features (`asr prepare`): train split partitioned by speaker, validation/test held out
+    model: str = "tiny.en"
+    mode: str = "lora"  # lora: adapters on encoder and decoder; encoder-top: the top encoder blocks; full: everything
+    lora_rank: int = 32
+    lora_alpha: int = 64
+    lora_modules: str = "q_proj,v_proj,fc1,fc2"  # in every encoder and decoder block (attention and feed-forward)
+    top_blocks: int = 2  # encoder-top: trainable top encoder blocks (the blocks below are frozen, their outputs cached)
+    num_clients: int = 20
+    clients_per_round: int = 5
+    rounds: int = 10
+    local_steps: int = 10  # optimizer steps per client per round
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    eval_clips: int = 100  # validation clips the server decodes every round (0: all)
+    cache_dir: str = ""  # default: $FEDWHISPER_HOME/cache/asr-federated; each client keeps its own sub-folder
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("lora_rank", "lora_alpha", "top_blocks", "num_clients", "clients_per_round", "rounds", "local_steps", "batch_size"):
+            require(getattr(self, name) >= 1, name, "must be at least 1", getattr(self, name))
+        require(self.mode in MODES, "mode", f"must be one of {', '.join(MODES)}", self.mode)
+        require(self.learning_rate > 0, "learning_rate", "must be positive", self.learning_rate)
+        require(self.eval_clips >= 0, "eval_clips", "must be 0 or more", self.eval_clips)
+        require(self.clients_per_round <= self.num_clients, "clients_per_round", f"must be at most --num-clients ({self.num_clients})",
+                self.clients_per_round)
+
+    @property
+    def cache_root(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else fedwhisper_home() / "cache" / "asr-federated"
+
+    def train_config(self, encoder_blocks: int) -> TrainConfig:
+        """The fine-tuning settings a client's round uses (constant learning rate: each round is short)."""
+        common = dict(learning_rate=self.learning_rate, batch_size=self.batch_size, warmup_steps=0, max_steps=self.local_steps,
+                      seed=self.seed)
+        if self.mode == "lora":
+            modules = "|".join(m.strip() for m in self.lora_modules.split(",") if m.strip())
+            return TrainConfig(mode="lora", lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
+                               lora_targets=rf"model\.(encoder|decoder)\.layers\.\d+\.(.*\.)?({modules})", **common)
+        if self.mode == "encoder-top":
+            if self.top_blocks >= encoder_blocks:
+                raise FedwhisperError(f"--top-blocks must be below the encoder's {encoder_blocks} blocks (use --mode full)")
+            return TrainConfig(mode="encoder-only", frozen_encoder_layers=encoder_blocks - self.top_blocks, **common)
+        return TrainConfig(mode="full", **common)
+
+
+# One base model, one feature set and one partitioner per process: a simulation actor serves many clients in turn.
+@functools.cache
+def base_model(model: str):
+    from fedwhisper.models.registry import load_whisper
+
+    return load_whisper(model)
+
+
+@functools.cache
+def features_of(path: str):
+    from fedwhisper.asr.prepare import load_features
+
+    return load_features(path)
+
+
+@functools.cache
+def partitioner(path: str, num_clients: int, seed: int):
+    from fedwhisper.data.partition import speaker_partitioner
+
+    dataset, _ = features_of(path)
+    return speaker_partitioner(dataset["train"], num_clients, seed)
+
+
+def check(options: AsrFederationOptions) -> None:
+    """Fail before any work: the features, clients vs speakers, the model and its tokenizer, the mode."""
+    if not options.features:
+        raise FedwhisperError("no features given (prepare them with `fedwhisper asr prepare`)")
+    dataset, manifest = features_of(str(Path(options.features).resolve()))
+    if "train" not in dataset or "speaker_id" not in dataset["train"].column_names:
+        raise FedwhisperError(f"{options.features}: no train split with speakers to give the clients")
+    partitioner(str(Path(options.features).resolve()), options.num_clients, options.seed)
+    whisper, processor = base_model(options.model)
+    if len(processor.tokenizer) != manifest["vocab_size"]:
+        raise FedwhisperError(f"{options.features} was prepared with another tokenizer ({manifest['model']}); prepare it again for {options.model}")
+    options.train_config(len(whisper.model.encoder.layers))
+
+
+def model_to_train(options: AsrFederationOptions):
+    """A copy of the base model with the run's mode applied (adapters initialised from the run's seed)."""
+    whisper, _ = base_model(options.model)
+    config = options.train_config(len(whisper.model.encoder.layers))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(options.seed)
+        return apply_mode(copy.deepcopy(whisper), config), config
+
+
+def initial_state(options: AsrFederationOptions) -> dict[str, torch.Tensor]:
+    model, _ = model_to_train(options)
+    return trainable_state(model)
+
+
+def client_shard(options: AsrFederationOptions, partition_id: int):
+    path = str(Path(options.features).resolve())
+    return partitioner(path, options.num_clients, options.seed).load_partition(partition_id)
+
+
+def client_update(options: AsrFederationOptions, partition_id: int, state: dict[str, torch.Tensor], round_number: int,
+                  shard=None) -> tuple[dict | None, dict]:
+    """One client's round: ``local_steps`` optimizer steps on its own clips, continuing its data order across rounds.
+
+    ``shard`` is the client's own prepared split (deployment); by default its simulation partition. Returns (trained
+    tensors or None when the client cannot train or its loss is not finite, metrics)."""
+    started = time.perf_counter()
+    shard = client_shard(options, partition_id) if shard is None else shard
+    if len(shard) < options.batch_size:
+        log.warning("client %d: %d clips, fewer than a batch of %d; it does not train", partition_id, len(shard), options.batch_size)
+        return None, {"num-examples": 0}
+    model, config = model_to_train(options)
+    load_trainable_state(model, state)
+    batches = batches_for(model, shard, config, options.cache_root / f"client-{partition_id}", progress=False)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=options.learning_rate)
+    first = (round_number - 1) * options.local_steps
+    with torch.random.fork_rng(devices=[]):  # dropout in the adapters: the same round gives the same update
+        torch.manual_seed(options.seed * 1_000_003 + round_number * 1_009 + partition_id)
+        result = train_on_batches(model, batches.micro_batches(options.batch_size, options.seed + partition_id, first, options.local_steps),
+                                  config, optimizer)
+    if not math.isfinite(result["loss"]):
+        log.warning("client %d, round %d: loss is %s; the update is withheld", partition_id, round_number, result["loss"])
+        return None, {"num-examples": 0, "rejected-nan": 1}
+    return trainable_state(model), {"num-examples": result["samples"], "train_loss": result["loss"], "train-seconds": result["seconds"],
+                                    "samples-per-second": result["samples"] / result["seconds"],
+                                    "round-seconds": time.perf_counter() - started}
+
+
+class ServerEvaluator:
+    """WER/CER and loss of the global model on the first ``eval_clips`` validation clips (speakers no client holds)."""
+
+    def __init__(self, options: AsrFederationOptions):
+        dataset, _ = features_of(str(Path(options.features).resolve()))
+        split = "validation" if "validation" in dataset else "test"
+        rows = dataset[split]
+        if options.eval_clips:
+            rows = rows.select(range(min(options.eval_clips, len(rows))))
+        if not len(rows):
+            raise FedwhisperError(f"{options.features}: no {split} clips to evaluate on")
+        self.model, config = model_to_train(options)
+        self.processor = base_model(options.model)[1]
+        self.split = split
+        self.batches: AsrBatches = batches_for(self.model, rows, config, options.cache_root / "server", progress=False)
+        self.decoding = decoding_options(self.model, config)
+
+    def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
+        from fedwhisper.asr.evaluate import evaluate_batches
+
+        load_trainable_state(self.model, state)
+        result = evaluate_batches(self.model, self.processor.tokenizer, self.batches, self.decoding)
+        return {"wer": result["wer"], "cer": result["cer"], "eval_loss": result["loss"]}
+
+    def save_model(self, path: Path) -> None:
+        save_plain_model(self.model, self.processor, path)
+
+
+def full_model_bytes(options: AsrFederationOptions) -> int:
+    """What sending the whole model would weigh: the yardstick for the adapters' bytes."""
+    whisper, _ = base_model(options.model)
+    return sum(p.numel() * p.element_size() for p in whisper_of(whisper).parameters())

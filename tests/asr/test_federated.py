@@ -1,0 +1,63 @@
+"""Federated ASR on Flower's simulation engine with a tiny random Whisper: rounds, bytes, best model, exact resume."""
+
+import shutil
+
+import pytest
+import torch
+from flwr.app import ArrayRecord
+from safetensors.torch import load_file
+
+from fedwhisper.asr.federated import AsrFederationOptions, client_update, full_model_bytes, initial_state
+from fedwhisper.errors import FedwhisperError
+from fedwhisper.fl.asr_app import simulate
+from fedwhisper.fl.strategy import record_bytes
+from fedwhisper.models.registry import load_whisper
+from fedwhisper.runs import RunDirectory
+
+
+@pytest.fixture
+def options(tiny_features, tiny_asr_model, tmp_path):
+    return AsrFederationOptions(features=str(tiny_features), model=str(tiny_asr_model), mode="lora", lora_rank=4, lora_alpha=8,
+                                num_clients=3, clients_per_round=2, rounds=2, local_steps=2, batch_size=4, eval_clips=4,
+                                cache_dir=str(tmp_path / "cache"))
+
+
+def test_lora_rounds_send_only_adapters_and_resume_to_the_same_weights(options, tmp_path):
+    run = simulate(options, tmp_path / "run")
+    assert [row["round"] for row in run.rows] == [0, 1, 2]
+    adapters = initial_state(options)
+    assert adapters and all("lora_" in name for name in adapters)
+    adapter_bytes = record_bytes(ArrayRecord(adapters))  # as serialised in the message (each array's header included)
+    assert adapter_bytes - sum(t.numel() * t.element_size() for t in adapters.values()) < 200 * len(adapters)
+    for row in run.rows[1:]:
+        assert row["clients_trained"] == 2 and row["bytes_down_per_client"] == adapter_bytes and row["bytes_up"] == [adapter_bytes] * 2
+    assert adapter_bytes < 0.05 * full_model_bytes(options)
+    load_whisper(str(tmp_path / "run" / "best"))  # the best global model is a plain transformers directory (LoRA merged)
+
+    # killed between rounds 1 and 2: round 2 never recorded
+    shutil.copytree(tmp_path / "run", tmp_path / "killed")
+    RunDirectory(tmp_path / "killed").keep_until(1)
+    (tmp_path / "killed" / "trainable-round-002.safetensors").unlink()
+    resumed = simulate(options, tmp_path / "killed", resume=True)
+    assert [row["round"] for row in resumed.rows] == [0, 1, 2]
+    untimed = [[{k: v for k, v in row.items() if "second" not in k} for row in r.rows] for r in (resumed, run)]
+    assert untimed[0] == untimed[1]
+    a, b = (load_file(tmp_path / name / "trainable-round-002.safetensors") for name in ("killed", "run"))
+    for name, value in b.items():
+        torch.testing.assert_close(a[name], value, rtol=0, atol=0)
+
+
+def test_a_client_whose_loss_is_not_finite_withholds_its_update(options):
+    wild = AsrFederationOptions(**{**options.to_config(), "learning_rate": 1e30, "local_steps": 4, "mode": "full"})
+    state, metrics = client_update(wild, 0, initial_state(wild), round_number=1)
+    assert state is None and metrics == {"num-examples": 0, "rejected-nan": 1}
+
+
+def test_options_are_checked_before_any_work(options, tmp_path):
+    with pytest.raises(FedwhisperError, match="--clients-per-round must be at most --num-clients"):
+        AsrFederationOptions(**{**options.to_config(), "clients_per_round": 9})
+    with pytest.raises(FedwhisperError, match="--mode must be one of lora, encoder-top, full"):
+        AsrFederationOptions(**{**options.to_config(), "mode": "decoder"})
+    with pytest.raises(FedwhisperError, match="50 clients need at least as many training speakers"):
+        simulate(AsrFederationOptions(**{**options.to_config(), "num_clients": 50}), tmp_path / "r")
+    assert not (tmp_path / "r").exists()
