@@ -20,7 +20,9 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import asr_bench  # noqa: E402  (benchmarks/asr_bench.py)
+import fl_asr_bench  # noqa: E402  (benchmarks/fl_asr_bench.py)
 import kws_bench  # noqa: E402  (benchmarks/kws_bench.py)
+
 from fedwhisper.data.synth_asr import AsrSynthesisOptions, synthesize_audiofolder  # noqa: E402
 from fedwhisper.data.synth_kws import KwsSynthesisOptions, synthesize_speech_commands  # noqa: E402
 from fedwhisper.models.registry import ModelNotAvailableError, import_packaged_model  # noqa: E402
@@ -158,10 +160,19 @@ def asr_rows(results: dict) -> list[str]:
     return rows
 
 
+def fl_asr_rows(results: dict) -> list[str]:
+    cost = results.get("window_cost")
+    if not cost:
+        return []
+    return [f"| federated ASR client, tiny.en LoRA training, encoder on the clip's length (mean {cost['clip_seconds_mean']} s) vs 30 s | "
+            f"{cost['clip']['samples_per_second']} vs {cost['full']['samples_per_second']} samples/s: {cost['clip_over_full']}x |"]
+
+
 SUITES = {"foundation": (bench_foundation, foundation_rows),
           "kws": (lambda work: {name: run(work, SMALL) for name, run in kws_bench.PARTS.items()}, kws_rows),
-          "asr": (lambda work: {name: run(work, SMALL) for name, run in asr_bench.PARTS.items()}, asr_rows)}
-PARTS = {"kws": kws_bench.PARTS, "asr": asr_bench.PARTS}  # suites whose parts may run alone
+          "asr": (lambda work: {name: run(work, SMALL) for name, run in asr_bench.PARTS.items()}, asr_rows),
+          "fl-asr": (lambda work: {name: run(work, SMALL) for name, run in fl_asr_bench.PARTS.items()}, fl_asr_rows)}
+PARTS = {"kws": kws_bench.PARTS, "asr": asr_bench.PARTS, "fl-asr": fl_asr_bench.PARTS}  # suites whose parts may run alone
 
 
 def update_readme() -> None:

@@ -5,14 +5,15 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from fedwhisper.asr.batches import log_mel_batch
+from fedwhisper.asr.batches import CLIP_BUCKET_FRAMES, log_mel_batch, model_inputs
 from fedwhisper.asr.prepare import load_features
-from fedwhisper.asr.train import TrainConfig, apply_mode, batches_for, fine_tune
+from fedwhisper.asr.train import TrainConfig, apply_mode, batches_for, fine_tune, train_on_batches
 from fedwhisper.cli import app
 from fedwhisper.models.registry import load_whisper
 
@@ -62,6 +63,29 @@ def test_frozen_encoder_outputs_are_computed_once(tiny_asr_model, tiny_features,
         direct = model.model.encoder(log_mel_batch(dataset["train"], [0, 1])).last_hidden_state
     torch.testing.assert_close(batch["encoder_outputs"][0], direct, atol=2e-2, rtol=1e-2)  # float16 storage
     assert "input_features" not in batch
+
+
+def test_a_clip_window_runs_the_encoder_on_the_clips_length_and_trains(tiny_asr_model, tiny_features):
+    dataset, _ = load_features(tiny_features)
+    train = dataset["train"]
+    longest = max(len(train[i]["input_features"]) for i in range(4))
+    clip = log_mel_batch(train, [0, 1, 2, 3], "clip")
+    assert clip.shape[-1] % CLIP_BUCKET_FRAMES == 0 and longest <= clip.shape[-1] < longest + CLIP_BUCKET_FRAMES
+    torch.testing.assert_close(clip, log_mel_batch(train, [0, 1, 2, 3])[..., : clip.shape[-1]])  # the 30-s input, cut
+
+    model, _ = load_whisper(str(tiny_asr_model))
+    config = TrainConfig(mode="lora", lora_rank=4, lora_alpha=8, window="clip", batch_size=4, learning_rate=1e-3,
+                         lora_targets=r"model\.(encoder|decoder)\.layers\.\d+\.(.*\.)?(q_proj|v_proj)")
+    peft_model = apply_mode(model, config)
+    batches = batches_for(peft_model, train, config, progress=False)
+    assert batches.encoder_outputs is None  # adapters in the encoder, and 30-s stored outputs do not fit a clip window
+    inputs = model_inputs(peft_model, batches.batch([0, 1, 2, 3]))
+    assert inputs["encoder_outputs"][0].shape[1] == clip.shape[-1] // 2  # encoder positions of the clip, not 1500
+    encoder_adapters = [p for n, p in peft_model.named_parameters() if "encoder" in n and "lora_B" in n]
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    result = train_on_batches(peft_model, batches.micro_batches(4, 0, 0, 2), config, optimizer)
+    assert result["steps"] == 2 and np.isfinite(result["loss"])
+    assert any(p.abs().sum() > 0 for p in encoder_adapters)  # gradients reached the encoder through the sliced window
 
 
 def _train_args(features, model, out, steps):

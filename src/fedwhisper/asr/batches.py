@@ -16,16 +16,23 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fedwhisper.asr.prepare import full_features
+from fedwhisper.asr.prepare import WINDOW_FRAMES, full_features
 from fedwhisper.constants import IGNORE_INDEX
 from fedwhisper.features.cache import FeatureCache
 from fedwhisper.features.encoder import encoder_bottom, encoder_top, weights_fingerprint
 
+WINDOWS = ("full", "clip")
+CLIP_BUCKET_FRAMES = 200  # clip windows are rounded up to whole 2-s buckets, so batches come in few shapes
 
-def log_mel_batch(dataset, indices: Sequence[int]) -> torch.Tensor:
-    """``[batch, n_mels, 3000]`` float32 Whisper inputs for rows ``indices`` of a prepared split."""
+
+def log_mel_batch(dataset, indices: Sequence[int], window: str = "full") -> torch.Tensor:
+    """``[batch, n_mels, frames]`` float32 Whisper inputs for rows ``indices`` of a prepared split: 3000 frames (30 s,
+    Whisper's window) or, for ``clip``, the longest clip's length rounded up to a bucket."""
     rows = dataset.with_format("numpy")[list(indices)]["input_features"]
-    return torch.from_numpy(np.stack([full_features(stored) for stored in rows]))
+    frames = WINDOW_FRAMES
+    if window == "clip":
+        frames = min(WINDOW_FRAMES, -(-max(len(stored) for stored in rows) // CLIP_BUCKET_FRAMES) * CLIP_BUCKET_FRAMES)
+    return torch.from_numpy(np.stack([full_features(stored, frames) for stored in rows]))
 
 
 def label_batch(label_lists: Sequence[Sequence[int]], decoder_start_token_id: int) -> torch.Tensor:
@@ -79,10 +86,11 @@ class AsrBatches:
     """Batches of one prepared split in a reproducible order: epoch ``e`` is a permutation drawn from (seed, e), so
     micro-batch ``k`` is the same batch in every run, which is what lets training resume exactly."""
 
-    def __init__(self, dataset, decoder_start_token_id: int, encoder_outputs: EncoderOutputCache | None = None):
+    def __init__(self, dataset, decoder_start_token_id: int, encoder_outputs: EncoderOutputCache | None = None, window: str = "full"):
         self.dataset = dataset
         self.decoder_start_token_id = decoder_start_token_id
         self.encoder_outputs = encoder_outputs
+        self.window = window
         self._labels = dataset["labels"]
 
     def __len__(self) -> int:
@@ -96,7 +104,7 @@ class AsrBatches:
             layers = self.encoder_outputs.layers
             inputs |= {"encoder_outputs": (hidden,)} if layers is None else {"encoder_bottom": (hidden, torch.tensor(layers))}
         else:
-            inputs["input_features"] = log_mel_batch(self.dataset, indices)
+            inputs["input_features"] = log_mel_batch(self.dataset, indices, self.window)
         return inputs
 
     def batches_per_epoch(self, batch_size: int) -> int:
@@ -124,8 +132,14 @@ def model_inputs(model, batch: dict) -> dict:
     (trainable) top blocks here, so gradients reach them."""
     device = next(model.parameters()).device
     inputs = {key: tuple(t.to(device) for t in value) if isinstance(value, tuple) else value.to(device) for key, value in batch.items()}
+    whisper = model.get_base_model() if hasattr(model, "get_base_model") else model
     if "encoder_bottom" in inputs:
-        whisper = model.get_base_model() if hasattr(model, "get_base_model") else model
         hidden, layers = inputs.pop("encoder_bottom")
         inputs["encoder_outputs"] = (encoder_top(whisper.model.encoder, hidden, int(layers)),)
+    elif "input_features" in inputs and inputs["input_features"].shape[-1] < WINDOW_FRAMES:
+        # a clip window: transformers' encoder refuses anything but 3000 frames; the same blocks run on the clip's
+        # length with the positional embeddings sliced (features.encoder)
+        encoder = whisper.model.encoder
+        blocks = len(encoder.layers)
+        inputs["encoder_outputs"] = (encoder_top(encoder, encoder_bottom(encoder, inputs.pop("input_features"), blocks), blocks),)
     return inputs

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from fedwhisper.asr.batches import AsrBatches, model_inputs
+from fedwhisper.asr.batches import WINDOWS, AsrBatches, model_inputs
 from fedwhisper.constants import IGNORE_INDEX
 from fedwhisper.errors import FedwhisperError
 from fedwhisper.metrics import character_error_rate, normalizer, word_error_rate
@@ -68,9 +68,9 @@ def write_rows(rows: list[dict], path: str | os.PathLike) -> Path:
 
 
 def evaluate_data(data: str | os.PathLike, model: str, split: str = "test", options: DecodingOptions = DecodingOptions(),
-                  limit: int = 0, progress: bool = True) -> dict:
+                  limit: int = 0, progress: bool = True, window: str = "full") -> dict:
     """WER/CER of ``model`` on a split of prepared features or of a corpus directory (prepared for the model in a
-    scratch directory first). ``options.language`` None: the features' language. Adds "clips", "audio_seconds",
+    scratch directory first) with the encoder on ``window`` (full, or clip). ``options.language`` None: the features' language. Adds "clips", "audio_seconds",
     "seconds" (decoding time) and "language" to ``evaluate_batches``' result."""
     import tempfile
     import time
@@ -92,6 +92,9 @@ def evaluate_data(data: str | os.PathLike, model: str, split: str = "test", opti
         whisper, processor = load_whisper(model)
         options = replace(options, language=options.language or manifest["options"]["language"])
         started = time.perf_counter()
-        result = evaluate_batches(whisper, processor.tokenizer, AsrBatches(rows, whisper.config.decoder_start_token_id), options, progress)
+        if window not in WINDOWS:
+            raise FedwhisperError(f"--window must be one of {', '.join(WINDOWS)} (got {window!r})")
+        batches = AsrBatches(rows, whisper.config.decoder_start_token_id, window=window)
+        result = evaluate_batches(whisper, processor.tokenizer, batches, options, progress)
         return result | {"clips": len(rows), "audio_seconds": float(sum(rows["duration"])), "seconds": time.perf_counter() - started,
                          "language": options.language}

@@ -36,6 +36,7 @@ class AsrFederationOptions(RunConfigOptions):
     lora_alpha: int = 64
     lora_modules: str = "q_proj,v_proj,fc1,fc2"  # in every encoder and decoder block (attention and feed-forward)
     top_blocks: int = 2  # encoder-top: trainable top encoder blocks (the blocks below are frozen, their outputs cached)
+    window: str = "full"  # encoder window in training and the server's evaluation: full (30 s) or clip (the clip's length)
     num_clients: int = 20
     clients_per_round: int = 5
     rounds: int = 10
@@ -62,7 +63,7 @@ class AsrFederationOptions(RunConfigOptions):
     def train_config(self, encoder_blocks: int) -> TrainConfig:
         """The fine-tuning settings a client's round uses (constant learning rate: each round is short)."""
         common = dict(learning_rate=self.learning_rate, batch_size=self.batch_size, warmup_steps=0, max_steps=self.local_steps,
-                      seed=self.seed)
+                      seed=self.seed, window=self.window)
         if self.mode == "lora":
             modules = "|".join(m.strip() for m in self.lora_modules.split(",") if m.strip())
             return TrainConfig(mode="lora", lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,

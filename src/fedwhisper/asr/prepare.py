@@ -201,9 +201,10 @@ def load_features(path: str | Path):
     return datasets.load_from_disk(str(path)), json.loads(manifest_path.read_text())
 
 
-def full_features(stored: np.ndarray) -> np.ndarray:
-    """The 30-s ``[n_mels, 3000]`` float32 input from stored ``[frames, n_mels]`` features."""
-    stored = np.asarray(stored, dtype=np.float32)
-    full = np.full((stored.shape[1], WINDOW_FRAMES), stored.max() - 2.0, dtype=np.float32)
+def full_features(stored: np.ndarray, frames: int = WINDOW_FRAMES) -> np.ndarray:
+    """The ``[n_mels, frames]`` float32 input (30 s by default) from stored ``[frames, n_mels]`` features, padded as
+    Whisper's feature extractor pads: with the clip's maximum minus 2 (log-mel of silence after its normalisation)."""
+    stored = np.asarray(stored, dtype=np.float32)[:frames]
+    full = np.full((stored.shape[1], frames), stored.max() - 2.0, dtype=np.float32)
     full[:, : stored.shape[0]] = stored.T
     return full

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields, replace
@@ -18,12 +19,13 @@ from pathlib import Path
 
 import torch
 
-from fedwhisper.asr.batches import AsrBatches, EncoderOutputCache, model_inputs
+from fedwhisper.asr.batches import WINDOWS, AsrBatches, EncoderOutputCache, model_inputs
 from fedwhisper.asr.run import TrainingRun, whisper_of
 from fedwhisper.errors import FedwhisperError, Interrupted
 from fedwhisper.models.registry import fedwhisper_home
 
 MODES = ("full", "encoder-only", "frozen-encoder", "decoder-only", "lora")
+_ENCODER_PROJECTIONS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2")
 LORA_TARGETS = r"model\.decoder\.layers\.\d+\.(self_attn|encoder_attn)\.(q_proj|v_proj)"
 
 
@@ -55,6 +57,7 @@ class TrainConfig:
     task: str = "transcribe"
     seed: int = 0
     precision: str = "auto"  # auto: bf16 (or fp16) autocast on a GPU, fp32 on a CPU
+    window: str = "full"  # encoder window: full (Whisper's 30 s) or clip (the clip's length, in 2-s buckets)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -64,14 +67,18 @@ class TrainConfig:
                 raise FedwhisperError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
         if self.learning_rate <= 0:
             raise FedwhisperError(f"--learning-rate must be positive (got {self.learning_rate})")
+        if self.window not in WINDOWS:
+            raise FedwhisperError(f"--window must be one of {', '.join(WINDOWS)} (got {self.window!r})")
         if self.epochs is not None and self.epochs <= 0:
             raise FedwhisperError(f"--epochs must be positive (got {self.epochs})")
 
     @property
     def cached_encoder_layers(self) -> int | None | bool:
         """What of the encoder is computed once: None for all of it, N for its bottom N blocks, False for nothing."""
-        if self.spec_augment:
+        if self.spec_augment or self.window == "clip":  # stored outputs are of 30-s windows
             return False
+        if self.mode == "lora" and any(re.fullmatch(self.lora_targets, f"model.encoder.layers.0.{name}") for name in _ENCODER_PROJECTIONS):
+            return False  # adapters inside the encoder: its outputs change every step
         if self.mode not in ("full", "encoder-only"):
             return None
         return self.frozen_encoder_layers or False
@@ -168,12 +175,10 @@ def batches_for(model, dataset, config: TrainConfig, cache_root: Path | None = N
     whisper = whisper_of(model)
     cache = None
     layers = config.cached_encoder_layers
-    if layers is None and any(p.requires_grad for p in whisper.model.encoder.parameters()):
-        layers = False  # adapters inside the encoder: its outputs change every step
     if layers is not False:
         cache = EncoderOutputCache(cache_root or encoder_cache_root(), whisper.model.encoder, dataset, layers)
         cache.compute(progress=progress)
-    return AsrBatches(dataset, whisper.config.decoder_start_token_id, cache)
+    return AsrBatches(dataset, whisper.config.decoder_start_token_id, cache, config.window)
 
 
 class StopTraining(Exception):

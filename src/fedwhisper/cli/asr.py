@@ -53,6 +53,7 @@ def asr_train(
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     gradient_accumulation: Annotated[int, typer.Option(min=1)] = 1,
     spec_augment: Annotated[bool, typer.Option(help="SpecAugment masks on the log-mel (runs the encoder every step)")] = False,
+    window: Annotated[str, typer.Option(help="encoder window: full (Whisper's 30 s) or clip (the clip's length, 2-s buckets)")] = "full",
     frozen_encoder_layers: Annotated[int, typer.Option(min=0, help="full mode: bottom encoder blocks kept fixed, their outputs computed once")] = 0,
     dropout: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.0,
     lora_rank: Annotated[int, typer.Option(min=1)] = 32,
@@ -70,6 +71,7 @@ def asr_train(
     config = None if resume else TrainConfig(
         mode=mode, learning_rate=learning_rate, warmup_steps=warmup_steps, max_steps=max_steps, epochs=epochs, batch_size=batch_size,
         gradient_accumulation=gradient_accumulation, spec_augment=spec_augment, frozen_encoder_layers=frozen_encoder_layers, dropout=dropout,
+        window=window,
         lora_rank=lora_rank, lora_alpha=2 * lora_rank, eval_every=eval_every, save_every=save_every, log_every=log_every,
         eval_clips=eval_clips or None, language=language, seed=seed)
     out = resume or out or runs_root() / f"asr-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -90,6 +92,7 @@ def asr_federate(
     lora_alpha: Annotated[int | None, typer.Option(min=1, help="[64]")] = None,
     lora_modules: Annotated[str | None, typer.Option(help="adapted projections in every encoder and decoder block [q_proj,v_proj,fc1,fc2]")] = None,
     top_blocks: Annotated[int | None, typer.Option(min=1, help="encoder-top: trainable top encoder blocks [2]")] = None,
+    window: Annotated[str | None, typer.Option(help="encoder window in training and evaluation: full or clip [full]")] = None,
     num_clients: Annotated[int | None, typer.Option(min=1, help="speaker groups [20]")] = None,
     clients_per_round: Annotated[int | None, typer.Option(min=1, help="[5]")] = None,
     rounds: Annotated[int | None, typer.Option(min=1, help="federated rounds in all [10]")] = None,
@@ -110,7 +113,7 @@ def asr_federate(
 
     given = given_options(
         features=str(features.resolve()) if features else None, model=model, mode=mode, lora_rank=lora_rank, lora_alpha=lora_alpha,
-        lora_modules=lora_modules, top_blocks=top_blocks, num_clients=num_clients, clients_per_round=clients_per_round, rounds=rounds,
+        lora_modules=lora_modules, top_blocks=top_blocks, window=window, num_clients=num_clients, clients_per_round=clients_per_round, rounds=rounds,
         local_steps=local_steps, batch_size=batch_size, learning_rate=learning_rate, eval_clips=eval_clips,
         cache_dir=str(cache_dir) if cache_dir else None, seed=seed)
     if resume is None and features is None:
@@ -144,6 +147,7 @@ def asr_evaluate(
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     num_beams: Annotated[int, typer.Option(min=1)] = 1,
     limit: Annotated[int, typer.Option(min=0, help="first N clips only (0: all)")] = 0,
+    window: Annotated[str, typer.Option(help="encoder window: full (Whisper's 30 s) or clip (the clip's length)")] = "full",
     csv_out: Annotated[Path | None, typer.Option("--csv", help="per-utterance CSV [DATA-SPLIT-wer.csv in the current directory]")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing CSV")] = False,
 ) -> None:
@@ -154,7 +158,7 @@ def asr_evaluate(
     options = DecodingOptions(language=language, task=task, batch_size=batch_size, num_beams=num_beams)
     csv_out = csv_out or Path(f"{data.name}-{split}-wer.csv")
     writable_new_file(csv_out, overwrite)  # before the evaluation, not after it
-    result = evaluate_data(data, model, split, options, limit)
+    result = evaluate_data(data, model, split, options, limit, window=window)
     write_rows(result["rows"], csv_out)
     table = Table("speaker", "WER", title=f"{model} on {data} ({split})")
     for speaker, wer in speaker_wer(result["rows"], result["language"]).items():
