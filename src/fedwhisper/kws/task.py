@@ -28,7 +28,6 @@ from fedwhisper.runs import RunDirectory
 log = logging.getLogger("fedwhisper.kws")
 
 
-
 @dataclass(frozen=True)
 class KwsOptions(RunConfigOptions):
     """One run's settings. Flat scalars and strings, so they travel in a Flower ConfigRecord and a pyproject run config."""
@@ -68,7 +67,7 @@ class KwsOptions(RunConfigOptions):
         require(self.recipe in RECIPES, "recipe", f"must be one of {', '.join(RECIPES)}", self.recipe)
         require(bool(self.keyword_tuple), "keywords", "must name at least one keyword", self.keywords)
         require(self.clients_per_round <= self.num_clients, "clients_per_round",
-                 f"must be at most --num-clients ({self.num_clients})", self.clients_per_round)
+                f"must be at most --num-clients ({self.num_clients})", self.clients_per_round)
 
     @property
     def keyword_tuple(self) -> tuple[str, ...]:
