@@ -79,6 +79,8 @@ def evaluate_data(data: str | os.PathLike, model: str, split: str = "test", opti
     from fedwhisper.asr.prepare import MANIFEST, PrepareOptions, load_features, prepare_features
     from fedwhisper.models.registry import load_whisper
 
+    if window not in WINDOWS:  # before a corpus is prepared or a model loaded
+        raise FedwhisperError(f"--window must be one of {', '.join(WINDOWS)} (got {window!r})")
     data = Path(data)
     with tempfile.TemporaryDirectory(prefix="fedwhisper-eval-") as scratch:
         features = data
@@ -92,8 +94,6 @@ def evaluate_data(data: str | os.PathLike, model: str, split: str = "test", opti
         whisper, processor = load_whisper(model)
         options = replace(options, language=options.language or manifest["options"]["language"])
         started = time.perf_counter()
-        if window not in WINDOWS:
-            raise FedwhisperError(f"--window must be one of {', '.join(WINDOWS)} (got {window!r})")
         batches = AsrBatches(rows, whisper.config.decoder_start_token_id, window=window)
         result = evaluate_batches(whisper, processor.tokenizer, batches, options, progress)
         return result | {"clips": len(rows), "audio_seconds": float(sum(rows["duration"])), "seconds": time.perf_counter() - started,

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from fedwhisper.asr.batches import AsrBatches
-from fedwhisper.asr.run import load_trainable_state, save_plain_model, trainable_state, whisper_of
+from fedwhisper.asr.run import load_trainable_state, save_plain_model, trainable_state
 from fedwhisper.asr.train import TrainConfig, apply_mode, batches_for, decoding_options, train_on_batches
 from fedwhisper.errors import FedwhisperError
 from fedwhisper.models.registry import fedwhisper_home
@@ -190,4 +190,4 @@ class ServerEvaluator:
 def full_model_bytes(options: AsrFederationOptions) -> int:
     """What sending the whole model would weigh: the yardstick for the adapters' bytes."""
     whisper, _ = base_model(options.model)
-    return sum(p.numel() * p.element_size() for p in whisper_of(whisper).parameters())
+    return sum(p.numel() * p.element_size() for p in whisper.parameters())

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fedwhisper.cli.common import console, given_options, writable_new_file
+from fedwhisper.cli.common import console, resumable_run, writable_new_file
 
 app = typer.Typer(help="Speech recognition: prepare features, fine-tune, evaluate, tune hyper-parameters.", no_args_is_help=True)
 
@@ -81,6 +81,16 @@ def asr_train(
     console.print(f"finished at step {result.step}: {best}; {result.samples_per_second:.1f} samples/s; model in {out / 'best'}")
 
 
+def _print_federated_round(row: dict) -> None:
+    line = f"round {row['round']:>3}: WER {row['wer']:.2%}  CER {row['cer']:.2%}"
+    if "clients_trained" in row:
+        up = sum(row["bytes_up"]) / max(len(row["bytes_up"]), 1)
+        line += (f"  ({row['clients_trained']} clients trained, {row['clients_skipped']} could not"
+                 f"{', ' + str(row['clients_failed']) + ' failed' if row['clients_failed'] else ''}; "
+                 f"{row['bytes_down_per_client'] / 1e6:.2f} MB down, {up / 1e6:.2f} MB up per client; {row['seconds']:.1f} s)")
+    console.print(line)
+
+
 @app.command("federate")
 def asr_federate(
     features: Annotated[Path | None, typer.Argument(help="prepared features (`asr prepare`); clients are groups of training speakers")] = None,
@@ -107,32 +117,16 @@ def asr_federate(
     """Federated fine-tuning on Flower's simulation engine: FedAvg of LoRA adapters (or top encoder blocks, or the model)
     over speaker-grouped clients, WER on held-out speakers every round, the best global model in RUN/best."""
     from fedwhisper.asr.federated import AsrFederationOptions
-    from fedwhisper.errors import FedwhisperError
     from fedwhisper.fl.asr_app import simulate
-    from fedwhisper.runs import RunDirectory, runs_root
 
-    given = given_options(
+    run_dir, config = resumable_run(
+        "asr-fed", resume, run_dir, "features", "FEATURES",
         features=str(features.resolve()) if features else None, model=model, mode=mode, lora_rank=lora_rank, lora_alpha=lora_alpha,
-        lora_modules=lora_modules, top_blocks=top_blocks, window=window, num_clients=num_clients, clients_per_round=clients_per_round, rounds=rounds,
-        local_steps=local_steps, batch_size=batch_size, learning_rate=learning_rate, eval_clips=eval_clips,
+        lora_modules=lora_modules, top_blocks=top_blocks, window=window, num_clients=num_clients, clients_per_round=clients_per_round,
+        rounds=rounds, local_steps=local_steps, batch_size=batch_size, learning_rate=learning_rate, eval_clips=eval_clips,
         cache_dir=str(cache_dir) if cache_dir else None, seed=seed)
-    if resume is None and features is None:
-        raise FedwhisperError("give FEATURES (or --resume RUN_DIR)")
-    base = RunDirectory(resume).saved_options() if resume else {}
-    run_dir = resume or run_dir or runs_root() / f"asr-fed-{time.strftime('%Y%m%d-%H%M%S')}"
-    options = AsrFederationOptions.from_config({**base, **given})
-    console.print(f"run directory: {run_dir}")
-
-    def print_round(row: dict) -> None:
-        line = f"round {row['round']:>3}: WER {row['wer']:.2%}  CER {row['cer']:.2%}"
-        if "clients_trained" in row:
-            up = sum(row["bytes_up"]) / max(len(row["bytes_up"]), 1)
-            line += (f"  ({row['clients_trained']} clients trained, {row['clients_skipped']} could not"
-                     f"{', ' + str(row['clients_failed']) + ' failed' if row['clients_failed'] else ''}; "
-                     f"{row['bytes_down_per_client'] / 1e6:.2f} MB down, {up / 1e6:.2f} MB up per client; {row['seconds']:.1f} s)")
-        console.print(line)
-
-    run = simulate(options, run_dir, resume=bool(resume), on_round=print_round, verbose=verbose)
+    options = AsrFederationOptions.from_config(config)
+    run = simulate(options, run_dir, resume=bool(resume), on_round=_print_federated_round, verbose=verbose)
     best = min(run.rows, key=lambda row: row["wer"])
     console.print(f"best WER {best['wer']:.2%} at round {best['round']}; model in {run_dir / 'best'}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 import typer
@@ -42,3 +43,18 @@ def writable_new_file(path: Path, overwrite: bool) -> None:
 def given_options(**options) -> dict:
     """The options given on the command line (None: not given), which override a resumed run's saved ones."""
     return {key: value for key, value in options.items() if value is not None}
+
+
+def resumable_run(prefix: str, resume: Path | None, run_dir: Path | None, data_key: str, data_label: str, **options) -> tuple[Path, dict]:
+    """A federation's run directory and config: a resumed run's saved options, overridden by the options given (None:
+    not given); a fresh run needs its data (``data_key``) and gets ``RUNS/PREFIX-TIME`` unless ``run_dir`` is given."""
+    from fedwhisper.errors import FedwhisperError
+    from fedwhisper.runs import RunDirectory, runs_root
+
+    given = given_options(**options)
+    if resume is None and data_key not in given:
+        raise FedwhisperError(f"give {data_label} (or --resume RUN_DIR)")
+    base = RunDirectory(resume).saved_options() if resume else {}
+    run_dir = resume or run_dir or runs_root() / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    console.print(f"run directory: {run_dir}")
+    return run_dir, {**base, **given}

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fedwhisper.cli.common import console, given_options
+from fedwhisper.cli.common import console, given_options, resumable_run
 from fedwhisper.errors import FedwhisperError
 
 app = typer.Typer(help="Keyword spotting: a frozen Whisper encoder plus a small head, federated with Flower.", no_args_is_help=True)
@@ -53,20 +53,15 @@ def kws_federate(
     """Federated training of the head: FedAvg over speaker-grouped clients in Flower's simulation engine."""
     from fedwhisper.fl.kws_app import simulate
     from fedwhisper.kws.task import KwsOptions
-    from fedwhisper.runs import RunDirectory, runs_root
 
-    given = given_options(
+    run_dir, config = resumable_run(
+        "kws", resume, run_dir, "corpus", "a CORPUS",
         corpus=str(corpus.resolve()) if corpus else None, model=model, window_seconds=window_seconds, keywords=keywords, head=head,
         num_clients=num_clients, clients_per_round=clients_per_round, rounds=rounds, local_epochs=local_epochs,
         batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer, cache_dir=str(cache_dir) if cache_dir else None, seed=seed,
         recipe=recipe,
     )
-    if resume is None and corpus is None:
-        raise FedwhisperError("give a CORPUS (or --resume RUN_DIR)")
-    base = RunDirectory(resume).saved_options() if resume else {}
-    run_dir = resume or run_dir or runs_root() / f"kws-{time.strftime('%Y%m%d-%H%M%S')}"
-    options = KwsOptions.from_config({**base, **given})
-    console.print(f"run directory: {run_dir}")
+    options = KwsOptions.from_config(config)
     final = simulate(options, run_dir, resume=bool(resume), on_round=print_round, verbose=verbose).rows[-1]
     console.print(f"final held-out accuracy after round {final['round']}: test {final['test_accuracy']:.2%}, "
                   f"validation {final['validation_accuracy']:.2%}; plot {run_dir / 'accuracy.png'}")
