@@ -22,11 +22,13 @@ from fedwhisper.transcribe import DecodingOptions, LongFormTranscriber
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _wer(model_ref: str, dataset, language: str) -> dict:
+def wer_of(model_ref: str, dataset, language: str, window: str = "full") -> dict:
+    """WER/CER of a model on prepared clips with the encoder on ``window``; decoding speed; the first examples."""
     model, processor = load_whisper(model_ref)
     options = DecodingOptions(language=language, batch_size=16)
     started = time.perf_counter()
-    result = evaluate_batches(model, processor.tokenizer, AsrBatches(dataset, model.config.decoder_start_token_id), options, progress=True)
+    batches = AsrBatches(dataset, model.config.decoder_start_token_id, window=window)
+    result = evaluate_batches(model, processor.tokenizer, batches, options, progress=True)
     seconds = time.perf_counter() - started
     audio = float(sum(dataset["duration"]))
     return {"wer": round(result["wer"], 4), "cer": round(result["cer"], 4), "clips": len(dataset),
@@ -55,8 +57,9 @@ def transcription_speed(model_ref: str, clips: list[np.ndarray]) -> dict:
             "audio_seconds_per_second": round(audio.size / 16_000 / seconds, 2), "segments": len(transcript.segments)}
 
 
-def english(work: Path, small: bool) -> dict:
-    """tiny.en fine-tuned on espeak-ng voices; tested on held-out espeak-ng speakers and on flite voices (never trained on)."""
+def english_features(work: Path, small: bool) -> tuple[Path, Path, float]:
+    """The English corpus for tiny.en: espeak-ng voices (train, validation and held-out test speakers) and flite voices
+    (test only, never trained on), prepared; returns both feature directories and the preparation seconds."""
     espeak = work / "asr-en-espeak"
     synthesize_audiofolder(espeak, AsrSynthesisOptions(sentences=160 if small else 1400, speakers=12 if small else 40,
                                                       test_speakers=3 if small else 6, engines=("espeak-ng",)))
@@ -65,10 +68,15 @@ def english(work: Path, small: bool) -> dict:
     started = time.perf_counter()
     prepare_features(espeak, "tiny.en", work / "features-en", PrepareOptions(num_proc=2, validation_speakers=2 if small else 4))
     prepare_features(flite, "tiny.en", work / "features-en-flite", PrepareOptions(num_proc=2, validation_speakers=0))
-    prepare_seconds = time.perf_counter() - started
-    dataset, _ = load_features(work / "features-en")
-    flite_test = load_features(work / "features-en-flite")[0]["test"]
-    before = {"held_out_espeak": _wer("tiny.en", dataset["test"], "en"), "flite": _wer("tiny.en", flite_test, "en")}
+    return work / "features-en", work / "features-en-flite", time.perf_counter() - started
+
+
+def english(work: Path, small: bool) -> dict:
+    """tiny.en fine-tuned on espeak-ng voices; tested on held-out espeak-ng speakers and on flite voices (never trained on)."""
+    features, flite_features, prepare_seconds = english_features(work, small)
+    dataset, _ = load_features(features)
+    flite_test = load_features(flite_features)[0]["test"]
+    before = {"held_out_espeak": wer_of("tiny.en", dataset["test"], "en"), "flite": wer_of("tiny.en", flite_test, "en")}
     # The errors are acoustic (robotic voices), so the whole encoder must adapt: decoder-only training only memorises
     # the text, and keeping even the bottom two blocks fixed (cached, 1.7x faster steps) needs twice the steps for the
     # same WER. One epoch of full fine-tuning fits the 30-minute budget.
@@ -76,7 +84,7 @@ def english(work: Path, small: bool) -> dict:
                          batch_size=8, eval_every=10 if small else 65, save_every=65, log_every=10, eval_clips=60)
     training = _fine_tune("tiny.en", dataset, config, work / "run-en")
     tuned = str(work / "run-en" / "best")
-    after = {"held_out_espeak": _wer(tuned, dataset["test"], "en"), "flite": _wer(tuned, flite_test, "en")}
+    after = {"held_out_espeak": wer_of(tuned, dataset["test"], "en"), "flite": wer_of(tuned, flite_test, "en")}
     clips = [load_audio(path) for path in dataset["test"]["path"][: 12 if small else 40]]
     return {
         "model": "tiny.en", "train_engine": "espeak-ng", "prepare_seconds": round(prepare_seconds, 1),
@@ -94,14 +102,14 @@ def swedish(work: Path, small: bool) -> dict:
                                                       test_speakers=2 if small else 4))
     prepare_features(corpus, "base", work / "features-sv", PrepareOptions(language="sv", num_proc=2, validation_speakers=2 if small else 3))
     dataset, _ = load_features(work / "features-sv")
-    before = _wer("base", dataset["test"], "sv")
+    before = wer_of("base", dataset["test"], "sv")
     # The errors are acoustic, as in English; training only the encoder adapts to the voices and leaves the decoder's
     # translation (which transcribe-only data would wear down) as it was.
     config = TrainConfig(mode="encoder-only", learning_rate=5e-5, warmup_steps=10, max_steps=10 if small else 100,
                          batch_size=8, eval_every=5 if small else 50, save_every=50, log_every=10, eval_clips=40, language="sv")
     training = _fine_tune("base", dataset, config, work / "run-sv")
     tuned = str(work / "run-sv" / "best")
-    after = _wer(tuned, dataset["test"], "sv")
+    after = wer_of(tuned, dataset["test"], "sv")
     clip = dataset["test"]["path"][0]
     # the app itself, in headless Chromium, with the language left on auto as a user would; screenshot kept
     pages = {}

@@ -1,5 +1,6 @@
 """Federated ASR on Flower's simulation engine with a tiny random Whisper: rounds, bytes, best model, exact resume."""
 
+import json
 import shutil
 
 import pytest
@@ -45,6 +46,31 @@ def test_lora_rounds_send_only_adapters_and_resume_to_the_same_weights(options, 
     a, b = (load_file(tmp_path / name / "trainable-round-002.safetensors") for name in ("killed", "run"))
     for name, value in b.items():
         torch.testing.assert_close(a[name], value, rtol=0, atol=0)
+
+
+def test_a_client_that_raises_mid_round_does_not_stop_the_round(options, tmp_path):
+    # encoder-top clients cache their frozen blocks' outputs in cache/client-N; a file there makes client 1 raise
+    top = AsrFederationOptions(**{**options.to_config(), "mode": "encoder-top", "top_blocks": 1, "clients_per_round": 3, "rounds": 1})
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "client-1").write_text("not a directory")
+    run = simulate(top, tmp_path / "run")
+    last = run.rows[-1]
+    assert (last["clients_trained"], last["clients_failed"]) == (2, 1)
+    assert len(last["failure_reasons"]) == 1 and "Error" in last["failure_reasons"][0]
+    assert load_file(tmp_path / "run" / "trainable-round-001.safetensors").keys() == initial_state(top).keys()
+    test = json.loads((tmp_path / "run" / "test.json").read_text())  # the best round, tested on every held-out test clip
+    assert test["clips"] > 0 and 0 <= test["wer"] and (tmp_path / "run" / "wer.png").is_file()
+
+
+def test_fedprox_clients_stay_closer_to_the_global_model(options):
+    start = initial_state(options)
+
+    def distance(mu: float) -> float:
+        prox = AsrFederationOptions(**{**options.to_config(), "strategy": "fedprox", "proximal_mu": mu, "learning_rate": 0.05})
+        state, metrics = client_update(prox, 0, start, round_number=1)
+        return sum(float(((state[k] - start[k]) ** 2).sum()) for k in start)
+
+    assert distance(100.0) < 0.5 * distance(0.0)
 
 
 def test_a_client_whose_loss_is_not_finite_withholds_its_update(options):

@@ -95,3 +95,26 @@ def test_zero_weight_composes_with_flowers_dp_wrapper():
     dp.current_arrays = ArrayRecord({"w": torch.zeros(2, 3), "b": torch.zeros(1)})
     arrays, _ = dp.aggregate_train(1, [_reply(1, 1.0, 10), _reply(2, 500.0, 0), _reply(3, 3.0, 30)])
     np.testing.assert_allclose(arrays["b"].numpy(), [(1.0 * 10 + 3.0 * 30) / 40], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["fedavgm", "fedadam", "fedprox"])
+def test_flowers_other_strategies_keep_seeded_sampling_and_their_own_update(name):
+    from flwr.serverapp.strategy import FedAdam, FedAvgM, FedProx
+
+    from fedwhisper.fl.strategy import seeded_strategy
+
+    options = {"fedavgm": {"server_momentum": 0.9, "server_learning_rate": 2.0}, "fedadam": {"eta": 0.5}, "fedprox": {"proximal_mu": 0.1}}
+    names = {n: f"client-{n}" for n in range(10)}
+    strategy = seeded_strategy(name, 3, 0, names, **options[name])
+    assert isinstance(strategy, {"fedavgm": FedAvgM, "fedadam": FedAdam, "fedprox": FedProx}[name])
+    start = ArrayRecord({"w": torch.zeros(2, 3), "b": torch.zeros(1)})
+    messages = list(strategy.configure_train(1, start, ConfigRecord({}), Grid(range(10))))
+    fedavg = SeededFedAvg(3, 0, names)
+    assert [m.metadata.dst_node_id for m in messages] == [m.metadata.dst_node_id for m in
+                                                          fedavg.configure_train(1, start, ConfigRecord({}), Grid(range(10)))]
+    if name == "fedprox":
+        assert messages[0].content["config"]["proximal-mu"] == 0.1
+    replies = [_reply(m.metadata.dst_node_id, 1.0, 10) for m in messages]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    plain, _ = fedavg.aggregate_train(1, replies)
+    assert (arrays["w"].numpy() == plain["w"].numpy()).all() == (name == "fedprox")  # only FedProx aggregates as FedAvg

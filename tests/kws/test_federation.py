@@ -91,8 +91,8 @@ def test_flwr_run_uses_the_pyproject_app(tiny_whisper_dir, tiny_kws_corpus, tmp_
         pytest.fail("flower-superlink is not installed next to this Python")
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path / "home")}
     run_dir = tmp_path / "flwr-run"
-    config = (f"corpus='{tiny_kws_corpus}' model='{tiny_whisper_dir}' run-dir='{run_dir}' num-clients=3 "
-              f"clients-per-round=2 rounds=1 local-epochs=1 keywords='yes,no,up'")
+    config = (f"kws.corpus='{tiny_kws_corpus}' kws.model='{tiny_whisper_dir}' run-dir='{run_dir}' kws.num-clients=3 "
+              f"kws.clients-per-round=2 kws.rounds=1 kws.local-epochs=1 kws.keywords='yes,no,up'")
     app = tmp_path / "app"
     app.mkdir()
     shutil.copy(ROOT / "pyproject.toml", app / "pyproject.toml")  # the FAB needs only the app's config
@@ -107,12 +107,24 @@ def test_flwr_run_uses_the_pyproject_app(tiny_whisper_dir, tiny_kws_corpus, tmp_
     assert [row["round"] for row in json.loads((run_dir / "metrics.json").read_text())] == [0, 1]
 
 
-def test_pyproject_run_config_names_every_option():
+def test_pyproject_run_config_names_every_option_of_each_task():
     import tomllib
 
+    from flwr.common.config import flatten_dict
+
+    from fedwhisper.asr.federated import AsrFederationOptions
+    from fedwhisper.fl.app import task_config
+
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    assert {key.replace("-", "_") for key in config} - {"run_dir", "resume"} == set(KwsOptions().to_config())
-    assert KwsOptions.from_config(config) == KwsOptions(corpus=config["corpus"])
+    run_config = flatten_dict(config)  # as Flower gives it to the apps
+    for task, options in (("kws", KwsOptions), ("asr", AsrFederationOptions)):
+        assert {key.replace("-", "_") for key in config[task]} == set(options().to_config())
+        name, task_options = task_config({**run_config, "task": task})
+        assert name == task and task_options["run-dir"] == config["run-dir"]
+        defaults, parsed = options().to_config(), options.from_config(task_options).to_config()
+        assert {key for key in defaults if parsed[key] != defaults[key]} <= {"corpus"}  # pyproject's defaults are the code's
+    with pytest.raises(FedwhisperError, match="task must be one of kws, asr"):
+        task_config({"task": "stt"})
 
 
 def test_more_clients_than_training_speakers_stops_before_round_one(options, tmp_path):

@@ -23,6 +23,7 @@ from fedwhisper.run_config import RunConfigOptions, require
 
 log = logging.getLogger("fedwhisper.asr")
 MODES = ("lora", "encoder-top", "full")
+STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedprox")  # Flower's classes (fl.strategy)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,11 @@ class AsrFederationOptions(RunConfigOptions):
     local_steps: int = 10  # optimizer steps per client per round
     batch_size: int = 8
     learning_rate: float = 1e-3
+    strategy: str = "fedavg"
+    server_learning_rate: float = 1.0  # fedavgm: the server's step along the averaged update (1.0 with no momentum = FedAvg)
+    server_momentum: float = 0.9  # fedavgm
+    fedadam_eta: float = 0.01  # fedadam: the server's Adam step size
+    proximal_mu: float = 0.01  # fedprox: weight of the clients' proximal term (mu/2)·||w - w_global||²
     eval_clips: int = 100  # validation clips the server decodes every round (0: all)
     cache_dir: str = ""  # default: $FEDWHISPER_HOME/cache/asr-federated; each client keeps its own sub-folder
     seed: int = 0
@@ -51,7 +57,11 @@ class AsrFederationOptions(RunConfigOptions):
         for name in ("lora_rank", "lora_alpha", "top_blocks", "num_clients", "clients_per_round", "rounds", "local_steps", "batch_size"):
             require(getattr(self, name) >= 1, name, "must be at least 1", getattr(self, name))
         require(self.mode in MODES, "mode", f"must be one of {', '.join(MODES)}", self.mode)
-        require(self.learning_rate > 0, "learning_rate", "must be positive", self.learning_rate)
+        require(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}", self.strategy)
+        for name in ("learning_rate", "server_learning_rate", "fedadam_eta"):
+            require(getattr(self, name) > 0, name, "must be positive", getattr(self, name))
+        require(0 <= self.server_momentum < 1, "server_momentum", "must be in [0, 1)", self.server_momentum)
+        require(self.proximal_mu >= 0, "proximal_mu", "must be 0 or more", self.proximal_mu)
         require(self.eval_clips >= 0, "eval_clips", "must be 0 or more", self.eval_clips)
         require(self.clients_per_round <= self.num_clients, "clients_per_round", f"must be at most --num-clients ({self.num_clients})",
                 self.clients_per_round)
@@ -59,6 +69,12 @@ class AsrFederationOptions(RunConfigOptions):
     @property
     def cache_root(self) -> Path:
         return Path(self.cache_dir) if self.cache_dir else fedwhisper_home() / "cache" / "asr-federated"
+
+    def strategy_options(self) -> dict:
+        """The constructor options of Flower's strategy class for ``strategy``."""
+        return {"fedavg": {}, "fedavgm": {"server_learning_rate": self.server_learning_rate, "server_momentum": self.server_momentum},
+                "fedadam": {"eta": self.fedadam_eta, "eta_l": self.learning_rate},
+                "fedprox": {"proximal_mu": self.proximal_mu}}[self.strategy]
 
     def train_config(self, encoder_blocks: int) -> TrainConfig:
         """The fine-tuning settings a client's round uses (constant learning rate: each round is short)."""
@@ -150,13 +166,26 @@ def client_update(options: AsrFederationOptions, partition_id: int, state: dict[
     with torch.random.fork_rng(devices=[]):  # dropout in the adapters: the same round gives the same update
         torch.manual_seed(options.seed * 1_000_003 + round_number * 1_009 + partition_id)
         result = train_on_batches(model, batches.micro_batches(options.batch_size, options.seed + partition_id, first, options.local_steps),
-                                  config, optimizer)
+                                  config, optimizer, extra_loss=proximal_term(model, options))
     if not math.isfinite(result["loss"]):
         log.warning("client %d, round %d: loss is %s; the update is withheld", partition_id, round_number, result["loss"])
         return None, {"num-examples": 0, "rejected-nan": 1}
     return trainable_state(model), {"num-examples": result["samples"], "train_loss": result["loss"], "train-seconds": result["seconds"],
                                     "samples-per-second": result["samples"] / result["seconds"],
                                     "round-seconds": time.perf_counter() - started}
+
+
+def proximal_term(model, options: AsrFederationOptions):
+    """FedProx's client-side term (mu/2)·||w - w_global||² over the trainable tensors, or None for other strategies."""
+    if options.strategy != "fedprox" or options.proximal_mu == 0:
+        return None
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    received = [p.detach().clone() for p in trainable]
+
+    def term() -> torch.Tensor:
+        return options.proximal_mu / 2 * sum(((p - g) ** 2).sum() for p, g in zip(trainable, received))
+
+    return term
 
 
 class ServerEvaluator:
@@ -191,3 +220,39 @@ def full_model_bytes(options: AsrFederationOptions) -> int:
     """What sending the whole model would weigh: the yardstick for the adapters' bytes."""
     whisper, _ = base_model(options.model)
     return sum(p.numel() * p.element_size() for p in whisper.parameters())
+
+
+def test_best(options: AsrFederationOptions, run) -> dict:
+    """The best round's model (``RUN/best``) on every held-out test clip, with the run's encoder window; kept in
+    ``RUN/test.json``."""
+    import json
+
+    from fedwhisper.asr.evaluate import evaluate_data
+
+    dataset, _ = features_of(str(Path(options.features).resolve()))
+    best = min((row for row in run.rows if "wer" in row), key=lambda row: row["wer"])
+    result = {"round": best["round"], "validation_wer": best["wer"], "window": options.window}
+    if "test" in dataset and len(dataset["test"]):
+        tested = evaluate_data(options.features, str(run.path / "best"), "test", progress=False, window=options.window)
+        result |= {key: tested[key] for key in ("wer", "cer", "clips")}
+        log.info("best round %d: test WER %.2f%% over %d held-out clips", best["round"], 100 * tested["wer"], tested["clips"])
+    (run.path / "test.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def plot_wer(rows: list[dict], path: Path) -> None:
+    """WER and CER of the global model on the validation speakers, per round, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for key, label in (("wer", "WER"), ("cer", "CER")):
+        axis.plot([row["round"] for row in rows], [100 * row[key] for row in rows], marker="o", label=label)
+    axis.set(xlabel="round", ylabel="% on held-out validation speakers", title="Federated ASR")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

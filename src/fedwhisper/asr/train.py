@@ -141,8 +141,10 @@ def _autocast(model, config: TrainConfig):
     return torch.autocast("cuda", dtype=dtype)
 
 
-def train_on_batches(model, micro_batches: Iterable[dict], config: TrainConfig, optimizer, scheduler=None) -> dict:
+def train_on_batches(model, micro_batches: Iterable[dict], config: TrainConfig, optimizer, scheduler=None, extra_loss=None) -> dict:
     """Forward/backward over ``micro_batches``, an optimizer step every ``gradient_accumulation`` of them.
+    ``extra_loss()``, when given, is added to every micro-batch's objective (FedProx's proximal term); the loss
+    reported is the model's own.
 
     Returns {"loss": mean over micro-batches, "steps", "samples", "seconds"}; the model is updated in place.
     """
@@ -152,7 +154,8 @@ def train_on_batches(model, micro_batches: Iterable[dict], config: TrainConfig, 
         with _autocast(model, config):
             batch = model_inputs(model, batch)
             loss = model(**batch).loss
-        (loss / config.gradient_accumulation).backward()
+        objective = loss if extra_loss is None else loss + extra_loss()
+        (objective / config.gradient_accumulation).backward()
         total_loss += float(loss.detach())
         samples += int(batch["labels"].shape[0])
         micro += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -109,6 +110,11 @@ def asr_federate(
     local_steps: Annotated[int | None, typer.Option(min=1, help="optimizer steps per client per round [10]")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="[8]")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="[0.001]")] = None,
+    strategy: Annotated[str | None, typer.Option(help="server strategy (Flower's): fedavg, fedavgm, fedadam or fedprox [fedavg]")] = None,
+    server_learning_rate: Annotated[float | None, typer.Option(help="fedavgm: server step [1.0]")] = None,
+    server_momentum: Annotated[float | None, typer.Option(help="fedavgm: server momentum [0.9]")] = None,
+    fedadam_eta: Annotated[float | None, typer.Option(help="fedadam: server Adam step size [0.01]")] = None,
+    proximal_mu: Annotated[float | None, typer.Option(help="fedprox: proximal term weight [0.01]")] = None,
     eval_clips: Annotated[int | None, typer.Option(min=0, help="validation clips decoded every round (0: all) [100]")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="encoder-output caches [$FEDWHISPER_HOME/cache/asr-federated]")] = None,
     seed: Annotated[int | None, typer.Option(help="[0]")] = None,
@@ -123,12 +129,14 @@ def asr_federate(
         "asr-fed", resume, run_dir, "features", "FEATURES",
         features=str(features.resolve()) if features else None, model=model, mode=mode, lora_rank=lora_rank, lora_alpha=lora_alpha,
         lora_modules=lora_modules, top_blocks=top_blocks, window=window, num_clients=num_clients, clients_per_round=clients_per_round,
-        rounds=rounds, local_steps=local_steps, batch_size=batch_size, learning_rate=learning_rate, eval_clips=eval_clips,
-        cache_dir=str(cache_dir) if cache_dir else None, seed=seed)
+        rounds=rounds, local_steps=local_steps, batch_size=batch_size, learning_rate=learning_rate, strategy=strategy,
+        server_learning_rate=server_learning_rate, server_momentum=server_momentum, fedadam_eta=fedadam_eta, proximal_mu=proximal_mu,
+        eval_clips=eval_clips, cache_dir=str(cache_dir) if cache_dir else None, seed=seed)
     options = AsrFederationOptions.from_config(config)
     run = simulate(options, run_dir, resume=bool(resume), on_round=_print_federated_round, verbose=verbose)
-    best = min(run.rows, key=lambda row: row["wer"])
-    console.print(f"best WER {best['wer']:.2%} at round {best['round']}; model in {run_dir / 'best'}")
+    test = json.loads((run.path / "test.json").read_text())
+    tested = f"; test WER {test['wer']:.2%} over {test['clips']} held-out clips" if "wer" in test else ""
+    console.print(f"best validation WER {test['validation_wer']:.2%} at round {test['round']}{tested}; model in {run_dir / 'best'}")
 
 
 @app.command("evaluate")

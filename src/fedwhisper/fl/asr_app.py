@@ -6,16 +6,17 @@ directory on the device (deployment). Only the trainable tensors (adapters, top 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
 from flwr.app import Context
-from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp import Grid
 
 from fedwhisper.asr import federated
 from fedwhisper.asr.federated import AsrFederationOptions
 from fedwhisper.fl.client import build_client_app
-from fedwhisper.fl.server import Federation, run_federation
+from fedwhisper.fl.server import Federation, build_server_app, run_federation
 from fedwhisper.fl.simulation import simulate_run
 from fedwhisper.runs import RunDirectory
 
@@ -47,15 +48,26 @@ def round_row(stats: dict) -> dict:
 
 def federate(grid: Grid, options: AsrFederationOptions, run_dir: str | Path, resume: bool = False,
              on_round: Callable[[dict], None] | None = None) -> RunDirectory:
-    """The server's job: rounds of FedAvg over speaker clients, WER on held-out speakers every round, the best global
-    model kept in ``RUN/best`` as a plain transformers directory."""
+    """The server's job: rounds of the chosen strategy over speaker clients, WER on held-out validation speakers every
+    round (``wer.png``), the best global model kept in ``RUN/best`` as a plain transformers directory and, at the end,
+    evaluated on the whole held-out test split (``RUN/test.json``)."""
     federated.check(options)
     evaluator = ServerSide(options, Path(run_dir))
     federation = Federation(initial_arrays=lambda: federated.initial_state(options), evaluate=evaluator, rounds=options.rounds,
                             train_config={}, clients_per_round=options.clients_per_round, seed=options.seed,
                             meta={"mode": options.mode, "model": options.model, "full_model_bytes": federated.full_model_bytes(options)},
-                            round_metrics=round_row, checkpoint="trainable")
-    return run_federation(grid, federation, RunDirectory(run_dir), options.to_config(), resume, on_round)
+                            round_metrics=round_row, checkpoint="trainable", strategy=options.strategy,
+                            strategy_options=options.strategy_options())
+    run = RunDirectory(run_dir)
+
+    def record(row: dict) -> None:
+        federated.plot_wer(run.rows, run.path / "wer.png")
+        if on_round:
+            on_round(row)
+
+    run_federation(grid, federation, run, options.to_config(), resume, record)
+    federated.test_best(options, run)
+    return run
 
 
 class ServerSide:
@@ -75,15 +87,9 @@ class ServerSide:
         return metrics
 
 
-def build_server_app(overrides: dict | None = None, on_round: Callable[[dict], None] | None = None) -> ServerApp:
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        config = {**context.run_config, **(overrides or {})}
-        federate(grid, AsrFederationOptions.from_config(config), str(config["run-dir"]), bool(config["resume"]), on_round)
-
-    return app
+def serve(grid: Grid, config: dict, on_round: Callable[[dict], None] | None = None) -> None:
+    """The ServerApp's job for a run config (``run-dir``, ``resume`` and the task's options)."""
+    federate(grid, AsrFederationOptions.from_config(config), str(config["run-dir"]), bool(config["resume"]), on_round)
 
 
 def simulate(options: AsrFederationOptions, run_dir: str | Path, resume: bool = False, on_round: Callable[[dict], None] | None = None,
@@ -92,9 +98,7 @@ def simulate(options: AsrFederationOptions, run_dir: str | Path, resume: bool = 
     RunDirectory(run_dir).check_start(resume)
     federated.check(options)
     static = options.to_config()
-    return simulate_run(build_server_app({**static, "run-dir": str(run_dir), "resume": resume}, on_round), build_asr_client_app(static),
+    serve_run = functools.partial(serve, on_round=on_round)
+    return simulate_run(build_server_app(serve_run, {**static, "run-dir": str(run_dir), "resume": resume}), build_asr_client_app(static),
                         options.num_clients, run_dir, options.rounds, "asr federate", verbose)
 
-
-server_app = build_server_app()
-client_app = build_asr_client_app()

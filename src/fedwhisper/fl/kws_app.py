@@ -1,21 +1,22 @@
 """Federated keyword spotting on Flower: ServerApp and ClientApp over fedwhisper.kws.task's plain functions.
 
-`flwr run .` loads ``server_app`` / ``client_app`` with pyproject's [tool.flwr.app.config] as the run config;
-`fedwhisper kws federate` (``simulate``) runs the same apps in-process with Flower's simulation engine.
+`flwr run .` reaches them through ``fl.app`` (run config ``task="kws"``, options ``kws.*``); `fedwhisper kws federate`
+(``simulate``) runs the same apps in-process with Flower's simulation engine.
 A client's data is its own: ``partition-id`` in its node config (simulation) or ``corpus``, a directory on the device.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from flwr.app import Context
-from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp import Grid
 
 from fedwhisper.fl.client import build_client_app
-from fedwhisper.fl.server import Federation, run_federation
+from fedwhisper.fl.server import Federation, build_server_app, run_federation
 from fedwhisper.fl.simulation import simulate_run
 from fedwhisper.kws.task import (
     TRAINING_FIELDS,
@@ -88,16 +89,9 @@ def federate(grid: Grid, options: KwsOptions, run_dir: str | Path, resume: bool 
     return run_federation(grid, federation, run, options.to_config(), resume, record)
 
 
-def build_server_app(overrides: dict | None = None, on_round: Callable[[dict], None] | None = None) -> ServerApp:
-    """A ServerApp whose options are the run config updated with ``overrides``."""
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        config = {**context.run_config, **(overrides or {})}
-        federate(grid, KwsOptions.from_config(config), str(config["run-dir"]), bool(config["resume"]), on_round)
-
-    return app
+def serve(grid: Grid, config: dict, on_round: Callable[[dict], None] | None = None) -> None:
+    """The ServerApp's job for a run config (``run-dir``, ``resume`` and the task's options)."""
+    federate(grid, KwsOptions.from_config(config), str(config["run-dir"]), bool(config["resume"]), on_round)
 
 
 def simulate(options: KwsOptions, run_dir: str | Path, resume: bool = False, on_round: Callable[[dict], None] | None = None,
@@ -107,9 +101,7 @@ def simulate(options: KwsOptions, run_dir: str | Path, resume: bool = False, on_
     RunDirectory(run_dir).check_start(resume)  # these fail in one line before Ray starts: a used or missing run directory,
     options.check()  # a missing corpus, an unknown keyword, more clients than speakers, a model that does not load
     static = options.to_config()
-    return simulate_run(build_server_app({**static, "run-dir": str(run_dir), "resume": resume}, on_round), build_kws_client_app(static),
+    serve_run = functools.partial(serve, on_round=on_round)
+    return simulate_run(build_server_app(serve_run, {**static, "run-dir": str(run_dir), "resume": resume}), build_kws_client_app(static),
                         options.num_clients, run_dir, options.rounds, "kws federate", verbose)
 
-
-server_app = build_server_app()
-client_app = build_kws_client_app()

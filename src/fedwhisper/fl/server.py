@@ -1,7 +1,7 @@
 """The server side of every federated task: who the clients are, the rounds, evaluation and the run record.
 
 A task gives the loop its initial arrays, a server evaluation (arrays -> metrics) and the per-round training
-config its clients need; the loop samples clients (``SeededFedAvg``), aggregates, evaluates, records each round
+config its clients need; the loop samples clients (``fl.strategy``), aggregates, evaluates, records each round
 with its arrays in a ``RunDirectory`` and resumes from the last recorded round.
 """
 
@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.serverapp import Grid
+from flwr.serverapp import Grid, ServerApp
 
 from fedwhisper.errors import FedwhisperError
-from fedwhisper.fl.strategy import SeededFedAvg
+from fedwhisper.fl.strategy import seeded_strategy
 from fedwhisper.runs import RunDirectory, load_arrays
 
 log = logging.getLogger("fedwhisper.fl")
@@ -38,6 +38,8 @@ class Federation:
     round_metrics: Callable[[dict], dict] = lambda stats: {}  # the strategy's round statistics -> extra row columns
     connect_timeout: float = 120.0  # seconds to wait for the clients to connect
     checkpoint: str = "model"  # checkpoint files: NAME.safetensors (latest round, the resume point), NAME-round-NNN.safetensors
+    strategy: str = "fedavg"  # a name in fl.strategy.STRATEGIES
+    strategy_options: dict = field(default_factory=dict)  # its constructor's options (server learning rate, momentum, mu)
 
 
 def identify_clients(grid: Grid, expected: int, timeout: float) -> dict[int, str]:
@@ -88,7 +90,10 @@ def run_federation(grid: Grid, federation: Federation, run: RunDirectory, option
         log.warning("run %s already has %d of %d rounds", run.path, start_round, federation.rounds)
         return run
     names = identify_clients(grid, federation.clients_per_round, federation.connect_timeout)
-    strategy = SeededFedAvg(federation.clients_per_round, federation.seed, names, round_offset=start_round)
+    strategy = seeded_strategy(federation.strategy, federation.clients_per_round, federation.seed, names, start_round,
+                               **federation.strategy_options)
+    if resume and federation.strategy in ("fedavgm", "fedadam"):
+        log.warning("%s keeps server-optimizer state that is not checkpointed; it starts afresh at round %d", federation.strategy, start_round + 1)
     round_started = [time.perf_counter()]
 
     def evaluate(server_round: int, record: ArrayRecord) -> MetricRecord | None:
@@ -121,3 +126,14 @@ def run_federation(grid: Grid, federation: Federation, run: RunDirectory, option
         raise FedwhisperError(f"no client trained in round{'s' if len(idle) > 1 else ''} {', '.join(map(str, idle))}: the model did not "
                               f"change there (clients too small or failing; see {run.path / 'metrics.csv'})")
     return run
+
+
+def build_server_app(serve: Callable[[Grid, dict], None], overrides: dict | None = None) -> ServerApp:
+    """A ServerApp running ``serve(grid, config)`` with the run config updated by ``overrides``."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context) -> None:
+        serve(grid, {**context.run_config, **(overrides or {})})
+
+    return app

@@ -1,4 +1,5 @@
-"""FedAvg made reproducible, and safe to wrap in Flower's differential-privacy strategies or to run under SecAgg+.
+"""Flower's FedAvg family (FedAvg, FedAvgM, FedAdam, FedProx) made reproducible, and safe to wrap in Flower's
+differential-privacy strategies or to run under SecAgg+.
 
 - Clients are drawn by a seeded sample over stable client names (Flower gives nodes new random ids every run).
 - Replies are aggregated in client-name order, so the floating-point sums do not depend on arrival order.
@@ -16,9 +17,9 @@ import re
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 
 log = logging.getLogger("fedwhisper.fl")
 WEIGHT = "num-examples"
@@ -29,10 +30,11 @@ def round_seed(seed: int, server_round: int, salt: str = "") -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{server_round}/{salt}".encode()).digest()[:8], "little")
 
 
-class SeededFedAvg(FedAvg):
-    """FedAvg over ``clients_per_round`` clients drawn with ``seed``; ``client_names`` maps Flower node ids to the
-    stable names the clients gave (see ``fl.server.identify_clients``). ``last_round`` holds the round's client
-    statistics and, in name order, each replying client's metrics."""
+class SeededSampling:
+    """Mixin before a Flower strategy of the FedAvg family: ``clients_per_round`` clients drawn with ``seed``;
+    ``client_names`` maps Flower node ids to the stable names the clients gave (see ``fl.server.identify_clients``).
+    Malformed or non-finite replies are set aside before the strategy aggregates. ``last_round`` holds the round's
+    client statistics and, in name order, each replying client's metrics."""
 
     def __init__(self, clients_per_round: int, seed: int, client_names: dict[int, str], round_offset: int = 0, **kwargs):
         super().__init__(fraction_train=1.0, min_train_nodes=clients_per_round, min_available_nodes=clients_per_round,
@@ -53,11 +55,12 @@ class SeededFedAvg(FedAvg):
         if len(nodes) < self.clients_per_round:
             raise RuntimeError(f"{self.clients_per_round} clients per round, but only {len(nodes)} are connected")
         chosen = random.Random(round_seed(self.seed, server_round + self.round_offset)).sample(nodes, self.clients_per_round)
-        config["server-round"] = server_round
         self._sent_keys = set(arrays.keys())
         self._bytes_down = record_bytes(arrays)
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, sorted(chosen, key=self.name_of), MessageType.TRAIN)
+        # the strategy's own configure_train (it keeps its server-optimizer state, FedProx adds its mu) over the chosen
+        # nodes only: with fraction_train 1.0 it sends to all of them
+        messages = super().configure_train(server_round, arrays, config, _Only(grid, chosen))
+        return sorted(messages, key=lambda message: self.name_of(message.metadata.dst_node_id))
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = sorted(replies, key=lambda reply: self.name_of(reply.metadata.src_node_id))
@@ -88,6 +91,33 @@ class SeededFedAvg(FedAvg):
         if set(arrays.keys()) != self._sent_keys or not isinstance(metrics.get(WEIGHT), int | float) or not metrics[WEIGHT] >= 0:
             return False
         return all(np.isfinite(array.numpy()).all() for array in arrays.values())  # a NaN or inf would poison the mean
+
+
+class SeededFedAvg(SeededSampling, FedAvg):
+    pass
+
+
+STRATEGIES = {"fedavg": FedAvg, "fedavgm": FedAvgM, "fedadam": FedAdam, "fedprox": FedProx}
+
+
+def seeded_strategy(name: str, clients_per_round: int, seed: int, client_names: dict[int, str], round_offset: int = 0,
+                    **strategy_options) -> SeededSampling:
+    """Flower's strategy ``name`` (``STRATEGIES``) with seeded sampling; ``strategy_options`` go to its constructor
+    (e.g. ``server_momentum`` for FedAvgM, ``eta`` for FedAdam, ``proximal_mu`` for FedProx)."""
+    if name == "fedavg":
+        return SeededFedAvg(clients_per_round, seed, client_names, round_offset, **strategy_options)
+    seeded = type(f"Seeded{STRATEGIES[name].__name__}", (SeededSampling, STRATEGIES[name]), {})
+    return seeded(clients_per_round, seed, client_names, round_offset, **strategy_options)
+
+
+class _Only:
+    """A grid that shows only the chosen nodes to the strategy's sampling."""
+
+    def __init__(self, grid: Grid, node_ids: list[int]):
+        self.grid, self.node_ids = grid, node_ids
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.node_ids)
 
 
 def record_bytes(arrays: ArrayRecord) -> int:
