@@ -95,13 +95,18 @@ def english(work: Path, small: bool) -> dict:
     }
 
 
-def swedish(work: Path, small: bool) -> dict:
-    """base fine-tuned on a Swedish synthetic corpus, like the course lab; and the English translation of a Swedish clip in the app."""
+def swedish_features(work: Path, small: bool) -> Path:
+    """The Swedish corpus (synth-asr --language sv), prepared for base."""
     corpus = work / "asr-sv"
     synthesize_audiofolder(corpus, AsrSynthesisOptions(language="sv", sentences=120 if small else 900, speakers=10 if small else 24,
                                                       test_speakers=2 if small else 4))
     prepare_features(corpus, "base", work / "features-sv", PrepareOptions(language="sv", num_proc=2, validation_speakers=2 if small else 3))
-    dataset, _ = load_features(work / "features-sv")
+    return work / "features-sv"
+
+
+def swedish(work: Path, small: bool) -> dict:
+    """base fine-tuned on a Swedish synthetic corpus, like the course lab; and the English translation of a Swedish clip in the app."""
+    dataset, _ = load_features(swedish_features(work, small))
     before = wer_of("base", dataset["test"], "sv")
     # The errors are acoustic, as in English; training only the encoder adapts to the voices and leaves the decoder's
     # translation (which transcribe-only data would wear down) as it was.

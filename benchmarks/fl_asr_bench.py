@@ -5,6 +5,9 @@
 - ``english``: federated LoRA on tiny.en over speaker clients of the English corpus (the ASR suite's), WER per round,
   held-out and flite-voice WER under both encoder windows, bytes per client; centralized and local-only baselines with
   the same total client steps.
+- ``english_strategies``: the ``english`` federation with Flower's FedAvgM (server momentum) instead of FedAvg.
+- ``window_accuracy``: the same centralized LoRA fine-tune on 30-s and on clip windows, each model tested under both.
+- ``swedish``: the same for base on the Swedish corpus, fewer clients (it has 17 training speakers) and rounds.
 """
 
 from __future__ import annotations
@@ -21,7 +24,15 @@ import torch
 
 from fedwhisper.asr.batches import CLIP_BUCKET_FRAMES, AsrBatches
 from fedwhisper.asr.evaluate import evaluate_batches
-from fedwhisper.asr.federated import AsrFederationOptions, base_model, client_shard, full_model_bytes, model_to_train
+from fedwhisper.asr.federated import (
+    AsrFederationOptions,
+    base_model,
+    client_optimizer,
+    client_shard,
+    client_train_config,
+    full_model_bytes,
+    model_to_train,
+)
 from fedwhisper.asr.prepare import PrepareOptions, load_features, prepare_features
 from fedwhisper.asr.train import batches_for, decoding_options, fine_tune, train_on_batches
 from fedwhisper.data.synth_asr import AsrSynthesisOptions, synthesize_audiofolder
@@ -54,8 +65,8 @@ def window_cost(work: Path, small: bool) -> dict:
     return results
 
 
-def _wer(model_ref: str, clips, window: str) -> dict:
-    result = asr_bench.wer_of(model_ref, clips, "en", window)
+def _wer(model_ref: str, clips, language: str, window: str) -> dict:
+    result = asr_bench.wer_of(model_ref, clips, language, window)
     return {key: result[key] for key in ("wer", "cer", "clips", "audio_seconds_per_second")}
 
 
@@ -64,20 +75,21 @@ def _spread(split, count: int):
     return split.select(np.linspace(0, len(split) - 1, min(count, len(split))).round().astype(int).tolist())
 
 
-def english(work: Path, small: bool) -> dict:
-    started = time.perf_counter()
-    features, flite_features, _ = asr_bench.english_features(work, small)
-    dataset, flite_test = load_features(features)[0], load_features(flite_features)[0]["test"]
-    options = AsrFederationOptions(features=str(features), model="tiny.en", mode="lora", window="clip", num_clients=6 if small else 20,
-                                   clients_per_round=3 if small else 5, rounds=2 if small else 10, local_steps=2 if small else 5,
-                                   eval_clips=10 if small else 60, cache_dir=str(work / "cache"))
+def federated_with_baselines(work: Path, small: bool, options: AsrFederationOptions, language: str, held_out: dict) -> dict:
+    """The federation, then centralized and local-only training with the same total client steps. ``held_out``: named
+    test sets (the first: held-out speakers of the training voices), each evaluated before (30-s window) and after
+    (clip and 30-s windows)."""
+    dataset = load_features(options.features)[0]
     total_steps = options.rounds * options.clients_per_round * options.local_steps
-    seconds = {"corpus_and_features": time.perf_counter() - started}
-    results = {"options": options.to_config(), "splits": {name: len(split) for name, split in dataset.items()} | {"flite_test": len(flite_test)},
-               "client_steps_total": total_steps}
+    results = {"options": options.to_config(), "splits": {name: len(split) for name, split in dataset.items()}
+               | {name: len(split) for name, split in held_out.items()}, "client_steps_total": total_steps}
+    seconds = {}
+
+    def after(model_ref: str, windows=("clip", "full")) -> dict:
+        return {name: {w: _wer(model_ref, split, language, w) for w in windows} for name, split in held_out.items()}
 
     started = time.perf_counter()  # the pretrained model works only on 30-s windows (on clip windows it loops: round 0 below)
-    results["pretrained"] = {"held_out_espeak": {"full": _wer("tiny.en", dataset["test"], "full")}, "flite": {"full": _wer("tiny.en", flite_test, "full")}}
+    results["pretrained"] = after(options.model, ("full",))
     seconds["pretrained_evaluation"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -96,30 +108,27 @@ def english(work: Path, small: bool) -> dict:
     }
     started = time.perf_counter()
     federated_best = str(run.path / "best")
-    results["federated"]["after"] = {"held_out_espeak": {w: _wer(federated_best, dataset["test"], w) for w in ("clip", "full")},
-                                     "flite": {w: _wer(federated_best, flite_test, w) for w in ("clip", "full")}}
+    results["federated"]["after"] = after(federated_best)
     seconds["federated_evaluation"] = time.perf_counter() - started
 
     # centralized: the same adapters, window, batch and learning rate on all training clips, as many steps as all clients took
     started = time.perf_counter()
-    whisper, processor = load_whisper("tiny.en")
-    config = replace(options.train_config(len(whisper.model.encoder.layers)), max_steps=total_steps, eval_every=max(total_steps // 5, 1),
-                     save_every=total_steps, log_every=max(total_steps // 10, 1), eval_clips=options.eval_clips)
+    whisper, processor = load_whisper(options.model)
+    config = replace(client_train_config(options), max_steps=total_steps, eval_every=max(total_steps // 5, 1), save_every=total_steps,
+                     log_every=max(total_steps // 10, 1), eval_clips=options.eval_clips)
     central = fine_tune(whisper, processor, dataset["train"], config, eval_set=dataset["validation"], run_dir=work / "centralized",
                         cache_root=work / "cache", progress=False)
     seconds["centralized"] = time.perf_counter() - started
     started = time.perf_counter()
     central_best = str(work / "centralized" / "best")
     results["centralized"] = {"steps": total_steps, "best_step": central.best_step, "best_validation_wer": round(central.best_wer, 4),
-                              "train_samples_per_second": round(central.samples_per_second, 3),
-                              "after": {"held_out_espeak": {w: _wer(central_best, dataset["test"], w) for w in ("clip", "full")},
-                                        "flite": {"clip": _wer(central_best, flite_test, "clip")}}}
+                              "train_samples_per_second": round(central.samples_per_second, 3), "after": after(central_best)}
     seconds["centralized_evaluation"] = time.perf_counter() - started
 
     # local-only: a seeded sample of clients, each training alone for its share of the total steps, tested on a spread
     # subset of the held-out clips (as are the federated and centralized models, for the comparison)
     started = time.perf_counter()
-    subset = _spread(dataset["test"], 20 if small else 60)
+    subset = _spread(next(iter(held_out.values())), 20 if small else 60)
     chosen = sorted(random.Random(0).sample(range(options.num_clients), 2 if small else 5))
     steps_each = total_steps // options.num_clients
     tokenizer = base_model(options.model)[1].tokenizer
@@ -127,20 +136,93 @@ def english(work: Path, small: bool) -> dict:
     for partition in chosen:
         model, train_config = model_to_train(options)
         batches = batches_for(model, client_shard(options, partition), train_config, work / "cache", progress=False)
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=options.learning_rate)
-        train_on_batches(model, batches.micro_batches(options.batch_size, options.seed + partition, 0, steps_each), train_config, optimizer)
-        held_out = AsrBatches(subset, model.config.decoder_start_token_id, window="clip")
-        local[partition] = round(evaluate_batches(model, tokenizer, held_out, decoding_options(model, train_config))["wer"], 4)
+        train_on_batches(model, batches.micro_batches(options.batch_size, options.seed + partition, 0, steps_each), train_config,
+                         client_optimizer(model, options))
+        clips = AsrBatches(subset, model.config.decoder_start_token_id, window="clip")
+        local[partition] = round(evaluate_batches(model, tokenizer, clips, decoding_options(model, train_config))["wer"], 4)
     results["local_only"] = {"clients": chosen, "steps_each": steps_each, "subset_clips": len(subset), "wer_per_client": local,
                              "mean_wer": round(float(np.mean(list(local.values()))), 4),
-                             "federated_wer_same_clips": _wer(federated_best, subset, "clip")["wer"],
-                             "centralized_wer_same_clips": _wer(central_best, subset, "clip")["wer"]}
+                             "federated_wer_same_clips": _wer(federated_best, subset, language, "clip")["wer"],
+                             "centralized_wer_same_clips": _wer(central_best, subset, language, "clip")["wer"]}
     seconds["local_only"] = time.perf_counter() - started
-    results["seconds"] = {key: round(value, 1) for key, value in seconds.items()} | {"total": round(sum(seconds.values()), 1)}
-    before, after = results["pretrained"]["held_out_espeak"]["full"]["wer"], results["federated"]["after"]["held_out_espeak"]["clip"]["wer"]
-    results["federated"]["relative_wer_cut_held_out"] = round(1 - after / before, 3)
-    results["federated"]["over_centralized"] = round(after / results["centralized"]["after"]["held_out_espeak"]["clip"]["wer"], 3)
+    results["seconds"] = {key: round(value, 1) for key, value in seconds.items()}
+    first = next(iter(held_out))
+    before, federated = results["pretrained"][first]["full"]["wer"], results["federated"]["after"][first]["clip"]["wer"]
+    results["federated"]["relative_wer_cut_held_out"] = round(1 - federated / before, 3)
+    results["federated"]["over_centralized"] = round(federated / results["centralized"]["after"][first]["clip"]["wer"], 3)
     return results
 
 
-PARTS = {"window_cost": window_cost, "english": english}
+def english(work: Path, small: bool) -> dict:
+    """tiny.en, LoRA on clip windows, over the English corpus's training speakers; flite voices measure forgetting."""
+    started = time.perf_counter()
+    features, flite_features, _ = asr_bench.english_features(work, small)
+    held_out = {"held_out_espeak": load_features(features)[0]["test"], "flite": load_features(flite_features)[0]["test"]}
+    options = AsrFederationOptions(features=str(features), model="tiny.en", mode="lora", window="clip", num_clients=6 if small else 20,
+                                   clients_per_round=3 if small else 5, rounds=2 if small else 10, local_steps=2 if small else 5,
+                                   eval_clips=10 if small else 60, cache_dir=str(work / "cache"))
+    preparation = time.perf_counter() - started
+    results = federated_with_baselines(work, small, options, "en", held_out)
+    results["seconds"] = {"corpus_and_features": round(preparation, 1)} | results["seconds"]
+    results["seconds"]["total"] = round(sum(results["seconds"].values()), 1)
+    return results
+
+
+def english_strategies(work: Path, small: bool) -> dict:
+    """The ``english`` federation with server momentum (Flower's FedAvgM) instead of FedAvg: same clients, rounds and
+    steps; the best round's model on the held-out speakers (clip windows)."""
+    features, _, _ = asr_bench.english_features(work, small)
+    results = {}
+    for strategy, extra in (("fedavgm", {"server_momentum": 0.7}),):
+        options = AsrFederationOptions(features=str(features), model="tiny.en", mode="lora", window="clip", num_clients=6 if small else 20,
+                                       clients_per_round=3 if small else 5, rounds=2 if small else 10, local_steps=2 if small else 5,
+                                       eval_clips=10 if small else 60, cache_dir=str(work / "cache"), strategy=strategy, **extra)
+        started = time.perf_counter()
+        run = simulate(options, work / strategy)
+        results[strategy] = {"options": {key: value for key, value in options.to_config().items() if key in ("strategy", *extra)},
+                             "validation_wer_per_round": [round(row["wer"], 4) for row in run.rows],
+                             "best": json.loads((run.path / "test.json").read_text()), "seconds": round(time.perf_counter() - started, 1)}
+    return results
+
+
+def window_accuracy(work: Path, small: bool) -> dict:
+    """Does training on clip windows cost accuracy? The same LoRA fine-tune (centralized, same steps, same clips) with the
+    encoder on 30-s windows and on clip windows; each model tested under both windows on held-out speakers."""
+    features, _, _ = asr_bench.english_features(work, small)
+    dataset = load_features(features)[0]
+    held_out = _spread(dataset["test"], 20 if small else 100)
+    steps = 4 if small else 60
+    results = {"steps": steps, "held_out_clips": len(held_out)}
+    for window in ("full", "clip"):
+        options = AsrFederationOptions(features=str(features), model="tiny.en", mode="lora", window=window)
+        config = replace(client_train_config(options), max_steps=steps, eval_every=steps, save_every=steps, eval_clips=20)
+        whisper, processor = load_whisper("tiny.en")
+        started = time.perf_counter()
+        trained = fine_tune(whisper, processor, dataset["train"], config, eval_set=dataset["validation"], run_dir=work / f"train-{window}",
+                            cache_root=work / "cache", progress=False)
+        best = str(work / f"train-{window}" / "best")
+        results[f"trained_{window}"] = {"train_seconds": round(time.perf_counter() - started, 1),
+                                        "train_samples_per_second": round(trained.samples_per_second, 3),
+                                        "held_out": {w: _wer(best, held_out, "en", w) for w in ("clip", "full")}}
+    results["clip_over_full_samples_per_second"] = round(results["trained_clip"]["train_samples_per_second"]
+                                                         / results["trained_full"]["train_samples_per_second"], 2)
+    return results
+
+
+def swedish(work: Path, small: bool) -> dict:
+    """base (multilingual), LoRA on clip windows, over the Swedish corpus's training speakers (the ASR suite's corpus)."""
+    started = time.perf_counter()
+    features = asr_bench.swedish_features(work, small)
+    held_out = {"held_out": load_features(features)[0]["test"]}
+    options = AsrFederationOptions(features=str(features), model="base", mode="lora", window="clip", num_clients=4 if small else 16,
+                                   clients_per_round=2 if small else 4, rounds=2 if small else 5, local_steps=2 if small else 5,
+                                   eval_clips=10 if small else 40, cache_dir=str(work / "cache"))
+    preparation = time.perf_counter() - started
+    results = federated_with_baselines(work, small, options, "sv", held_out)
+    results["seconds"] = {"corpus_and_features": round(preparation, 1)} | results["seconds"]
+    results["seconds"]["total"] = round(sum(results["seconds"].values()), 1)
+    return results
+
+
+PARTS = {"window_cost": window_cost, "english": english, "english_strategies": english_strategies, "window_accuracy": window_accuracy,
+         "swedish": swedish}

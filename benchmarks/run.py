@@ -181,6 +181,21 @@ def fl_asr_rows(results: dict) -> list[str]:
         rows.append(f"| … bytes per client per round (down = up) vs the full model; wall time of the benchmark (federation) | "
                     f"{fed['bytes_up_per_client_per_round'] / 1e6:.2f} MB = {fed['upload_fraction_of_full_model']:.1%} of "
                     f"{fed['full_model_bytes'] / 1e6:.0f} MB; {english['seconds']['total'] / 60:.1f} min ({english['seconds']['federation'] / 60:.1f}) |")
+    if strategies := results.get("english_strategies"):
+        for name, entry in strategies.items():
+            settings = ", ".join(f"{key} {value}" for key, value in entry["options"].items() if key != "strategy")
+            rows.append(f"| … the same federation with {name} ({settings}): held-out espeak-ng WER (clip) | {entry['best']['wer']:.1%} |")
+    if accuracy := results.get("window_accuracy"):
+        full, clip = accuracy["trained_full"]["held_out"], accuracy["trained_clip"]["held_out"]
+        rows.append(f"| tiny.en LoRA, {accuracy['steps']} steps on 30-s vs clip windows ({accuracy['clip_over_full_samples_per_second']}x "
+                    f"samples/s): held-out WER tested on 30-s / clip windows | trained on 30 s: {full['full']['wer']:.1%} / "
+                    f"{full['clip']['wer']:.1%}; trained on clips: {clip['full']['wer']:.1%} / {clip['clip']['wer']:.1%} |")
+    if swedish := results.get("swedish"):
+        o, fed, central = swedish["options"], swedish["federated"], swedish["centralized"]
+        rows.append(f"| federated ASR sv (base LoRA, {o['num_clients']} speaker clients, {o['clients_per_round']} per round, {o['rounds']} "
+                    f"rounds, clip windows): held-out WER pretrained → federated (clip / 30 s); centralized, same steps | "
+                    f"{swedish['pretrained']['held_out']['full']['wer']:.1%} → **{fed['after']['held_out']['clip']['wer']:.1%}** / "
+                    f"{fed['after']['held_out']['full']['wer']:.1%}; {central['after']['held_out']['clip']['wer']:.1%} |")
     return rows
 
 

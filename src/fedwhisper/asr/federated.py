@@ -9,7 +9,7 @@ import functools
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from fedwhisper.run_config import RunConfigOptions, require
 log = logging.getLogger("fedwhisper.asr")
 MODES = ("lora", "encoder-top", "full")
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedprox")  # Flower's classes (fl.strategy)
+OPTIMIZERS = ("adamw", "sgd")  # a client's optimizer, new every round (clients keep no state between rounds)
 
 
 @dataclass(frozen=True)
@@ -37,13 +38,16 @@ class AsrFederationOptions(RunConfigOptions):
     lora_alpha: int = 64
     lora_modules: str = "q_proj,v_proj,fc1,fc2"  # in every encoder and decoder block (attention and feed-forward)
     top_blocks: int = 2  # encoder-top: trainable top encoder blocks (the blocks below are frozen, their outputs cached)
-    window: str = "full"  # encoder window in training and the server's evaluation: full (30 s) or clip (the clip's length)
+    # encoder window in training and the server's evaluation: clip (the clip's length; ~6.5x cheaper steps, and its models
+    # still work on 30-s windows) or full (30 s; more accurate per step, but its models loop on clip windows)
+    window: str = "clip"
     num_clients: int = 20
     clients_per_round: int = 5
     rounds: int = 10
     local_steps: int = 10  # optimizer steps per client per round
     batch_size: int = 8
     learning_rate: float = 1e-3
+    optimizer: str = "adamw"  # or sgd (momentum 0.9)
     strategy: str = "fedavg"
     server_learning_rate: float = 1.0  # fedavgm: the server's step along the averaged update (1.0 with no momentum = FedAvg)
     server_momentum: float = 0.9  # fedavgm
@@ -57,6 +61,7 @@ class AsrFederationOptions(RunConfigOptions):
         for name in ("lora_rank", "lora_alpha", "top_blocks", "num_clients", "clients_per_round", "rounds", "local_steps", "batch_size"):
             require(getattr(self, name) >= 1, name, "must be at least 1", getattr(self, name))
         require(self.mode in MODES, "mode", f"must be one of {', '.join(MODES)}", self.mode)
+        require(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}", self.optimizer)
         require(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}", self.strategy)
         for name in ("learning_rate", "server_learning_rate", "fedadam_eta"):
             require(getattr(self, name) > 0, name, "must be positive", getattr(self, name))
@@ -128,10 +133,18 @@ def check(options: AsrFederationOptions) -> None:
     options.train_config(len(whisper.model.encoder.layers))
 
 
+def client_train_config(options: AsrFederationOptions) -> TrainConfig:
+    """The training settings of every client's round, with the language and task the features were prepared for."""
+    whisper, _ = base_model(options.model)
+    _, manifest = features_of(str(Path(options.features).resolve()))
+    return replace(options.train_config(len(whisper.model.encoder.layers)), language=manifest["options"]["language"],
+                   task=manifest["options"]["task"])
+
+
 def model_to_train(options: AsrFederationOptions):
     """A copy of the base model with the run's mode applied (adapters initialised from the run's seed)."""
     whisper, _ = base_model(options.model)
-    config = options.train_config(len(whisper.model.encoder.layers))
+    config = client_train_config(options)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
         return apply_mode(copy.deepcopy(whisper), config), config
@@ -161,18 +174,24 @@ def client_update(options: AsrFederationOptions, partition_id: int, state: dict[
     model, config = model_to_train(options)
     load_trainable_state(model, state)
     batches = batches_for(model, shard, config, options.cache_root / f"client-{partition_id}", progress=False)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=options.learning_rate)
     first = (round_number - 1) * options.local_steps
     with torch.random.fork_rng(devices=[]):  # dropout in the adapters: the same round gives the same update
         torch.manual_seed(options.seed * 1_000_003 + round_number * 1_009 + partition_id)
         result = train_on_batches(model, batches.micro_batches(options.batch_size, options.seed + partition_id, first, options.local_steps),
-                                  config, optimizer, extra_loss=proximal_term(model, options))
+                                  config, client_optimizer(model, options), extra_loss=proximal_term(model, options))
     if not math.isfinite(result["loss"]):
         log.warning("client %d, round %d: loss is %s; the update is withheld", partition_id, round_number, result["loss"])
         return None, {"num-examples": 0, "rejected-nan": 1}
     return trainable_state(model), {"num-examples": result["samples"], "train_loss": result["loss"], "train-seconds": result["seconds"],
                                     "samples-per-second": result["samples"] / result["seconds"],
                                     "round-seconds": time.perf_counter() - started}
+
+
+def client_optimizer(model, options: AsrFederationOptions) -> torch.optim.Optimizer:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if options.optimizer == "sgd":
+        return torch.optim.SGD(trainable, lr=options.learning_rate, momentum=0.9)
+    return torch.optim.AdamW(trainable, lr=options.learning_rate)
 
 
 def proximal_term(model, options: AsrFederationOptions):
