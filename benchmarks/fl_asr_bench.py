@@ -75,7 +75,8 @@ def _spread(split, count: int):
     return split.select(np.linspace(0, len(split) - 1, min(count, len(split))).round().astype(int).tolist())
 
 
-def federated_with_baselines(work: Path, small: bool, options: AsrFederationOptions, language: str, held_out: dict) -> dict:
+def federated_with_baselines(work: Path, small: bool, options: AsrFederationOptions, language: str, held_out: dict,
+                             preparation_seconds: float) -> dict:
     """The federation, then centralized and local-only training with the same total client steps. ``held_out``: named
     test sets (the first: held-out speakers of the training voices), each evaluated before (30-s window) and after
     (clip and 30-s windows)."""
@@ -83,7 +84,7 @@ def federated_with_baselines(work: Path, small: bool, options: AsrFederationOpti
     total_steps = options.rounds * options.clients_per_round * options.local_steps
     results = {"options": options.to_config(), "splits": {name: len(split) for name, split in dataset.items()}
                | {name: len(split) for name, split in held_out.items()}, "client_steps_total": total_steps}
-    seconds = {}
+    seconds = {"corpus_and_features": preparation_seconds}
 
     def after(model_ref: str, windows=("clip", "full")) -> dict:
         return {name: {w: _wer(model_ref, split, language, w) for w in windows} for name, split in held_out.items()}
@@ -145,7 +146,7 @@ def federated_with_baselines(work: Path, small: bool, options: AsrFederationOpti
                              "federated_wer_same_clips": _wer(federated_best, subset, language, "clip")["wer"],
                              "centralized_wer_same_clips": _wer(central_best, subset, language, "clip")["wer"]}
     seconds["local_only"] = time.perf_counter() - started
-    results["seconds"] = {key: round(value, 1) for key, value in seconds.items()}
+    results["seconds"] = {key: round(value, 1) for key, value in seconds.items()} | {"total": round(sum(seconds.values()), 1)}
     first = next(iter(held_out))
     before, federated = results["pretrained"][first]["full"]["wer"], results["federated"]["after"][first]["clip"]["wer"]
     results["federated"]["relative_wer_cut_held_out"] = round(1 - federated / before, 3)
@@ -158,14 +159,13 @@ def english(work: Path, small: bool) -> dict:
     started = time.perf_counter()
     features, flite_features, _ = asr_bench.english_features(work, small)
     held_out = {"held_out_espeak": load_features(features)[0]["test"], "flite": load_features(flite_features)[0]["test"]}
-    options = AsrFederationOptions(features=str(features), model="tiny.en", mode="lora", window="clip", num_clients=6 if small else 20,
-                                   clients_per_round=3 if small else 5, rounds=2 if small else 10, local_steps=2 if small else 5,
-                                   eval_clips=10 if small else 60, cache_dir=str(work / "cache"))
-    preparation = time.perf_counter() - started
-    results = federated_with_baselines(work, small, options, "en", held_out)
-    results["seconds"] = {"corpus_and_features": round(preparation, 1)} | results["seconds"]
-    results["seconds"]["total"] = round(sum(results["seconds"].values()), 1)
-    return results
+    return federated_with_baselines(work, small, _english_options(work, small, features), "en", held_out, time.perf_counter() - started)
+
+
+def _english_options(work: Path, small: bool, features: Path, **strategy) -> AsrFederationOptions:
+    return AsrFederationOptions(features=str(features), model="tiny.en", mode="lora", window="clip", num_clients=6 if small else 20,
+                                clients_per_round=3 if small else 5, rounds=2 if small else 10, local_steps=2 if small else 5,
+                                eval_clips=10 if small else 60, cache_dir=str(work / "cache"), **strategy)
 
 
 def english_strategies(work: Path, small: bool) -> dict:
@@ -174,9 +174,7 @@ def english_strategies(work: Path, small: bool) -> dict:
     features, _, _ = asr_bench.english_features(work, small)
     results = {}
     for strategy, extra in (("fedavgm", {"server_momentum": 0.7}),):
-        options = AsrFederationOptions(features=str(features), model="tiny.en", mode="lora", window="clip", num_clients=6 if small else 20,
-                                       clients_per_round=3 if small else 5, rounds=2 if small else 10, local_steps=2 if small else 5,
-                                       eval_clips=10 if small else 60, cache_dir=str(work / "cache"), strategy=strategy, **extra)
+        options = _english_options(work, small, features, strategy=strategy, **extra)
         started = time.perf_counter()
         run = simulate(options, work / strategy)
         results[strategy] = {"options": {key: value for key, value in options.to_config().items() if key in ("strategy", *extra)},
@@ -217,11 +215,7 @@ def swedish(work: Path, small: bool) -> dict:
     options = AsrFederationOptions(features=str(features), model="base", mode="lora", window="clip", num_clients=4 if small else 16,
                                    clients_per_round=2 if small else 4, rounds=2 if small else 5, local_steps=2 if small else 5,
                                    eval_clips=10 if small else 40, cache_dir=str(work / "cache"))
-    preparation = time.perf_counter() - started
-    results = federated_with_baselines(work, small, options, "sv", held_out)
-    results["seconds"] = {"corpus_and_features": round(preparation, 1)} | results["seconds"]
-    results["seconds"]["total"] = round(sum(results["seconds"].values()), 1)
-    return results
+    return federated_with_baselines(work, small, options, "sv", held_out, time.perf_counter() - started)
 
 
 PARTS = {"window_cost": window_cost, "english": english, "english_strategies": english_strategies, "window_accuracy": window_accuracy,
