@@ -72,6 +72,11 @@ class AsrFederationOptions(RunConfigOptions):
                 self.clients_per_round)
 
     @property
+    def features_path(self) -> str:
+        """The features' resolved path: the key of the per-process caches below."""
+        return str(Path(self.features).resolve())
+
+    @property
     def cache_root(self) -> Path:
         return Path(self.cache_dir) if self.cache_dir else fedwhisper_home() / "cache" / "asr-federated"
 
@@ -123,10 +128,10 @@ def check(options: AsrFederationOptions) -> None:
     """Fail before any work: the features, clients vs speakers, the model and its tokenizer, the mode."""
     if not options.features:
         raise FedwhisperError("no features given (prepare them with `fedwhisper asr prepare`)")
-    dataset, manifest = features_of(str(Path(options.features).resolve()))
+    dataset, manifest = features_of(options.features_path)
     if "train" not in dataset or "speaker_id" not in dataset["train"].column_names:
         raise FedwhisperError(f"{options.features}: no train split with speakers to give the clients")
-    partitioner(str(Path(options.features).resolve()), options.num_clients, options.seed)
+    partitioner(options.features_path, options.num_clients, options.seed)
     whisper, processor = base_model(options.model)
     if len(processor.tokenizer) != manifest["vocab_size"]:
         raise FedwhisperError(f"{options.features} was prepared with another tokenizer ({manifest['model']}); prepare it again for {options.model}")
@@ -136,7 +141,7 @@ def check(options: AsrFederationOptions) -> None:
 def client_train_config(options: AsrFederationOptions) -> TrainConfig:
     """The training settings of every client's round, with the language and task the features were prepared for."""
     whisper, _ = base_model(options.model)
-    _, manifest = features_of(str(Path(options.features).resolve()))
+    _, manifest = features_of(options.features_path)
     return replace(options.train_config(len(whisper.model.encoder.layers)), language=manifest["options"]["language"],
                    task=manifest["options"]["task"])
 
@@ -156,8 +161,7 @@ def initial_state(options: AsrFederationOptions) -> dict[str, torch.Tensor]:
 
 
 def client_shard(options: AsrFederationOptions, partition_id: int):
-    path = str(Path(options.features).resolve())
-    return partitioner(path, options.num_clients, options.seed).load_partition(partition_id)
+    return partitioner(options.features_path, options.num_clients, options.seed).load_partition(partition_id)
 
 
 def client_update(options: AsrFederationOptions, partition_id: int, state: dict[str, torch.Tensor], round_number: int,
@@ -211,7 +215,7 @@ class ServerEvaluator:
     """WER/CER and loss of the global model on the first ``eval_clips`` validation clips (speakers no client holds)."""
 
     def __init__(self, options: AsrFederationOptions):
-        dataset, _ = features_of(str(Path(options.features).resolve()))
+        dataset, _ = features_of(options.features_path)
         split = "validation" if "validation" in dataset else "test"
         rows = dataset[split]
         if options.eval_clips:
@@ -248,7 +252,7 @@ def test_best(options: AsrFederationOptions, run) -> dict:
 
     from fedwhisper.asr.evaluate import evaluate_data
 
-    dataset, _ = features_of(str(Path(options.features).resolve()))
+    dataset, _ = features_of(options.features_path)
     best = min((row for row in run.rows if "wer" in row), key=lambda row: row["wer"])
     result = {"round": best["round"], "validation_wer": best["wer"], "window": options.window}
     if "test" in dataset and len(dataset["test"]):

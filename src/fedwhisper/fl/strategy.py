@@ -97,17 +97,26 @@ class SeededFedAvg(SeededSampling, FedAvg):
     pass
 
 
-STRATEGIES = {"fedavg": FedAvg, "fedavgm": FedAvgM, "fedadam": FedAdam, "fedprox": FedProx}
+class SeededFedAvgM(SeededSampling, FedAvgM):
+    pass
+
+
+class SeededFedAdam(SeededSampling, FedAdam):
+    pass
+
+
+class SeededFedProx(SeededSampling, FedProx):
+    pass
+
+
+STRATEGIES = {"fedavg": SeededFedAvg, "fedavgm": SeededFedAvgM, "fedadam": SeededFedAdam, "fedprox": SeededFedProx}
 
 
 def seeded_strategy(name: str, clients_per_round: int, seed: int, client_names: dict[int, str], round_offset: int = 0,
                     **strategy_options) -> SeededSampling:
     """Flower's strategy ``name`` (``STRATEGIES``) with seeded sampling; ``strategy_options`` go to its constructor
     (e.g. ``server_momentum`` for FedAvgM, ``eta`` for FedAdam, ``proximal_mu`` for FedProx)."""
-    if name == "fedavg":
-        return SeededFedAvg(clients_per_round, seed, client_names, round_offset, **strategy_options)
-    seeded = type(f"Seeded{STRATEGIES[name].__name__}", (SeededSampling, STRATEGIES[name]), {})
-    return seeded(clients_per_round, seed, client_names, round_offset, **strategy_options)
+    return STRATEGIES[name](clients_per_round, seed, client_names, round_offset, **strategy_options)
 
 
 class _Only:
