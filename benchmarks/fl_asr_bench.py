@@ -75,23 +75,91 @@ def _spread(split, count: int):
     return split.select(np.linspace(0, len(split) - 1, min(count, len(split))).round().astype(int).tolist())
 
 
+def _after(model_ref: str, held_out: dict, language: str, full_clips: int, windows=("clip", "full")) -> dict:
+    """WER on each named test set: on clip windows over all of it, on 30-s windows over a spread ``full_clips`` subset
+    (0: all of it); a 30-s window costs ~10x more to decode than a clip's."""
+    return {name: {w: _wer(model_ref, _spread(split, full_clips) if w == "full" and full_clips else split, language, w) for w in windows}
+            for name, split in held_out.items()}
+
+
+def _tested(model_ref: str, held_out: dict, language: str, full_clips: int, subset) -> dict:
+    """``_after``, and WER on clip windows on ``subset`` (the local-only models' test clips)."""
+    return {"after": _after(model_ref, held_out, language, full_clips), "wer_same_clips": _wer(model_ref, subset, language, "clip")["wer"]}
+
+
+def _timed(job, *args) -> tuple[object, float]:
+    started = time.perf_counter()
+    return job(*args), round(time.perf_counter() - started, 1)
+
+
+def _in_parallel(*jobs: tuple) -> list:
+    """``(function, *args)`` jobs two at a time in single-threaded worker processes, each result with its seconds. On 2
+    cores two 1-thread jobs do more than one 2-thread job: a federated client on one thread trained 3.0 samples/s
+    while the other core was busy, the centralized run on both threads 3.8 (fl-asr:english, before this split)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        futures = [pool.submit(_timed, *job) for job in jobs]
+        return [future.result() for future in futures]
+
+
+def _centralized(work: Path, options: AsrFederationOptions, total_steps: int) -> dict:
+    """The same adapters, window, batch and learning rate on all training clips, as many steps as all clients took."""
+    dataset = load_features(options.features)[0]
+    whisper, processor = load_whisper(options.model)
+    config = replace(client_train_config(options), max_steps=total_steps, eval_every=max(total_steps // 5, 1), save_every=total_steps,
+                     log_every=max(total_steps // 10, 1), eval_clips=options.eval_clips)
+    central = fine_tune(whisper, processor, dataset["train"], config, eval_set=dataset["validation"], run_dir=work / "centralized",
+                        cache_root=work / "cache-centralized", progress=False)
+    return {"steps": total_steps, "best_step": central.best_step, "best_validation_wer": round(central.best_wer, 4),
+            "train_samples_per_second": round(central.samples_per_second, 3)}
+
+
+def _pretrained_and_local_only(work: Path, options: AsrFederationOptions, held_out: dict, language: str, small: bool, subset) -> dict:
+    """The pretrained model on 30-s windows (on clip windows it loops: round 0 of the federation); then local-only: a
+    seeded sample of clients, each training alone for its share of the total steps, tested on ``subset``."""
+    started = time.perf_counter()
+    pretrained = _after(options.model, held_out, language, 0, ("full",))
+    pretrained_seconds = round(time.perf_counter() - started, 1)
+    chosen = sorted(random.Random(0).sample(range(options.num_clients), 2 if small else 5))
+    steps_each = options.rounds * options.clients_per_round * options.local_steps // options.num_clients
+    tokenizer = base_model(options.model)[1].tokenizer
+    local = {}
+    for partition in chosen:
+        model, train_config = model_to_train(options)
+        batches = batches_for(model, client_shard(options, partition), train_config, work / "cache-local", progress=False)
+        train_on_batches(model, batches.micro_batches(options.batch_size, options.seed + partition, 0, steps_each), train_config,
+                         client_optimizer(model, options))
+        clips = AsrBatches(subset, model.config.decoder_start_token_id, window="clip")
+        local[partition] = round(evaluate_batches(model, tokenizer, clips, decoding_options(model, train_config))["wer"], 4)
+    return {"pretrained": pretrained, "pretrained_seconds": pretrained_seconds,
+            "local_only": {"clients": chosen, "steps_each": steps_each, "subset_clips": len(subset), "wer_per_client": local,
+                           "mean_wer": round(float(np.mean(list(local.values()))), 4)}}
+
+
 def federated_with_baselines(work: Path, small: bool, options: AsrFederationOptions, language: str, held_out: dict,
                              preparation_seconds: float) -> dict:
-    """The federation, then centralized and local-only training with the same total client steps. ``held_out``: named
+    """The federation, and centralized and local-only training with the same total client steps. ``held_out``: named
     test sets (the first: held-out speakers of the training voices), each evaluated before (30-s window) and after
-    (clip and 30-s windows)."""
+    (clip and 30-s windows). Jobs that do not depend on each other run two at a time on one thread each: the
+    centralized training beside the pretrained evaluation and local-only training, then the federation (its own two
+    clients at a time), then the federated and the centralized model's evaluations side by side."""
     dataset = load_features(options.features)[0]
     total_steps = options.rounds * options.clients_per_round * options.local_steps
+    full_clips = 20 if small else 60
+    subset = _spread(next(iter(held_out.values())), full_clips)
     results = {"options": options.to_config(), "splits": {name: len(split) for name, split in dataset.items()}
-               | {name: len(split) for name, split in held_out.items()}, "client_steps_total": total_steps}
+               | {name: len(split) for name, split in held_out.items()}, "client_steps_total": total_steps,
+               "full_window_subset_clips": full_clips}
     seconds = {"corpus_and_features": preparation_seconds}
 
-    def after(model_ref: str, windows=("clip", "full")) -> dict:
-        return {name: {w: _wer(model_ref, split, language, w) for w in windows} for name, split in held_out.items()}
-
-    started = time.perf_counter()  # the pretrained model works only on 30-s windows (on clip windows it loops: round 0 below)
-    results["pretrained"] = after(options.model, ("full",))
-    seconds["pretrained_evaluation"] = time.perf_counter() - started
+    started = time.perf_counter()
+    (central, seconds["centralized"]), (before, seconds["pretrained_and_local_only"]) = _in_parallel(
+        (_centralized, work, options, total_steps), (_pretrained_and_local_only, work, options, held_out, language, small, subset))
+    seconds["baselines_wall"] = time.perf_counter() - started
+    results["pretrained"], results["centralized"] = before["pretrained"], central
+    results["pretrained_seconds"] = before["pretrained_seconds"]
 
     started = time.perf_counter()
     run = simulate(options, work / "federated")
@@ -107,49 +175,19 @@ def federated_with_baselines(work: Path, small: bool, options: AsrFederationOpti
         "client_samples_per_second": [s for row in rows[1:] for s in row["client_samples_per_second"]],
         "best": json.loads((run.path / "test.json").read_text()),
     }
-    started = time.perf_counter()
-    federated_best = str(run.path / "best")
-    results["federated"]["after"] = after(federated_best)
-    seconds["federated_evaluation"] = time.perf_counter() - started
 
-    # centralized: the same adapters, window, batch and learning rate on all training clips, as many steps as all clients took
     started = time.perf_counter()
-    whisper, processor = load_whisper(options.model)
-    config = replace(client_train_config(options), max_steps=total_steps, eval_every=max(total_steps // 5, 1), save_every=total_steps,
-                     log_every=max(total_steps // 10, 1), eval_clips=options.eval_clips)
-    central = fine_tune(whisper, processor, dataset["train"], config, eval_set=dataset["validation"], run_dir=work / "centralized",
-                        cache_root=work / "cache", progress=False)
-    seconds["centralized"] = time.perf_counter() - started
-    started = time.perf_counter()
-    central_best = str(work / "centralized" / "best")
-    results["centralized"] = {"steps": total_steps, "best_step": central.best_step, "best_validation_wer": round(central.best_wer, 4),
-                              "train_samples_per_second": round(central.samples_per_second, 3), "after": after(central_best)}
-    seconds["centralized_evaluation"] = time.perf_counter() - started
-
-    # local-only: a seeded sample of clients, each training alone for its share of the total steps, tested on a spread
-    # subset of the held-out clips (as are the federated and centralized models, for the comparison)
-    started = time.perf_counter()
-    subset = _spread(next(iter(held_out.values())), 20 if small else 60)
-    chosen = sorted(random.Random(0).sample(range(options.num_clients), 2 if small else 5))
-    steps_each = total_steps // options.num_clients
-    tokenizer = base_model(options.model)[1].tokenizer
-    local = {}
-    for partition in chosen:
-        model, train_config = model_to_train(options)
-        batches = batches_for(model, client_shard(options, partition), train_config, work / "cache", progress=False)
-        train_on_batches(model, batches.micro_batches(options.batch_size, options.seed + partition, 0, steps_each), train_config,
-                         client_optimizer(model, options))
-        clips = AsrBatches(subset, model.config.decoder_start_token_id, window="clip")
-        local[partition] = round(evaluate_batches(model, tokenizer, clips, decoding_options(model, train_config))["wer"], 4)
-    results["local_only"] = {"clients": chosen, "steps_each": steps_each, "subset_clips": len(subset), "wer_per_client": local,
-                             "mean_wer": round(float(np.mean(list(local.values()))), 4),
-                             "federated_wer_same_clips": _wer(federated_best, subset, language, "clip")["wer"],
-                             "centralized_wer_same_clips": _wer(central_best, subset, language, "clip")["wer"]}
-    seconds["local_only"] = time.perf_counter() - started
-    results["seconds"] = {key: round(value, 1) for key, value in seconds.items()} | {"total": round(sum(seconds.values()), 1)}
+    (federated, seconds["federated_evaluation"]), (centralized, seconds["centralized_evaluation"]) = _in_parallel(
+        *((_tested, str(path / "best"), held_out, language, full_clips, subset) for path in (run.path, work / "centralized")))
+    seconds["evaluation_wall"] = time.perf_counter() - started
+    results["federated"]["after"], results["centralized"]["after"] = federated["after"], centralized["after"]
+    results["local_only"] = before["local_only"] | {"federated_wer_same_clips": federated["wer_same_clips"],
+                                                    "centralized_wer_same_clips": centralized["wer_same_clips"]}
+    results["seconds"] = {key: round(value, 1) for key, value in seconds.items()} | {
+        "total": round(preparation_seconds + seconds["baselines_wall"] + seconds["federation"] + seconds["evaluation_wall"], 1)}
     first = next(iter(held_out))
-    before, federated = results["pretrained"][first]["full"]["wer"], results["federated"]["after"][first]["clip"]["wer"]
-    results["federated"]["relative_wer_cut_held_out"] = round(1 - federated / before, 3)
+    before_wer, federated = results["pretrained"][first]["full"]["wer"], results["federated"]["after"][first]["clip"]["wer"]
+    results["federated"]["relative_wer_cut_held_out"] = round(1 - federated / before_wer, 3)
     results["federated"]["over_centralized"] = round(federated / results["centralized"]["after"][first]["clip"]["wer"], 3)
     return results
 
@@ -164,7 +202,7 @@ def english(work: Path, small: bool) -> dict:
 
 def _english_options(work: Path, small: bool, features: Path, **strategy) -> AsrFederationOptions:
     return AsrFederationOptions(features=str(features), model="tiny.en", mode="lora", window="clip", num_clients=6 if small else 20,
-                                clients_per_round=3 if small else 5, rounds=2 if small else 10, local_steps=2 if small else 5,
+                                clients_per_round=3 if small else 5, rounds=2 if small else 10, local_steps=2 if small else 4,
                                 eval_clips=10 if small else 60, cache_dir=str(work / "cache"), **strategy)
 
 

@@ -169,14 +169,15 @@ def fl_asr_rows(results: dict) -> list[str]:
         o, fed, central, local = english["options"], english["federated"], english["centralized"], english["local_only"]
         before = english["pretrained"]
         runs = f"tiny.en LoRA, {o['num_clients']} speaker clients, {o['clients_per_round']} per round, {o['rounds']} rounds, clip windows"
-        rows.append(f"| federated ASR en ({runs}): held-out espeak-ng WER, pretrained (30 s) → federated (clip / 30-s window) | "
+        subset = f"30 s on {english['full_window_subset_clips']} spread clips"
+        rows.append(f"| federated ASR en ({runs}): held-out espeak-ng WER, pretrained (30 s) → federated (clip / {subset}) | "
                     f"{before['held_out_espeak']['full']['wer']:.1%} → **{fed['after']['held_out_espeak']['clip']['wer']:.1%}** / "
                     f"{fed['after']['held_out_espeak']['full']['wer']:.1%} |")
-        rows.append(f"| … same {english['client_steps_total']} client steps: centralized (clip / 30 s); local-only, mean of "
+        rows.append(f"| … same {english['client_steps_total']} client steps: centralized (clip / {subset}); local-only, mean of "
                     f"{len(local['clients'])} clients on {local['subset_clips']} held-out clips (federated there) | "
                     f"{central['after']['held_out_espeak']['clip']['wer']:.1%} / {central['after']['held_out_espeak']['full']['wer']:.1%}; "
                     f"{local['mean_wer']:.1%} ({local['federated_wer_same_clips']:.1%}) |")
-        rows.append(f"| … flite voices (never trained on): pretrained → federated (clip / 30 s) | {before['flite']['full']['wer']:.1%} → "
+        rows.append(f"| … flite voices (never trained on): pretrained (30 s) → federated (clip / {subset}) | {before['flite']['full']['wer']:.1%} → "
                     f"{fed['after']['flite']['clip']['wer']:.1%} / {fed['after']['flite']['full']['wer']:.1%} |")
         rows.append(f"| … bytes per client per round (down = up) vs the full model; wall time of the benchmark (federation) | "
                     f"{fed['bytes_up_per_client_per_round'] / 1e6:.2f} MB = {fed['upload_fraction_of_full_model']:.1%} of "
@@ -193,7 +194,8 @@ def fl_asr_rows(results: dict) -> list[str]:
     if swedish := results.get("swedish"):
         o, fed, central = swedish["options"], swedish["federated"], swedish["centralized"]
         rows.append(f"| federated ASR sv (base LoRA, {o['num_clients']} speaker clients, {o['clients_per_round']} per round, {o['rounds']} "
-                    f"rounds, clip windows): held-out WER pretrained → federated (clip / 30 s); centralized, same steps | "
+                    f"rounds, clip windows): held-out WER pretrained → federated (clip / 30 s on {swedish['full_window_subset_clips']} clips); "
+                    f"centralized, same steps (clip) | "
                     f"{swedish['pretrained']['held_out']['full']['wer']:.1%} → **{fed['after']['held_out']['clip']['wer']:.1%}** / "
                     f"{fed['after']['held_out']['full']['wer']:.1%}; {central['after']['held_out']['clip']['wer']:.1%} |")
     return rows

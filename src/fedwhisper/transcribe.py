@@ -22,6 +22,12 @@ OUTPUT_FORMATS = ("txt", "srt", "vtt", "json")
 MAX_TOKENS_PER_SECOND = 12  # fast speech is ~4 words/s, ~6 tokens/s with timestamps (Swedish: more tokens a word)
 
 
+def token_cap(seconds: float, ceiling: int) -> int:
+    """Most new tokens worth generating for ``seconds`` of audio: a hallucination loop (one phrase repeated to the
+    cap) costs more than the audio itself, and speech stays far below MAX_TOKENS_PER_SECOND, so decoding stops there."""
+    return min(ceiling, 16 + int(MAX_TOKENS_PER_SECOND * seconds))
+
+
 @dataclass(frozen=True)
 class DecodingOptions:
     language: str | None = None  # None: detected (multilingual models) or English (English-only models)
@@ -133,10 +139,7 @@ class LongFormTranscriber:
     def __call__(self, audio: np.ndarray, options: DecodingOptions = DecodingOptions(), timestamps: bool = True) -> Transcript:
         language = options.language or detect_language(self.model, self.processor, audio)
         kwargs = generation_kwargs(self.model, DecodingOptions(**(asdict(options) | {"language": language if is_multilingual(self.model) else None})))
-        # A chunk's text may be long, but a hallucination loop (one phrase repeated up to Whisper's 448 positions) costs
-        # more than the audio itself: speech stays far below MAX_TOKENS_PER_SECOND, so decoding stops there.
-        seconds = min(audio.size / SAMPLE_RATE, self.chunk_seconds)
-        kwargs["max_new_tokens"] = min(440, 16 + int(MAX_TOKENS_PER_SECOND * seconds))
+        kwargs["max_new_tokens"] = token_cap(min(audio.size / SAMPLE_RATE, self.chunk_seconds), 440)  # Whisper's 448 positions
         with torch.random.fork_rng(devices=[]):  # fallback samples: the same audio gives the same text, the caller's RNG untouched
             torch.manual_seed(0)
             output = self.pipe({"raw": audio, "sampling_rate": SAMPLE_RATE}, return_timestamps=timestamps, generate_kwargs=kwargs)

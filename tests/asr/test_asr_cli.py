@@ -32,3 +32,25 @@ def test_train_without_features_or_resume_is_a_clear_error(tmp_path):
     assert result.exit_code == 1 and "FEATURES" in result.output
     result = CliRunner().invoke(app, ["asr", "train", "--resume", str(tmp_path)])
     assert result.exit_code == 1 and "not a run directory" in result.output
+
+
+def test_evaluation_encodes_each_batch_once_and_caps_its_tokens_by_its_longest_clip(tiny_asr_model, tiny_features, monkeypatch):
+    import fedwhisper.asr.evaluate as evaluate
+    from fedwhisper.asr.batches import AsrBatches
+    from fedwhisper.asr.prepare import load_features
+    from fedwhisper.models.registry import load_whisper
+    from fedwhisper.transcribe import DecodingOptions, token_cap
+
+    caps = []
+    real_decode = evaluate.decode_batch
+    monkeypatch.setattr(evaluate, "decode_batch", lambda model, tokenizer, inputs, options: caps.append(options.max_new_tokens)
+                        or real_decode(model, tokenizer, inputs, options))
+    clips = load_features(tiny_features)[0]["train"].select(range(6))
+    model, processor = load_whisper(tiny_asr_model)
+    encoded = []
+    model.get_encoder().register_forward_hook(lambda module, args, output: encoded.append(output.last_hidden_state.shape))
+    evaluate.evaluate_batches(model, processor.tokenizer, AsrBatches(clips, model.config.decoder_start_token_id), DecodingOptions(batch_size=4))
+    assert [shape[0] for shape in encoded] == [4, 2]  # the teacher-forced loss and generation share one encoder pass
+    seconds = clips["duration"]
+    assert caps == [token_cap(max(seconds[:4]), 128), token_cap(max(seconds[4:]), 128)]
+    assert all(cap < 128 for cap in caps)  # the tiny corpus's clips are a few seconds long

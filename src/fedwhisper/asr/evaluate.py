@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -13,26 +14,32 @@ from fedwhisper.asr.batches import WINDOWS, AsrBatches, model_inputs
 from fedwhisper.constants import IGNORE_INDEX
 from fedwhisper.errors import FedwhisperError
 from fedwhisper.metrics import character_error_rate, normalizer, word_error_rate
-from fedwhisper.transcribe import DecodingOptions, decode_batch
+from fedwhisper.transcribe import DecodingOptions, decode_batch, token_cap
 
 
 def evaluate_batches(model, tokenizer, batches: AsrBatches, options: DecodingOptions, progress: bool = False) -> dict:
-    """{"loss", "wer", "cer", "rows"}: each row has the clip's path, speaker, reference, hypothesis and its own WER."""
+    """{"loss", "wer", "cer", "rows"}: each row has the clip's path, speaker, reference, hypothesis and its own WER.
+    A batch generates at most ``token_cap`` tokens for its longest clip, so a model that loops stops early."""
+
     was_training = model.training
     model.eval()
     dataset = batches.dataset
     references = dataset["transcription"]
     columns = {name: dataset[name] for name in ("path", "speaker_id") if name in dataset.column_names}
+    seconds = dataset["duration"] if "duration" in dataset.column_names else None
     hypotheses, loss_sum, tokens = [], 0.0, 0
     steps = batches.in_order(options.batch_size)
-    for _, batch in tqdm(steps, total=-(-len(batches) // options.batch_size), desc="evaluate", unit="batch", disable=not progress):
+    for indices, batch in tqdm(steps, total=-(-len(batches) // options.batch_size), desc="evaluate", unit="batch", disable=not progress):
         with torch.inference_mode():
             inputs = model_inputs(model, batch)
+            if "input_features" in inputs:  # encoded once for the loss and for generation (which would encode again)
+                inputs["encoder_outputs"] = (model.get_encoder()(inputs.pop("input_features")).last_hidden_state,)
             logits = model(**inputs).logits
         labels = inputs["labels"]
         loss_sum += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), labels, ignore_index=IGNORE_INDEX, reduction="sum"))
         tokens += int((labels != IGNORE_INDEX).sum())
-        hypotheses += decode_batch(model, tokenizer, inputs, options)
+        capped = options if seconds is None else replace(options, max_new_tokens=token_cap(max(seconds[i] for i in indices), options.max_new_tokens))
+        hypotheses += decode_batch(model, tokenizer, inputs, capped)
     if was_training:
         model.train()
     language = options.language or "en"
@@ -74,7 +81,6 @@ def evaluate_data(data: str | os.PathLike, model: str, split: str = "test", opti
     "seconds" (decoding time) and "language" to ``evaluate_batches``' result."""
     import tempfile
     import time
-    from dataclasses import replace
 
     from fedwhisper.asr.prepare import MANIFEST, PrepareOptions, load_features, prepare_features
     from fedwhisper.models.registry import load_whisper
