@@ -184,8 +184,10 @@ def fl_asr_rows(results: dict) -> list[str]:
                     f"{fed['full_model_bytes'] / 1e6:.0f} MB; {english['seconds']['total'] / 60:.1f} min ({english['seconds']['federation'] / 60:.1f}) |")
     if strategies := results.get("english_strategies"):
         for name, entry in strategies.items():
-            settings = ", ".join(f"{key} {value}" for key, value in entry["options"].items() if key != "strategy")
-            rows.append(f"| … the same federation with {name} ({settings}): held-out espeak-ng WER (clip) | {entry['best']['wer']:.1%} |")
+            settings = ", ".join(f"{key} {value}" for key, value in entry["options"].items())
+            full = f" / {entry['best_full_window_subset']['wer']:.1%}" if "best_full_window_subset" in entry else ""
+            rows.append(f"| … the same federation, {name} ({settings}): held-out espeak-ng WER (clip{' / 30 s on the subset' if full else ''}) | "
+                        f"{entry['best']['wer']:.1%}{full} |")
     if accuracy := results.get("window_accuracy"):
         full, clip = accuracy["trained_full"]["held_out"], accuracy["trained_clip"]["held_out"]
         rows.append(f"| tiny.en LoRA, {accuracy['steps']} steps on 30-s vs clip windows ({accuracy['clip_over_full_samples_per_second']}x "

@@ -154,6 +154,8 @@ CASES = [
     ("asr-federate-momentum", ["asr", "federate", "{tmp}", "--strategy", "fedavgm", "--server-momentum", "1.5"], None, 1,
      "--server-momentum must be in [0, 1) (got 1.5)"),
     ("asr-federate-optimizer", ["asr", "federate", "{tmp}", "--optimizer", "lion"], None, 1, "--optimizer must be one of adamw, sgd (got 'lion')"),
+    ("asr-federate-lr-schedule", ["asr", "federate", "{tmp}", "--lr-schedule", "linear"], None, 1,
+     "--lr-schedule must be one of constant, cosine (got 'linear')"),
     ("asr-federate-clients", ["asr", "federate", "{tmp}", "--num-clients", "2", "--clients-per-round", "3"], None, 1,
      "--clients-per-round must be at most --num-clients (2)"),
     ("asr-resume-not-a-run", ["asr", "train", "--resume", "{tmp}"], None, 1, "not a run directory"),

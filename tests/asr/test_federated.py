@@ -8,7 +8,7 @@ import torch
 from flwr.app import ArrayRecord
 from safetensors.torch import load_file
 
-from fedwhisper.asr.federated import AsrFederationOptions, client_update, full_model_bytes, initial_state
+from fedwhisper.asr.federated import AsrFederationOptions, client_update, full_model_bytes, initial_state, round_learning_rate
 from fedwhisper.errors import FedwhisperError
 from fedwhisper.fl.asr_app import simulate
 from fedwhisper.fl.strategy import record_bytes
@@ -72,6 +72,19 @@ def test_fedprox_clients_stay_closer_to_the_global_model(options):
         return sum(float(((state[k] - start[k]) ** 2).sum()) for k in start)
 
     assert distance(100.0) < 0.5 * distance(0.0)
+
+
+def test_a_cosine_schedule_anneals_the_clients_learning_rate_over_the_rounds(options):
+    cosine = AsrFederationOptions(**{**options.to_config(), "lr_schedule": "cosine", "rounds": 5, "learning_rate": 0.01})
+    rates = [round_learning_rate(cosine, r) for r in range(1, 6)]
+    assert rates[0] == pytest.approx(0.01) and rates[-1] == pytest.approx(0.001) and rates == sorted(rates, reverse=True)
+    start = initial_state(cosine)
+
+    def distance(schedule: str) -> float:
+        state, _ = client_update(AsrFederationOptions(**{**cosine.to_config(), "lr_schedule": schedule}), 0, start, round_number=5)
+        return sum(float(((state[k] - start[k]) ** 2).sum()) for k in start) ** 0.5
+
+    assert distance("cosine") < 0.3 * distance("constant")  # the last round's steps are a tenth as long
 
 
 def test_a_client_whose_loss_is_not_finite_withholds_its_update(options):

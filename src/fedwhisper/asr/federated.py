@@ -25,6 +25,7 @@ log = logging.getLogger("fedwhisper.asr")
 MODES = ("lora", "encoder-top", "full")
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedprox")  # Flower's classes (fl.strategy)
 OPTIMIZERS = ("adamw", "sgd")  # a client's optimizer, new every round (clients keep no state between rounds)
+LR_SCHEDULES = ("constant", "cosine")  # the clients' learning rate over the rounds
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class AsrFederationOptions(RunConfigOptions):
     batch_size: int = 8
     learning_rate: float = 1e-3
     optimizer: str = "adamw"  # or sgd (momentum 0.9)
+    lr_schedule: str = "constant"  # or cosine: annealed over the rounds to a tenth (flowertune-llm's clients)
     strategy: str = "fedavg"
     server_learning_rate: float = 1.0  # fedavgm: the server's step along the averaged update (1.0 with no momentum = FedAvg)
     server_momentum: float = 0.9  # fedavgm
@@ -62,6 +64,7 @@ class AsrFederationOptions(RunConfigOptions):
             require(getattr(self, name) >= 1, name, "must be at least 1", getattr(self, name))
         require(self.mode in MODES, "mode", f"must be one of {', '.join(MODES)}", self.mode)
         require(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}", self.optimizer)
+        require(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}", self.lr_schedule)
         require(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}", self.strategy)
         for name in ("learning_rate", "server_learning_rate", "fedadam_eta"):
             require(getattr(self, name) > 0, name, "must be positive", getattr(self, name))
@@ -182,7 +185,7 @@ def client_update(options: AsrFederationOptions, partition_id: int, state: dict[
     with torch.random.fork_rng(devices=[]):  # dropout in the adapters: the same round gives the same update
         torch.manual_seed(options.seed * 1_000_003 + round_number * 1_009 + partition_id)
         result = train_on_batches(model, batches.micro_batches(options.batch_size, options.seed + partition_id, first, options.local_steps),
-                                  config, client_optimizer(model, options), extra_loss=proximal_term(model, options))
+                                  config, client_optimizer(model, options, round_number), extra_loss=proximal_term(model, options))
     if not math.isfinite(result["loss"]):
         log.warning("client %d, round %d: loss is %s; the update is withheld", partition_id, round_number, result["loss"])
         return None, {"num-examples": 0, "rejected-nan": 1}
@@ -191,11 +194,21 @@ def client_update(options: AsrFederationOptions, partition_id: int, state: dict[
                                     "round-seconds": time.perf_counter() - started}
 
 
-def client_optimizer(model, options: AsrFederationOptions) -> torch.optim.Optimizer:
+def round_learning_rate(options: AsrFederationOptions, round_number: int) -> float:
+    """The clients' learning rate in ``round_number`` (from 1): constant, or cosine from ``learning_rate`` in the first
+    round to a tenth of it in the last. A function of the round alone, so a resumed run trains as an unbroken one."""
+    if options.lr_schedule == "constant":
+        return options.learning_rate
+    low, progress = options.learning_rate / 10, (round_number - 1) / max(options.rounds - 1, 1)
+    return low + 0.5 * (options.learning_rate - low) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def client_optimizer(model, options: AsrFederationOptions, round_number: int = 1) -> torch.optim.Optimizer:
     trainable = [p for p in model.parameters() if p.requires_grad]
+    lr = round_learning_rate(options, round_number)
     if options.optimizer == "sgd":
-        return torch.optim.SGD(trainable, lr=options.learning_rate, momentum=0.9)
-    return torch.optim.AdamW(trainable, lr=options.learning_rate)
+        return torch.optim.SGD(trainable, lr=lr, momentum=0.9)
+    return torch.optim.AdamW(trainable, lr=lr)
 
 
 def proximal_term(model, options: AsrFederationOptions):

@@ -111,6 +111,7 @@ def asr_federate(
     batch_size: Annotated[int | None, typer.Option(min=1, help="[8]")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="[0.001]")] = None,
     optimizer: Annotated[str | None, typer.Option(help="a client's optimizer: adamw or sgd [adamw]")] = None,
+    lr_schedule: Annotated[str | None, typer.Option(help="clients' learning rate over the rounds: constant or cosine (to a tenth) [constant]")] = None,
     strategy: Annotated[str | None, typer.Option(help="server strategy (Flower's): fedavg, fedavgm, fedadam or fedprox [fedavg]")] = None,
     server_learning_rate: Annotated[float | None, typer.Option(help="fedavgm: server step [1.0]")] = None,
     server_momentum: Annotated[float | None, typer.Option(help="fedavgm: server momentum [0.9]")] = None,
@@ -130,8 +131,9 @@ def asr_federate(
         "asr-fed", resume, run_dir, "features", "FEATURES",
         features=str(features.resolve()) if features else None, model=model, mode=mode, lora_rank=lora_rank, lora_alpha=lora_alpha,
         lora_modules=lora_modules, top_blocks=top_blocks, window=window, num_clients=num_clients, clients_per_round=clients_per_round,
-        rounds=rounds, local_steps=local_steps, batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer, strategy=strategy,
-        server_learning_rate=server_learning_rate, server_momentum=server_momentum, fedadam_eta=fedadam_eta, proximal_mu=proximal_mu,
+        rounds=rounds, local_steps=local_steps, batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer,
+        lr_schedule=lr_schedule, strategy=strategy, server_learning_rate=server_learning_rate, server_momentum=server_momentum,
+        fedadam_eta=fedadam_eta, proximal_mu=proximal_mu,
         eval_clips=eval_clips, cache_dir=str(cache_dir) if cache_dir else None, seed=seed)
     options = AsrFederationOptions.from_config(config)
     run = simulate(options, run_dir, resume=bool(resume), on_round=_print_federated_round, verbose=verbose)
