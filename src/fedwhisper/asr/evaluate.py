@@ -20,7 +20,6 @@ from fedwhisper.transcribe import DecodingOptions, decode_batch, token_cap
 def evaluate_batches(model, tokenizer, batches: AsrBatches, options: DecodingOptions, progress: bool = False) -> dict:
     """{"loss", "wer", "cer", "rows"}: each row has the clip's path, speaker, reference, hypothesis and its own WER.
     A batch generates at most ``token_cap`` tokens for its longest clip, so a model that loops stops early."""
-
     was_training = model.training
     model.eval()
     dataset = batches.dataset

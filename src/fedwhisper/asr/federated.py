@@ -200,7 +200,7 @@ def round_learning_rate(options: AsrFederationOptions, round_number: int) -> flo
     if options.lr_schedule == "constant":
         return options.learning_rate
     low, progress = options.learning_rate / 10, (round_number - 1) / max(options.rounds - 1, 1)
-    return low + 0.5 * (options.learning_rate - low) * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return low + 0.5 * (options.learning_rate - low) * (1 + math.cos(math.pi * progress))
 
 
 def client_optimizer(model, options: AsrFederationOptions, round_number: int = 1) -> torch.optim.Optimizer:
