@@ -214,7 +214,9 @@ def english_strategies(work: Path, small: bool) -> dict:
     features, _, _ = asr_bench.english_features(work, small)
     subset = _spread(load_features(features)[0]["test"], 20 if small else 60)
     results = {}
-    for name, changes in (("fedavgm", {"strategy": "fedavgm", "server_momentum": 0.7}), ("fedavg-cosine", {"lr_schedule": "cosine"})):
+    # measured at the clients' earlier default rate, 1e-3 (FedAvg there: 19.04 % on the test split)
+    for name, changes in (("fedavgm", {"strategy": "fedavgm", "server_momentum": 0.7, "learning_rate": 1e-3}),
+                          ("fedavg-cosine", {"lr_schedule": "cosine", "learning_rate": 1e-3})):
         options = _english_options(work, small, features, **changes)
         started = time.perf_counter()
         run = simulate(options, work / name)
@@ -233,7 +235,7 @@ def window_accuracy(work: Path, small: bool) -> dict:
     steps = 4 if small else 60
     results = {"steps": steps, "held_out_clips": len(held_out)}
     for window in ("full", "clip"):
-        options = AsrFederationOptions(features=str(features), model="tiny.en", mode="lora", window=window)
+        options = AsrFederationOptions(features=str(features), model="tiny.en", mode="lora", window=window, learning_rate=1e-3)
         config = replace(client_train_config(options), max_steps=steps, eval_every=steps, save_every=steps, eval_clips=20)
         whisper, processor = load_whisper("tiny.en")
         started = time.perf_counter()
@@ -255,7 +257,7 @@ def swedish(work: Path, small: bool) -> dict:
     held_out = {"held_out": load_features(features)[0]["test"]}
     options = AsrFederationOptions(features=str(features), model="base", mode="lora", window="clip", num_clients=4 if small else 16,
                                    clients_per_round=2 if small else 4, rounds=2 if small else 5, local_steps=2 if small else 5,
-                                   eval_clips=10 if small else 40, cache_dir=str(work / "cache"))
+                                   eval_clips=10 if small else 40, learning_rate=1e-3, cache_dir=str(work / "cache"))
     return federated_with_baselines(work, small, options, "sv", held_out, time.perf_counter() - started)
 
 

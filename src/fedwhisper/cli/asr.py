@@ -109,7 +109,7 @@ def asr_federate(
     rounds: Annotated[int | None, typer.Option(min=1, help="federated rounds in all [10]")] = None,
     local_steps: Annotated[int | None, typer.Option(min=1, help="optimizer steps per client per round [10]")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="[8]")] = None,
-    learning_rate: Annotated[float | None, typer.Option(help="[0.001]")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="[0.002]")] = None,
     optimizer: Annotated[str | None, typer.Option(help="a client's optimizer: adamw or sgd [adamw]")] = None,
     lr_schedule: Annotated[str | None, typer.Option(help="clients' learning rate over the rounds: constant or cosine (to a tenth) [constant]")] = None,
     strategy: Annotated[str | None, typer.Option(help="server strategy (Flower's): fedavg, fedavgm, fedadam or fedprox [fedavg]")] = None,
