@@ -20,6 +20,7 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import asr_bench  # noqa: E402  (benchmarks/asr_bench.py)
+import distill_bench  # noqa: E402  (benchmarks/distill_bench.py)
 import fl_asr_bench  # noqa: E402  (benchmarks/fl_asr_bench.py)
 import kws_bench  # noqa: E402  (benchmarks/kws_bench.py)
 
@@ -203,11 +204,28 @@ def fl_asr_rows(results: dict) -> list[str]:
     return rows
 
 
+def distill_rows(results: dict) -> list[str]:
+    rows = []
+    if serving := results.get("serving"):
+        setup = f"tiny.en, {serving['audio_seconds']:.0f}-s recording, {serving['threads']} threads, batch {serving['batch_size']}"
+        for name, label in (("transformers", "our transformers path"), ("ours_ctranslate2_float32", "our CTranslate2 export, float32"),
+                            ("ours_ctranslate2_int8", "our CTranslate2 export, int8"),
+                            ("faster_whisper_packaged_int8", "faster-whisper on the packaged checkpoint, int8")):
+            entry = serving[name]
+            rows.append(f"| serving ({setup}): {label} | {entry['audio_seconds_per_second']} audio s per compute s, WER {entry['wer']:.1%}, "
+                        f"peak RSS {entry['peak_rss_mb']:.0f} MB |")
+        rows.append(f"| … our int8 export vs faster-whisper on the packaged checkpoint: same transcript; speed ratio (ours / theirs) | "
+                    f"{'yes' if serving['int8_same_transcript_as_faster_whisper'] else 'no'}; {serving['int8_speed_over_faster_whisper']}x "
+                    f"({serving['int8_speed_over_transformers']}x our transformers path) |")
+    return rows
+
+
 SUITES = {"foundation": (bench_foundation, foundation_rows),
           "kws": (lambda work: {name: run(work, SMALL) for name, run in kws_bench.PARTS.items()}, kws_rows),
           "asr": (lambda work: {name: run(work, SMALL) for name, run in asr_bench.PARTS.items()}, asr_rows),
-          "fl-asr": (lambda work: {name: run(work, SMALL) for name, run in fl_asr_bench.PARTS.items()}, fl_asr_rows)}
-PARTS = {"kws": kws_bench.PARTS, "asr": asr_bench.PARTS, "fl-asr": fl_asr_bench.PARTS}  # suites whose parts may run alone
+          "fl-asr": (lambda work: {name: run(work, SMALL) for name, run in fl_asr_bench.PARTS.items()}, fl_asr_rows),
+          "distill": (lambda work: {name: run(work, SMALL) for name, run in distill_bench.PARTS.items()}, distill_rows)}
+PARTS = {"kws": kws_bench.PARTS, "asr": asr_bench.PARTS, "fl-asr": fl_asr_bench.PARTS, "distill": distill_bench.PARTS}  # suites whose parts may run alone
 
 
 def update_readme() -> None:

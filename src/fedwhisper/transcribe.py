@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,33 +59,59 @@ def is_multilingual(model) -> bool:
     return constants.is_multilingual(model.config.vocab_size)
 
 
+def check_language_and_task(multilingual: bool, options: DecodingOptions) -> None:
+    """English-only models refuse other languages and translation (before any audio is read)."""
+    if not multilingual and (options.task != "transcribe" or options.language not in (None, "en", "english")):
+        raise FedwhisperError("this model is English-only: it can only transcribe English")
+
+
+def language_code(language: str) -> str:
+    """"sv" for "sv", "swedish" or "Swedish"."""
+    from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
+
+    return TO_LANGUAGE_CODE.get(language.lower(), language.lower())
+
+
 def generation_kwargs(model, options: DecodingOptions) -> dict:
     """``generate`` arguments for ``options``; English-only models refuse other languages and translation."""
+    check_language_and_task(is_multilingual(model), options)
     kwargs = {"num_beams": options.num_beams, "max_new_tokens": options.max_new_tokens}
     if len(options.temperatures) > 1:  # transformers samples at each temperature above 0
         kwargs |= {"temperature": tuple(options.temperatures), "compression_ratio_threshold": 1.35, "logprob_threshold": -1.0}
     else:
         kwargs |= {"do_sample": False}
-    if not is_multilingual(model):
-        if options.task != "transcribe" or options.language not in (None, "en", "english"):
-            raise FedwhisperError("this model is English-only: it can only transcribe English")
-        return kwargs
-    return kwargs | {"task": options.task, "language": options.language}
+    return kwargs | ({"task": options.task, "language": options.language} if is_multilingual(model) else {})
 
 
-def decode_batch(model, tokenizer, inputs: dict, options: DecodingOptions) -> list[str]:
-    """Greedy/beam text for one batch of ``input_features`` or ``encoder_outputs`` (as the model's forward takes them)."""
+def load_assistant(ref: str | os.PathLike, device: str = "cpu"):
+    """A student's decoder as a speculative-decoding assistant (transformers' ``WhisperForCausalLM``): it reads the
+    main model's encoder outputs, so the encoder runs once (Distil-Whisper's students keep their teacher's encoder)."""
+    from transformers import WhisperForCausalLM
+
+    from fedwhisper.models.registry import from_pretrained, resolve_model
+
+    return from_pretrained(WhisperForCausalLM, resolve_model(ref)).to(device).eval()
+
+
+def decode_batch(model, tokenizer, inputs: dict, options: DecodingOptions, assistant=None) -> list[str]:
+    """Greedy/beam text for one batch of ``input_features`` or ``encoder_outputs`` (as the model's forward takes them).
+    With an ``assistant`` (speculative decoding: the assistant drafts, the model verifies, so the text is the model's
+    own) rows are decoded one at a time, as transformers' assisted generation requires."""
     from transformers.modeling_outputs import BaseModelOutput
 
     inputs = dict(inputs)
     inputs.pop("labels", None)
-    if "encoder_outputs" in inputs:
-        hidden = inputs["encoder_outputs"][0].to(model.device, model.dtype)
-        inputs["encoder_outputs"] = BaseModelOutput(last_hidden_state=hidden)
+    if "input_features" in inputs:
+        hidden = model.get_encoder()(inputs.pop("input_features").to(model.device, model.dtype)).last_hidden_state
     else:
-        inputs["input_features"] = inputs["input_features"].to(model.device, model.dtype)
+        hidden = inputs.pop("encoder_outputs")[0].to(model.device, model.dtype)
+    kwargs = generation_kwargs(model, options)
     with torch.inference_mode():
-        tokens = model.generate(**inputs, **generation_kwargs(model, options))
+        if assistant is None:
+            tokens = list(model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), **kwargs))
+        else:
+            tokens = [model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=row[None]), assistant_model=assistant, **kwargs)[0]
+                      for row in hidden]
     return [text.strip() for text in tokenizer.batch_decode(tokens, skip_special_tokens=True)]
 
 
@@ -122,12 +148,17 @@ def detect_language(model, processor, audio: np.ndarray) -> str:
 
 
 class LongFormTranscriber:
-    """Audio of any length through transformers' ASR pipeline: 30-s chunks, overlapping strides merged, chunks batched."""
+    """Audio of any length through transformers' ASR pipeline: 30-s chunks, overlapping strides merged, chunks batched.
+    ``backends.FasterWhisperTranscriber`` is the same interface over CTranslate2."""
 
-    def __init__(self, model, processor, chunk_seconds: float = 30.0, stride_seconds: float = 5.0, batch_size: int = 8):
+    backend = "transformers"
+
+    def __init__(self, model, processor, chunk_seconds: float = 30.0, stride_seconds: float = 5.0, batch_size: int = 8, assistant=None):
         from transformers import pipeline
 
         self.model, self.processor, self.chunk_seconds, self.stride_seconds = model, processor, chunk_seconds, stride_seconds
+        self.assistant = assistant
+        batch_size = 1 if assistant is not None else batch_size  # assisted generation decodes one chunk at a time
         if processor.tokenizer.pad_token is None:  # the pipeline's batch collation needs one; Whisper pads with end-of-text
             processor.tokenizer.pad_token = processor.tokenizer.eos_token
         self.pipe = pipeline(
@@ -136,10 +167,35 @@ class LongFormTranscriber:
             ignore_warning=True,  # transformers' note on chunking with seq2seq models: overlapping strides are how we merge
         )
 
+    @property
+    def multilingual(self) -> bool:
+        return is_multilingual(self.model)
+
+    @property
+    def identity(self) -> dict:
+        return {"backend": self.backend, "chunk_seconds": self.chunk_seconds, "stride_seconds": self.stride_seconds,
+                "assistant": self.assistant.name_or_path if self.assistant is not None else None}
+
+    def check(self, options: DecodingOptions) -> None:
+        generation_kwargs(self.model, options)
+
+    def detect_language(self, audio: np.ndarray) -> str:
+        return detect_language(self.model, self.processor, audio)
+
+    def pieces(self, audio: np.ndarray, options: DecodingOptions) -> Iterator[tuple[float, list[dict], str]]:
+        """(end in seconds, segments, text) of each block of ``options.batch_size`` chunks, cut at quiet points."""
+        for start, end in block_bounds(audio, options.batch_size * (self.chunk_seconds - 2 * self.stride_seconds)):
+            piece = self(audio[start:end], options)
+            offset = start / SAMPLE_RATE
+            yield end / SAMPLE_RATE, [{**seg, "start": round(seg["start"] + offset, 2), "end": round(seg["end"] + offset, 2)}
+                                      for seg in piece.segments], piece.text
+
     def __call__(self, audio: np.ndarray, options: DecodingOptions = DecodingOptions(), timestamps: bool = True) -> Transcript:
         language = options.language or detect_language(self.model, self.processor, audio)
         kwargs = generation_kwargs(self.model, DecodingOptions(**(asdict(options) | {"language": language if is_multilingual(self.model) else None})))
         kwargs["max_new_tokens"] = token_cap(min(audio.size / SAMPLE_RATE, self.chunk_seconds), 440)  # Whisper's 448 positions
+        if self.assistant is not None:
+            kwargs["assistant_model"] = self.assistant
         with torch.random.fork_rng(devices=[]):  # fallback samples: the same audio gives the same text, the caller's RNG untouched
             torch.manual_seed(0)
             output = self.pipe({"raw": audio, "sampling_rate": SAMPLE_RATE}, return_timestamps=timestamps, generate_kwargs=kwargs)
@@ -167,36 +223,34 @@ def block_bounds(audio: np.ndarray, block_seconds: float, search_seconds: float 
     return bounds + [(start, audio.size)]
 
 
-def transcribe_file(transcriber: LongFormTranscriber, path: str | os.PathLike, options: DecodingOptions = DecodingOptions(),
+def transcribe_file(transcriber, path: str | os.PathLike, options: DecodingOptions = DecodingOptions(),
                     partial: str | os.PathLike | None = None, progress: bool = False,
                     on_resume: Callable[[float], None] | None = None) -> Transcript:
-    """The transcript of one file of any length, decoded block by block (``options.batch_size`` chunks a block).
+    """The transcript of one file of any length, decoded piece by piece (``transcriber.pieces``: blocks of chunks, or
+    segments).
 
-    With ``partial``, each finished block's segments are saved there at once and a later call with the same file and
-    options continues after the last saved block (calling ``on_resume(seconds already done)``): an interruption loses
-    at most the block being decoded."""
+    With ``partial``, each finished piece is saved there at once and a later call with the same file, transcriber and
+    options continues after the last saved piece (calling ``on_resume(seconds already done)``): an interruption loses
+    at most the piece being decoded."""
     audio = load_audio(path)
     duration = round(audio.size / SAMPLE_RATE, 2)
-    block_seconds = options.batch_size * (transcriber.chunk_seconds - 2 * transcriber.stride_seconds)
-    bounds = block_bounds(audio, block_seconds)
-    job = {"source": str(Path(path).resolve()), "samples": int(audio.size), "options": asdict(options), "block_seconds": block_seconds}
-    state = _read_partial(partial, job) or {**job, "blocks_done": 0, "language": None, "texts": [], "segments": []}
+    job = {"source": str(Path(path).resolve()), "samples": int(audio.size), "options": asdict(options), "transcriber": transcriber.identity}
+    state = _read_partial(partial, job) or {**job, "done_samples": 0, "language": None, "texts": [], "segments": []}
     if state["language"] is None:
-        state["language"] = options.language or detect_language(transcriber.model, transcriber.processor, audio)
-    block_options = DecodingOptions(**(asdict(options) | {"language": state["language"]}))
-    done_seconds = round(bounds[state["blocks_done"] - 1][1] / SAMPLE_RATE, 1) if state["blocks_done"] else 0.0
-    if done_seconds and on_resume:
-        on_resume(done_seconds)
-    with tqdm(total=duration, initial=done_seconds, desc=Path(path).name, unit="audio s", disable=not progress or len(bounds) < 2) as bar:
-        for start, end in bounds[state["blocks_done"] :]:
-            piece = transcriber(audio[start:end], block_options)
+        state["language"] = options.language or transcriber.detect_language(audio)
+    start = state["done_samples"]
+    if start and on_resume:
+        on_resume(round(start / SAMPLE_RATE, 1))
+    with tqdm(total=duration, initial=round(start / SAMPLE_RATE, 1), desc=Path(path).name, unit="audio s", disable=not progress) as bar:
+        for end_seconds, segments, text in transcriber.pieces(audio[start:], replace(options, language=state["language"])):
             offset = start / SAMPLE_RATE
-            state["texts"].append(piece.text)
-            state["segments"] += [{**seg, "start": round(seg["start"] + offset, 2), "end": round(seg["end"] + offset, 2)} for seg in piece.segments]
-            state["blocks_done"] += 1
+            state["texts"].append(text)
+            state["segments"] += [{**seg, "start": round(seg["start"] + offset, 2), "end": round(seg["end"] + offset, 2)} for seg in segments]
+            done = min(audio.size, start + round(end_seconds * SAMPLE_RATE))
+            bar.update(round((done - state["done_samples"]) / SAMPLE_RATE, 1))
+            state["done_samples"] = done
             if partial:
                 write_json(partial, state)
-            bar.update(round((end - start) / SAMPLE_RATE, 1))
     text = " ".join(t for t in state["texts"] if t)
     return Transcript(text=text, segments=state["segments"], language=state["language"], duration=duration, source=str(path))
 

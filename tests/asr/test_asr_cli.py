@@ -43,7 +43,7 @@ def test_evaluation_encodes_each_batch_once_and_caps_its_tokens_by_its_longest_c
 
     caps = []
     real_decode = evaluate.decode_batch
-    monkeypatch.setattr(evaluate, "decode_batch", lambda model, tokenizer, inputs, options: caps.append(options.max_new_tokens)
+    monkeypatch.setattr(evaluate, "decode_batch", lambda model, tokenizer, inputs, options, assistant: caps.append(options.max_new_tokens)
                         or real_decode(model, tokenizer, inputs, options))
     clips = load_features(tiny_features)[0]["train"].select(range(6))
     model, processor = load_whisper(tiny_asr_model)

@@ -11,17 +11,22 @@ import torch
 from tqdm.auto import tqdm
 
 from fedwhisper.asr.batches import WINDOWS, AsrBatches, model_inputs
+from fedwhisper.backends import decode_features
 from fedwhisper.constants import IGNORE_INDEX
 from fedwhisper.errors import FedwhisperError
 from fedwhisper.metrics import character_error_rate, normalizer, word_error_rate
-from fedwhisper.transcribe import DecodingOptions, decode_batch, token_cap
+from fedwhisper.transcribe import DecodingOptions, decode_batch, load_assistant, token_cap
 
 
-def evaluate_batches(model, tokenizer, batches: AsrBatches, options: DecodingOptions, progress: bool = False) -> dict:
+def evaluate_batches(model, tokenizer, batches: AsrBatches, options: DecodingOptions, progress: bool = False, assistant=None) -> dict:
     """{"loss", "wer", "cer", "rows"}: each row has the clip's path, speaker, reference, hypothesis and its own WER.
-    A batch generates at most ``token_cap`` tokens for its longest clip, so a model that loops stops early."""
-    was_training = model.training
-    model.eval()
+    A batch generates at most ``token_cap`` tokens for its longest clip, so a model that loops stops early.
+    ``model`` is a transformers Whisper (``assistant``: a student drafting for it, see ``decode_batch``), or a
+    faster-whisper ``WhisperModel`` (CTranslate2: 30-s windows, no loss)."""
+    on_ctranslate2 = not isinstance(model, torch.nn.Module)
+    was_training = not on_ctranslate2 and model.training
+    if not on_ctranslate2:
+        model.eval()
     dataset = batches.dataset
     references = dataset["transcription"]
     columns = {name: dataset[name] for name in ("path", "speaker_id") if name in dataset.column_names}
@@ -29,6 +34,10 @@ def evaluate_batches(model, tokenizer, batches: AsrBatches, options: DecodingOpt
     hypotheses, loss_sum, tokens = [], 0.0, 0
     steps = batches.in_order(options.batch_size)
     for indices, batch in tqdm(steps, total=-(-len(batches) // options.batch_size), desc="evaluate", unit="batch", disable=not progress):
+        capped = options if seconds is None else replace(options, max_new_tokens=token_cap(max(seconds[i] for i in indices), options.max_new_tokens))
+        if on_ctranslate2:
+            hypotheses += decode_features(model, tokenizer, batch["input_features"].numpy(), options, capped.max_new_tokens)
+            continue
         with torch.inference_mode():
             inputs = model_inputs(model, batch)
             if "input_features" in inputs:  # encoded once for the loss and for generation (which would encode again)
@@ -37,8 +46,7 @@ def evaluate_batches(model, tokenizer, batches: AsrBatches, options: DecodingOpt
         labels = inputs["labels"]
         loss_sum += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), labels, ignore_index=IGNORE_INDEX, reduction="sum"))
         tokens += int((labels != IGNORE_INDEX).sum())
-        capped = options if seconds is None else replace(options, max_new_tokens=token_cap(max(seconds[i] for i in indices), options.max_new_tokens))
-        hypotheses += decode_batch(model, tokenizer, inputs, capped)
+        hypotheses += decode_batch(model, tokenizer, inputs, capped, assistant)
     if was_training:
         model.train()
     language = options.language or "en"
@@ -48,7 +56,7 @@ def evaluate_batches(model, tokenizer, batches: AsrBatches, options: DecodingOpt
         row = {name: values[i] for name, values in columns.items()} | {"reference": reference, "hypothesis": hypothesis}
         row["wer"] = round(word_error_rate([reference], [hypothesis], language), 4) if normalise(reference).strip() else None
         rows.append(row)
-    return {"loss": loss_sum / max(tokens, 1), "wer": word_error_rate(references, hypotheses, language),
+    return {"loss": None if on_ctranslate2 else loss_sum / max(tokens, 1), "wer": word_error_rate(references, hypotheses, language),
             "cer": character_error_rate(references, hypotheses, language), "rows": rows}
 
 
@@ -74,32 +82,39 @@ def write_rows(rows: list[dict], path: str | os.PathLike) -> Path:
 
 
 def evaluate_data(data: str | os.PathLike, model: str, split: str = "test", options: DecodingOptions = DecodingOptions(),
-                  limit: int = 0, progress: bool = True, window: str = "full") -> dict:
+                  limit: int = 0, progress: bool = True, window: str = "full", backend: str = "transformers", assistant: str | None = None) -> dict:
     """WER/CER of ``model`` on a split of prepared features or of a corpus directory (prepared for the model in a
-    scratch directory first) with the encoder on ``window`` (full, or clip). ``options.language`` None: the features' language. Adds "clips", "audio_seconds",
-    "seconds" (decoding time) and "language" to ``evaluate_batches``' result."""
+    scratch directory first) with the encoder on ``window`` (full, or clip), on ``backend`` (transformers, or
+    ctranslate2: faster-whisper on the model's CTranslate2 export, 30-s windows). ``options.language`` None: the
+    features' language; ``assistant``: a student for speculative decoding (transformers). Adds "clips", "audio_seconds", "seconds" (decoding time) and "language" to ``evaluate_batches``' result."""
     import tempfile
     import time
 
     from fedwhisper.asr.prepare import MANIFEST, PrepareOptions, load_features, prepare_features
-    from fedwhisper.models.registry import load_whisper
+    from fedwhisper.backends import check_backend, load_ctranslate2
+    from fedwhisper.models.export import ctranslate2_model_dir, export_source
+    from fedwhisper.models.registry import load_processor, load_whisper
 
-    if window not in WINDOWS:  # before a corpus is prepared or a model loaded
-        raise FedwhisperError(f"--window must be one of {', '.join(WINDOWS)} (got {window!r})")
+    check_backend(backend)  # before a corpus is prepared or a model loaded
+    if assistant and backend != "transformers":
+        raise FedwhisperError("--assistant (speculative decoding) runs on the transformers backend")
+    if window not in WINDOWS or (backend == "ctranslate2" and window != "full"):
+        raise FedwhisperError(f"--window must be one of {', '.join(WINDOWS)} (got {window!r}); the ctranslate2 backend runs full windows only")
     data = Path(data)
     with tempfile.TemporaryDirectory(prefix="fedwhisper-eval-") as scratch:
+        whisper = load_ctranslate2(ctranslate2_model_dir(model)) if backend == "ctranslate2" else None
         features = data
         if not (data / MANIFEST).is_file():  # a corpus
             features = Path(scratch) / "features"
-            prepare_features(data, model, features, PrepareOptions(language=options.language or "en", task=options.task, validation_speakers=0))
+            prepare_features(data, export_source(model), features, PrepareOptions(language=options.language or "en", task=options.task, validation_speakers=0))
         dataset, manifest = load_features(features)
         if split not in dataset:
             raise FedwhisperError(f"{data} has no {split} split (it has {', '.join(dataset)})")
         rows = dataset[split].select(range(min(limit, len(dataset[split])))) if limit else dataset[split]
-        whisper, processor = load_whisper(model)
+        whisper, processor = (whisper, load_processor(model)) if whisper else load_whisper(model)
         options = replace(options, language=options.language or manifest["options"]["language"])
         started = time.perf_counter()
-        batches = AsrBatches(rows, whisper.config.decoder_start_token_id, window=window)
-        result = evaluate_batches(whisper, processor.tokenizer, batches, options, progress)
+        batches = AsrBatches(rows, processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>"), window=window)
+        result = evaluate_batches(whisper, processor.tokenizer, batches, options, progress, load_assistant(assistant) if assistant else None)
         return result | {"clips": len(rows), "audio_seconds": float(sum(rows["duration"])), "seconds": time.perf_counter() - started,
                          "language": options.language}

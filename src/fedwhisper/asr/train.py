@@ -13,7 +13,8 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -141,10 +142,10 @@ def _autocast(model, config: TrainConfig):
     return torch.autocast("cuda", dtype=dtype)
 
 
-def train_on_batches(model, micro_batches: Iterable[dict], config: TrainConfig, optimizer, scheduler=None, extra_loss=None) -> dict:
+def train_on_batches(model, micro_batches: Iterable[dict], config: TrainConfig, optimizer, scheduler=None, extra_loss=None, loss_fn=None) -> dict:
     """Forward/backward over ``micro_batches``, an optimizer step every ``gradient_accumulation`` of them.
-    ``extra_loss()``, when given, is added to every micro-batch's objective (FedProx's proximal term); the loss
-    reported is the model's own.
+    ``loss_fn(model, inputs)``, when given, replaces the model's cross-entropy (distillation's loss);
+    ``extra_loss()`` is added to every micro-batch's objective (FedProx's proximal term) but not to the loss reported.
 
     Returns {"loss": mean over micro-batches, "steps", "samples", "seconds"}; the model is updated in place.
     """
@@ -153,7 +154,7 @@ def train_on_batches(model, micro_batches: Iterable[dict], config: TrainConfig, 
     for batch in micro_batches:
         with _autocast(model, config):
             batch = model_inputs(model, batch)
-            loss = model(**batch).loss
+            loss = model(**batch).loss if loss_fn is None else loss_fn(model, batch)
         objective = loss if extra_loss is None else loss + extra_loss()
         (objective / config.gradient_accumulation).backward()
         total_loss += float(loss.detach())
@@ -209,14 +210,14 @@ def _tensorboard(path: Path):
 def fine_tune(
     model, processor, train_set, config: TrainConfig, *, eval_set=None, run_dir: str | os.PathLike | None = None,
     resume: bool = False, on_evaluate: Callable[[int, dict], None] | None = None, cache_root: Path | None = None, progress: bool = True,
-    run_info: dict | None = None,
+    run_info: dict | None = None, loss_fn=None,
 ) -> TrainResult:
     """Fine-tune ``model`` on a prepared split; evaluate every ``eval_every`` steps, checkpoint every ``save_every``.
 
     With ``run_dir``, ``resume=True`` continues from the last checkpoint exactly (weights, optimizer, scheduler, random
     state, position in the data order) and the best model by WER is kept in ``run_dir/best``. ``on_evaluate(step,
-    metrics)`` may raise :class:`StopTraining`. ``run_info`` is stored beside the config in the run's options.json.
-    """
+    metrics)`` may raise :class:`StopTraining`. ``run_info`` is stored beside the config in the run's options.json;
+    ``loss_fn`` replaces the cross-entropy (see ``train_on_batches``)."""
     from tqdm.auto import tqdm
 
     from fedwhisper.asr.evaluate import evaluate_batches
@@ -241,7 +242,7 @@ def fine_tune(
     while step < total:
         boundary = min(total, _next_multiple(step, config.log_every), _next_multiple(step, config.eval_every), _next_multiple(step, config.save_every))
         micro = train_batches.micro_batches(config.batch_size, config.seed, step * config.gradient_accumulation, (boundary - step) * config.gradient_accumulation)
-        result = train_on_batches(model, micro, config, optimizer, scheduler)
+        result = train_on_batches(model, micro, config, optimizer, scheduler, loss_fn=loss_fn)
         step = boundary
         bar.update(result["steps"])
         trained_samples += result["samples"]
@@ -311,10 +312,17 @@ def train_run(out: str | os.PathLike, *, features: str | os.PathLike | None = No
     whisper, processor = load_whisper(model, dropout=config.dropout)
     if len(processor.tokenizer) != manifest["vocab_size"]:
         raise FedwhisperError(f"{features} was prepared with another tokenizer ({manifest['model']}); prepare it again for {model}")
-    try:
+    with interruption_kept(out, "asr train"):
         return fine_tune(whisper, processor, dataset["train"], config, eval_set=dataset[eval_split], run_dir=out, resume=resume,
                          progress=progress, run_info={"features": str(Path(features).resolve()), "model": model, "eval_split": eval_split})
+
+
+@contextmanager
+def interruption_kept(out: str | os.PathLike, command: str) -> Iterator[None]:
+    """Ctrl-C in a training run becomes one line: which checkpoint is kept and the command that continues."""
+    try:
+        yield
     except KeyboardInterrupt:
         checkpoint = TrainingRun(out).latest_checkpoint()
         kept = f"the last checkpoint is {checkpoint.name}" if checkpoint else "no checkpoint was saved yet (resuming starts at step 0)"
-        raise Interrupted(f"interrupted: {kept} in {out}; continue with `fedwhisper asr train --resume {out}`") from None
+        raise Interrupted(f"interrupted: {kept} in {out}; continue with `fedwhisper {command} --resume {out}`") from None

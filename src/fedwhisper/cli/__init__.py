@@ -15,7 +15,7 @@ import click  # noqa: E402
 import typer  # noqa: E402
 from typer.core import TyperGroup  # noqa: E402
 
-from fedwhisper.cli import asr, data, demo, kws, models, serve  # noqa: E402
+from fedwhisper.cli import asr, data, demo, distill, kws, models, serve  # noqa: E402
 from fedwhisper.cli.common import fail  # noqa: E402
 from fedwhisper.errors import FedwhisperError, Interrupted  # noqa: E402
 
@@ -55,6 +55,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(data.app, name="data")
 app.add_typer(kws.app, name="kws")
 app.add_typer(asr.app, name="asr")
+app.add_typer(distill.app, name="distill")
 app.command()(serve.transcribe)
 app.command("app")(serve.web_app)
 app.command()(demo.demo)

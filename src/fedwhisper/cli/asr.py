@@ -153,6 +153,10 @@ def asr_evaluate(
     num_beams: Annotated[int, typer.Option(min=1)] = 1,
     limit: Annotated[int, typer.Option(min=0, help="first N clips only (0: all)")] = 0,
     window: Annotated[str, typer.Option(help="encoder window: full (Whisper's 30 s) or clip (the clip's length)")] = "full",
+    backend: Annotated[str, typer.Option(help="transformers, or ctranslate2 (faster-whisper on the model's CTranslate2 export; "
+                                              "full windows)")] = "transformers",
+    assistant: Annotated[str | None, typer.Option(help="a student of --model drafting tokens that --model checks (speculative "
+                                                       "decoding: same transcripts, one clip at a time)")] = None,
     csv_out: Annotated[Path | None, typer.Option("--csv", help="per-utterance CSV [DATA-SPLIT-wer.csv in the current directory]")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing CSV")] = False,
 ) -> None:
@@ -163,7 +167,7 @@ def asr_evaluate(
     options = DecodingOptions(language=language, task=task, batch_size=batch_size, num_beams=num_beams)
     csv_out = csv_out or Path(f"{data.name}-{split}-wer.csv")
     writable_new_file(csv_out, overwrite)  # before the evaluation, not after it
-    result = evaluate_data(data, model, split, options, limit, window=window)
+    result = evaluate_data(data, model, split, options, limit, window=window, backend=backend, assistant=assistant)
     write_rows(result["rows"], csv_out)
     table = Table("speaker", "WER", title=f"{model} on {data} ({split})")
     for speaker, wer in speaker_wer(result["rows"], result["language"]).items():

@@ -24,6 +24,10 @@ def transcribe(
     num_beams: Annotated[int, typer.Option(min=1)] = 1,
     temperature_fallback: Annotated[bool, typer.Option(help="Whisper's fallback: decode a repetitive or improbable chunk again at "
                                                             "temperatures 0.2 … 1.0")] = True,
+    backend: Annotated[str, typer.Option(help="transformers, or ctranslate2 (faster-whisper on the model's CTranslate2 export, "
+                                              "made on first use; or a `models export` directory as --model)")] = "transformers",
+    assistant: Annotated[str | None, typer.Option(help="a student of --model (`distill`) drafting tokens that --model checks: "
+                                                       "speculative decoding, same transcript")] = None,
 ) -> None:
     """Transcribe (or translate) audio of any length: 30-s chunks with overlap, segment timestamps, txt/srt/vtt/json.
     Long files are decoded block by block and each block is saved at once: run the same command again after an
@@ -31,27 +35,19 @@ def transcribe(
     from tqdm.auto import tqdm
 
     from fedwhisper.audio import AudioError
+    from fedwhisper.backends import check_backend, load_transcriber
     from fedwhisper.errors import FedwhisperError, Interrupted
-    from fedwhisper.models.registry import load_whisper
-    from fedwhisper.transcribe import (
-        OUTPUT_FORMATS,
-        WHISPER_TEMPERATURES,
-        DecodingOptions,
-        LongFormTranscriber,
-        generation_kwargs,
-        transcribe_file,
-        write_transcript,
-    )
+    from fedwhisper.transcribe import OUTPUT_FORMATS, WHISPER_TEMPERATURES, DecodingOptions, transcribe_file, write_transcript
 
     unknown = [f for f in output_format if f not in OUTPUT_FORMATS]
     if unknown:
         raise fail(f"unknown format {', '.join(unknown)}; choose from {', '.join(OUTPUT_FORMATS)}")
     options = DecodingOptions(language=language, task=task, batch_size=batch_size, num_beams=num_beams,
                               temperatures=WHISPER_TEMPERATURES if temperature_fallback else (0.0,))
+    check_backend(backend)
     planned = _planned_outputs(files, out_dir, output_format, overwrite)
-    model_obj, processor = load_whisper(model)
-    generation_kwargs(model_obj, options)  # refuse an impossible language/task before any audio is read
-    transcriber = LongFormTranscriber(model_obj, processor, batch_size=batch_size)
+    transcriber = load_transcriber(model, backend, batch_size, assistant)
+    transcriber.check(options)  # refuse an impossible language/task before any audio is read
     failed, audio_seconds, started = 0, 0.0, time.perf_counter()
     for file in tqdm(files, desc="transcribe", unit="file", disable=len(files) < 2):
         partial = planned[file]
@@ -108,6 +104,7 @@ def web_app(
     from transformers import WhisperConfig
 
     from fedwhisper.errors import FedwhisperError
+    from fedwhisper.models.export import is_ctranslate2_dir
     from fedwhisper.models.registry import from_pretrained, resolve_model
     from fedwhisper.serve.app import build_app, discover_models
 
@@ -115,7 +112,8 @@ def web_app(
     if not choices:
         raise fail("no models found: import one (`fedwhisper models import tiny.en`) or pass --model")
     for choice in model or []:  # before the server starts: a request must not be the first to find a model missing
-        from_pretrained(WhisperConfig, resolve_model(choice))
+        if not is_ctranslate2_dir(choice):
+            from_pretrained(WhisperConfig, resolve_model(choice))
     console.print(f"models: {', '.join(choices)}")
     try:
         build_app(choices).launch(server_name=host, server_port=port)

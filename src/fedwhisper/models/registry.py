@@ -100,6 +100,12 @@ def _distribution_versions(model: PackagedModel) -> dict[str, str]:
     return versions
 
 
+def packaged_checkpoint_dir(name: str) -> Path:
+    """The directory of a packaged model's CTranslate2 files (faster-whisper loads it as it is when model.bin is one file)."""
+    model = PACKAGED_MODELS[name]
+    return _locate(model, model.parts[0]).parent
+
+
 def is_installed(name: str) -> bool:
     return all(_module_dir(module) is not None for module in PACKAGED_MODELS[name].modules)
 
@@ -146,6 +152,8 @@ def resolve_model(ref: str | os.PathLike) -> str:
             model_type = json.loads(config_path.read_text()).get("model_type")
         except (ValueError, AttributeError) as error:
             raise ModelNotAvailableError(f"{config_path}: not a valid model config ({error})") from None
+        if model_type is None and (path / "model.bin").is_file():
+            raise ModelNotAvailableError(f"{path} is a CTranslate2 model: it runs with --backend ctranslate2")
         if model_type != "whisper":
             raise ModelNotAvailableError(f"{path} holds a {model_type or 'model of unknown type'}, not a Whisper model")
         return str(path)
@@ -163,11 +171,17 @@ def from_pretrained(cls, location: str, **kwargs):
                                      f"directory, or a hub id reachable from here ({str(error).strip().splitlines()[0]})") from None
 
 
+def load_processor(ref: str | os.PathLike):
+    """The processor (log-mel extractor + tokenizer) of ``ref``; a CTranslate2 export carries its model's."""
+    from transformers import WhisperProcessor
+
+    path = Path(ref).expanduser()
+    return from_pretrained(WhisperProcessor, str(path) if (path / "model.bin").is_file() else resolve_model(ref))
+
+
 def load_whisper(ref: str | os.PathLike, device: str = "cpu", **config_overrides):
     """(model, processor) for ``ref``, in eval mode; ``config_overrides`` (e.g. ``dropout=0.1``) replace config values."""
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+    from transformers import WhisperForConditionalGeneration
 
-    location = resolve_model(ref)
-    model = from_pretrained(WhisperForConditionalGeneration, location, **config_overrides).to(device).eval()
-    processor = from_pretrained(WhisperProcessor, location)
-    return model, processor
+    model = from_pretrained(WhisperForConditionalGeneration, resolve_model(ref), **config_overrides).to(device).eval()
+    return model, load_processor(ref)
