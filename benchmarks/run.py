@@ -208,15 +208,20 @@ def distill_rows(results: dict) -> list[str]:
     rows = []
     if serving := results.get("serving"):
         setup = f"tiny.en, {serving['audio_seconds']:.0f}-s recording, {serving['threads']} threads, batch {serving['batch_size']}"
-        for name, label in (("transformers", "our transformers path"), ("ours_ctranslate2_float32", "our CTranslate2 export, float32"),
-                            ("ours_ctranslate2_int8", "our CTranslate2 export, int8"),
-                            ("faster_whisper_packaged_int8", "faster-whisper on the packaged checkpoint, int8")):
+        for name, label in (("transformers", "`transcribe` (transformers)"), ("ours_ctranslate2_float32", "`transcribe --backend ctranslate2`, float32 export"),
+                            ("ours_ctranslate2_int8", "`transcribe --backend ctranslate2`, int8 export"),
+                            ("faster_whisper_our_int8_export", "faster-whisper alone, the same int8 export"),
+                            ("faster_whisper_packaged_float32", "faster-whisper, packaged checkpoint, float32"),
+                            ("faster_whisper_packaged_int8", "faster-whisper, packaged checkpoint, int8 at load")):
             entry = serving[name]
             rows.append(f"| serving ({setup}): {label} | {entry['audio_seconds_per_second']} audio s per compute s, WER {entry['wer']:.1%}, "
-                        f"peak RSS {entry['peak_rss_mb']:.0f} MB |")
-        rows.append(f"| … our int8 export vs faster-whisper on the packaged checkpoint: same transcript; speed ratio (ours / theirs) | "
-                    f"{'yes' if serving['int8_same_transcript_as_faster_whisper'] else 'no'}; {serving['int8_speed_over_faster_whisper']}x "
-                    f"({serving['int8_speed_over_transformers']}x our transformers path) |")
+                        f"peak RSS {entry['peak_rss_mb']:.0f} MB ({entry['rss_before_model_mb']:.0f} before the model) |")
+        same = {True: "same", False: "different"}
+        rows.append(f"| … `--backend ctranslate2` (int8) over faster-whisper alone on the same export: speed; transcript | "
+                    f"{serving['int8_speed_over_faster_whisper_same_export']}x; {same[serving['int8_same_transcript_as_faster_whisper_same_export']]} "
+                    f"({serving['int8_speed_over_transformers']}x the transformers path) |")
+        rows.append(f"| … our exports vs the packaged checkpoint: float32 / int8 transcripts | "
+                    f"{same[serving['float32_export_same_transcript_as_packaged_float32']]} / {same[serving['int8_export_same_transcript_as_packaged_int8']]} |")
     return rows
 
 

@@ -141,13 +141,22 @@ def test_distillation_trains_the_students_decoder_and_resumes_exactly(tiny_asr_m
         torch.testing.assert_close(value, trained[name], atol=1e-5, rtol=1e-4)
 
 
-def test_speculative_decoding_with_a_student_gives_the_teachers_greedy_text(tiny_asr_model, student_dir, small_features):
-    from fedwhisper.asr.evaluate import evaluate_data
-    from fedwhisper.transcribe import DecodingOptions
+def test_speculative_decoding_with_a_student_gives_the_teachers_greedy_text(tiny_asr_model, student_dir, small_features, monkeypatch):
+    from fedwhisper.asr import evaluate
+    from fedwhisper.transcribe import DecodingOptions, load_assistant
 
+    drafts = []
+
+    def counted(ref):
+        assistant = load_assistant(ref)
+        assistant.register_forward_hook(lambda *args: drafts.append(1))
+        return assistant
+
+    monkeypatch.setattr(evaluate, "load_assistant", counted)
     options = DecodingOptions(max_new_tokens=12, batch_size=4)
-    alone = evaluate_data(small_features, str(tiny_asr_model), "train", options, limit=6, progress=False)
-    assisted = evaluate_data(small_features, str(tiny_asr_model), "train", options, limit=6, progress=False, assistant=str(student_dir))
+    alone = evaluate.evaluate_data(small_features, str(tiny_asr_model), "train", options, limit=6, progress=False)
+    assisted = evaluate.evaluate_data(small_features, str(tiny_asr_model), "train", options, limit=6, progress=False, assistant=str(student_dir))
+    assert drafts  # the student drafted; the teacher's checks keep its own text
     assert [r["hypothesis"] for r in assisted["rows"]] == [r["hypothesis"] for r in alone["rows"]]
     with pytest.raises(FedwhisperError, match="runs on the transformers backend"):
-        evaluate_data(small_features, str(tiny_asr_model), backend="ctranslate2", assistant=str(student_dir))
+        evaluate.evaluate_data(small_features, str(tiny_asr_model), backend="ctranslate2", assistant=str(student_dir))
