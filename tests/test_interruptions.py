@@ -26,9 +26,11 @@ EXIT_WITHIN = 10.0
 
 
 def run_until(args: list[str], ready, signum: int, session_home: Path) -> tuple[int, str, float]:
-    """Start the CLI, send ``signum`` once ``ready()`` holds; (exit code, output, seconds from the signal to the exit)."""
+    """Start the CLI as a background shell job starts it (SIGINT ignored), send ``signum`` once ``ready()`` holds;
+    (exit code, output, seconds from the signal to the exit)."""
     process = subprocess.Popen([sys.executable, "-m", "fedwhisper", *args], env=os.environ | {"FEDWHISPER_HOME": str(session_home)},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.monotonic() + 300
     while not ready():
         assert process.poll() is None, f"ended before it could be interrupted:\n{process.stdout.read()}"

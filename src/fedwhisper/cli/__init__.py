@@ -33,6 +33,9 @@ class _Commands(TyperGroup):
     def invoke(self, ctx):
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _stop)
+            # a job started from a background shell inherits SIGINT ignored, and Python then never raises
+            # KeyboardInterrupt: Ctrl-C (or `kill -INT`) must stop every job the same way
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             return super().invoke(ctx)
         except click.UsageError as error:  # a bad option value: one line naming the option, not click's boxed usage text
