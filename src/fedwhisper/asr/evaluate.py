@@ -22,7 +22,7 @@ def evaluate_batches(model, tokenizer, batches: AsrBatches, options: DecodingOpt
     """{"loss", "wer", "cer", "rows"}: each row has the clip's path, speaker, reference, hypothesis and its own WER.
     A batch generates at most ``token_cap`` tokens for its longest clip, so a model that loops stops early.
     ``model`` is a transformers Whisper (``assistant``: a student drafting for it, see ``decode_batch``), or a
-    faster-whisper ``WhisperModel`` (CTranslate2: 30-s windows, no loss)."""
+    faster-whisper ``WhisperModel`` (CTranslate2, no loss)."""
     on_ctranslate2 = not isinstance(model, torch.nn.Module)
     was_training = not on_ctranslate2 and model.training
     if not on_ctranslate2:
@@ -85,7 +85,7 @@ def evaluate_data(data: str | os.PathLike, model: str, split: str = "test", opti
                   limit: int = 0, progress: bool = True, window: str = "full", backend: str = "transformers", assistant: str | None = None) -> dict:
     """WER/CER of ``model`` on a split of prepared features or of a corpus directory (prepared for the model in a
     scratch directory first) with the encoder on ``window`` (full, or clip), on ``backend`` (transformers, or
-    ctranslate2: faster-whisper on the model's CTranslate2 export, 30-s windows). ``options.language`` None: the
+    ctranslate2: faster-whisper on the model's CTranslate2 export). ``options.language`` None: the
     features' language; ``assistant``: a student for speculative decoding (transformers). Adds "clips", "audio_seconds", "seconds" (decoding time) and "language" to ``evaluate_batches``' result."""
     import tempfile
     import time
@@ -98,8 +98,8 @@ def evaluate_data(data: str | os.PathLike, model: str, split: str = "test", opti
     check_backend(backend)  # before a corpus is prepared or a model loaded
     if assistant and backend != "transformers":
         raise FedwhisperError("--assistant (speculative decoding) runs on the transformers backend")
-    if window not in WINDOWS or (backend == "ctranslate2" and window != "full"):
-        raise FedwhisperError(f"--window must be one of {', '.join(WINDOWS)} (got {window!r}); the ctranslate2 backend runs full windows only")
+    if window not in WINDOWS:
+        raise FedwhisperError(f"--window must be one of {', '.join(WINDOWS)} (got {window!r})")
     data = Path(data)
     with tempfile.TemporaryDirectory(prefix="fedwhisper-eval-") as scratch:
         whisper = load_ctranslate2(ctranslate2_model_dir(model)) if backend == "ctranslate2" else None
