@@ -114,8 +114,9 @@ def teacher_loss_fn(teacher, weights: DistillLoss):
 
 def pseudo_label(features: str | os.PathLike, teacher: str, out: str | os.PathLike, wer_threshold: float | None = 10.0,
                  batch_size: int = 16, chunk_rows: int = 256, progress: bool = True) -> dict:
-    """Prepared features whose labels are ``teacher``'s greedy transcripts (30-s windows, tokens capped by the clip's
-    length), written to ``out`` with the same layout. A pair whose normalised WER against its reference exceeds
+    """Prepared features whose training labels are ``teacher``'s greedy transcripts (30-s windows, tokens capped by
+    the clip's length), written to ``out`` with the same layout; the other splits keep their references, so the
+    student is chosen and tested against real text. A pair whose normalised WER against its reference exceeds
     ``wer_threshold`` % is dropped (None: all kept); the report counts and lists what was dropped. Rows are decoded
     ``chunk_rows`` at a time and each chunk is saved at once, so a rerun continues where an interrupted one stopped."""
     import datasets
@@ -143,14 +144,14 @@ def pseudo_label(features: str | os.PathLike, teacher: str, out: str | os.PathLi
     work.mkdir(parents=True, exist_ok=True)
     write_json(work / "job.json", job)
     report = {"teacher": str(teacher), "wer_threshold": wer_threshold, "splits": {}}
-    labelled = {}
-    total = sum(len(split) for split in dataset.values())
-    bar = tqdm(total=total, desc="pseudo-label", unit="clip", disable=not progress)
-    try:
-        for name, split in dataset.items():
-            hypotheses, wers = [], []
+    if "train" not in dataset:
+        raise FedwhisperError(f"{features} has no train split to label")
+    split = dataset["train"]
+    hypotheses, wers = [], []
+    with tqdm(total=len(split), desc="pseudo-label", unit="clip", disable=not progress) as bar:
+        try:
             for index, start in enumerate(range(0, len(split), chunk_rows)):
-                saved = work / f"{name}-{index:05d}.json"
+                saved = work / f"train-{index:05d}.json"
                 rows = split.select(range(start, min(start + chunk_rows, len(split))))
                 if not saved.is_file():
                     result = evaluate_batches(whisper, processor.tokenizer, AsrBatches(rows, whisper.config.decoder_start_token_id), options)
@@ -159,24 +160,20 @@ def pseudo_label(features: str | os.PathLike, teacher: str, out: str | os.PathLi
                 hypotheses += [h for h, _ in chunk]
                 wers += [w for _, w in chunk]
                 bar.update(len(rows))
-            has_reference = [bool(text.strip()) for text in split["transcription"]]
-            keep = [bool(h.strip()) and (wer_threshold is None or not ref or w is None or 100 * w <= wer_threshold)
-                    for h, w, ref in zip(hypotheses, wers, has_reference)]
-            multilingual = manifest["multilingual"]
-            relabelled = split.add_column("reference", split["transcription"]).remove_columns(["transcription", "labels"])
-            relabelled = relabelled.add_column("transcription", hypotheses)
-            relabelled = relabelled.add_column("labels", [label_ids(processor.tokenizer, h, multilingual, language, task) for h in hypotheses])
-            labelled[name] = relabelled.select([i for i, k in enumerate(keep) if k])
-            dropped = [{"path": p, "reference": r, "teacher": h, "wer": w}
-                        for p, r, h, w, k in zip(split["path"], split["transcription"], hypotheses, wers, keep) if not k]
-            report["splits"][name] = {"kept": len(labelled[name]), "dropped": len(dropped), "dropped_clips": dropped[:200]}
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted: the finished chunks are kept in {work}; run the same command again to continue") from None
-    finally:
-        bar.close()
-    for name, split in labelled.items():
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted: the finished chunks are kept in {work}; run the same command again to continue") from None
+    references = split["transcription"]
+    keep = [bool(h.strip()) and (wer_threshold is None or not r.strip() or w is None or 100 * w <= wer_threshold)
+            for h, w, r in zip(hypotheses, wers, references)]
+    relabelled = split.add_column("reference", references).remove_columns(["transcription", "labels"])
+    relabelled = relabelled.add_column("transcription", hypotheses)
+    relabelled = relabelled.add_column("labels", [label_ids(processor.tokenizer, h, manifest["multilingual"], language, task) for h in hypotheses])
+    labelled = dict(dataset) | {"train": relabelled.select([i for i, k in enumerate(keep) if k])}
+    dropped = [{"path": p, "reference": r, "teacher": h, "wer": w} for p, r, h, w, k in zip(split["path"], references, hypotheses, wers, keep) if not k]
+    report["splits"]["train"] = {"kept": len(labelled["train"]), "dropped": len(dropped), "dropped_clips": dropped[:200]}
+    for name, rows in labelled.items():
         with atomic_path(out / name) as partial:
-            split.cast_column("labels", datasets.Sequence(datasets.Value("int32"))).save_to_disk(str(partial))
+            rows.cast_column("labels", datasets.Sequence(datasets.Value("int32"))).save_to_disk(str(partial))
     write_json(out / "dataset_dict.json", {"splits": list(labelled)})
     write_json(out / MANIFEST, manifest | {"pseudo_labels": job})
     write_json(out / REPORT, json.loads((Path(features) / REPORT).read_text()) if (Path(features) / REPORT).is_file() else {})

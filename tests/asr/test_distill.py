@@ -88,7 +88,9 @@ def test_pseudo_labels_are_the_teachers_greedy_text_filtered_by_wer_and_resumabl
     report = distill.pseudo_label(small_features, str(tiny_asr_model), tmp_path / "all", wer_threshold=None, chunk_rows=8, progress=False)
     labelled, _ = load_features(tmp_path / "all")
     assert report["splits"]["train"]["kept"] == len(labelled["train"]) == 12 - report["splits"]["train"]["dropped"]
-    assert set(labelled["train"]["reference"]) <= set(load_features(small_features)[0]["train"]["transcription"])
+    original = load_features(small_features)[0]
+    assert set(labelled["train"]["reference"]) <= set(original["train"]["transcription"])
+    assert labelled["validation"]["transcription"] == original["validation"]["transcription"]  # chosen against real text
     tokenizer = load_processor(str(tiny_asr_model)).tokenizer
     first = labelled["train"][0]
     assert tokenizer.decode(first["labels"], skip_special_tokens=True).strip() == first["transcription"].strip()

@@ -36,7 +36,8 @@ def distill_label(
     wer_threshold: Annotated[float | None, typer.Option(min=0.0, help="drop a clip whose label's WER against its reference exceeds this (%%)")] = 10.0,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
 ) -> None:
-    """Greedy pseudo-labels from the teacher for every clip; labels far from their reference dropped and reported.
+    """Greedy pseudo-labels from the teacher for every training clip (validation and test keep their references); labels
+    far from their reference dropped and reported.
     Saved chunk by chunk: run the same command again after an interruption and it continues."""
     from fedwhisper.distill import LABELS_REPORT, pseudo_label
 
