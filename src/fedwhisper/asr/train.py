@@ -22,7 +22,7 @@ import torch
 
 from fedwhisper.asr.batches import WINDOWS, AsrBatches, EncoderOutputCache, model_inputs
 from fedwhisper.asr.run import TrainingRun, whisper_of
-from fedwhisper.errors import FedwhisperError, Interrupted
+from fedwhisper.errors import FedwhisperError, Interrupted, stop_if_requested
 from fedwhisper.models.registry import fedwhisper_home
 
 MODES = ("full", "encoder-only", "frozen-encoder", "decoder-only", "lora")
@@ -240,6 +240,7 @@ def fine_tune(
     started, trained_samples, trained_seconds = time.perf_counter(), 0, 0.0
     bar = tqdm(total=total, initial=step, desc=f"train ({config.mode})", unit="step", disable=not progress)
     while step < total:
+        stop_if_requested()
         boundary = min(total, _next_multiple(step, config.log_every), _next_multiple(step, config.eval_every), _next_multiple(step, config.save_every))
         micro = train_batches.micro_batches(config.batch_size, config.seed, step * config.gradient_accumulation, (boundary - step) * config.gradient_accumulation)
         result = train_on_batches(model, micro, config, optimizer, scheduler, loss_fn=loss_fn)

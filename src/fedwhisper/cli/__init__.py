@@ -17,12 +17,13 @@ from typer.core import TyperGroup  # noqa: E402
 
 from fedwhisper.cli import asr, data, demo, distill, kws, models, serve  # noqa: E402
 from fedwhisper.cli.common import fail  # noqa: E402
-from fedwhisper.errors import FedwhisperError, Interrupted  # noqa: E402
+from fedwhisper.errors import STOP_REQUESTED, FedwhisperError, Interrupted  # noqa: E402
 
 INTERRUPTED_EXIT = 130  # the shell's code for a job stopped by SIGINT
 
 
 def _stop(signum, frame):
+    STOP_REQUESTED.set()
     raise KeyboardInterrupt  # `kill` stops a job the way Ctrl-C does: what is done is kept, the resume line is printed
 
 
@@ -35,7 +36,7 @@ class _Commands(TyperGroup):
             signal.signal(signal.SIGTERM, _stop)
             # a job started from a background shell inherits SIGINT ignored, and Python then never raises
             # KeyboardInterrupt: Ctrl-C (or `kill -INT`) must stop every job the same way
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGINT, _stop)
         try:
             return super().invoke(ctx)
         except click.UsageError as error:  # a bad option value: one line naming the option, not click's boxed usage text
