@@ -42,7 +42,7 @@ def run_until(args: list[str], ready, signum: int, session_home: Path) -> tuple[
         output, _ = process.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         process.kill()
-        pytest.fail("the process did not end within 60 s of the signal")
+        pytest.fail(f"the process did not end within 60 s of the signal; its output:\n{process.communicate()[0][-4000:]}")
     seconds = time.monotonic() - sent
     print(f"{args[0]} {args[1]}: exit code {process.returncode} {seconds:.2f} s after signal {signal.Signals(signum).name}")
     return process.returncode, output, seconds
