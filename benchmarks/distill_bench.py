@@ -1,5 +1,10 @@
-"""`make bench` suite `distill`: CPU serving (transformers vs CTranslate2 exports vs faster-whisper), and — as they
-land — Distil-Whisper students and speculative decoding."""
+"""`make bench` suite `distill`.
+
+- ``students``: Distil-Whisper students of domain-fine-tuned teachers (tiny.en and base): pseudo-labels, 2-decoder-layer
+  students, WER teacher vs student on held-out and flite voices, per-clip encoder/decoder latency beside the
+  multiply-add bound, and speculative decoding (the teacher with its student as assistant).
+- ``serving``: CPU serving on a long recording: transformers vs our CTranslate2 exports vs faster-whisper.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,11 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fedwhisper.audio import load_audio, write_audio
 
@@ -130,4 +137,172 @@ def serving(work: Path, small: bool) -> dict:
     return results
 
 
-PARTS = {"serving": serving}
+STUDENT_RECIPES = {  # teacher: the fl-asr centralized LoRA recipe (clip windows, lr 2e-3), base for half the steps (~3x the cost a step)
+    "tiny.en": {"teacher_steps": 200, "student_steps": 300},
+    "base": {"teacher_steps": 100, "student_steps": 300},
+}
+
+
+def _student_pipeline(work: Path, model: str, features: str, steps: dict) -> dict:
+    """Teacher fine-tune → greedy pseudo-labels of the training split (10 % WER filter) → 2-decoder-layer student
+    distilled on them; all on clip windows (the teacher's), in ``work / model``."""
+    from fedwhisper.asr.federated import AsrFederationOptions, client_train_config
+    from fedwhisper.asr.prepare import load_features
+    from fedwhisper.asr.train import TrainConfig, fine_tune
+    from fedwhisper.distill import distill_run, make_student, pseudo_label
+    from fedwhisper.models.registry import load_whisper
+
+    home, seconds = work / model, {}
+    dataset = load_features(features)[0]
+    started = time.perf_counter()
+    options = AsrFederationOptions(features=features, model=model, mode="lora", window="clip")
+    teacher_steps = steps["teacher_steps"]
+    config = replace(client_train_config(options), max_steps=teacher_steps, eval_every=teacher_steps, save_every=teacher_steps,
+                     log_every=max(teacher_steps // 10, 1), eval_clips=60)
+    whisper, processor = load_whisper(model)
+    tuned = fine_tune(whisper, processor, dataset["train"], config, eval_set=dataset["validation"], run_dir=home / "teacher", progress=False)
+    teacher = str(home / "teacher" / "best")
+    seconds["teacher"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    report = pseudo_label(features, teacher, home / "labelled", wer_threshold=10.0, window="clip", progress=False)
+    seconds["pseudo_labels"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    make_student(teacher, home / "student-init", decoder_layers=2)
+    student_steps = steps["student_steps"]
+    config = TrainConfig(mode="frozen-encoder", learning_rate=3e-4, warmup_steps=20, max_steps=student_steps, batch_size=8,
+                         eval_every=student_steps // 3, save_every=student_steps, log_every=max(student_steps // 10, 1), eval_clips=60,
+                         window="clip")
+    distilled = distill_run(home / "student", labelled=home / "labelled", student=str(home / "student-init"), teacher=teacher,
+                            config=config, progress=False)
+    seconds["student"] = time.perf_counter() - started
+    kept = report["splits"]["train"]
+    return {"teacher": teacher, "student": str(home / "student" / "best"), "teacher_steps": teacher_steps,
+            "teacher_validation_wer": round(tuned.best_wer, 4), "labels_kept": kept["kept"], "labels_dropped": kept["dropped"],
+            "student_steps": student_steps, "student_learning_rate": 3e-4, "student_best_step": distilled.best_step,
+            "student_validation_wer": round(distilled.best_wer, 4), "student_train_samples_per_second": round(distilled.samples_per_second, 2),
+            "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+
+
+def decoder_macs_per_token(config, tokens: float, frames: float) -> float:
+    """Multiply-adds a decoded token costs in a Whisper decoder: per layer the self-attention projections (4·d²), the
+    cross-attention query/output (2·d²), the MLP (2·d·ffn) and the attention scores over the tokens so far and the
+    encoder frames; the cross-attention keys/values (2·d² a frame a layer, once a clip) spread over the clip's tokens;
+    and the vocabulary projection (V·d), the share a small decoder cannot shrink."""
+    d, ffn, layers, vocab = config.d_model, config.decoder_ffn_dim, config.decoder_layers, config.vocab_size
+    per_layer = 6 * d * d + 2 * d * ffn + 2 * d * (tokens / 2 + frames) + 2 * d * d * frames / tokens
+    return layers * per_layer + vocab * d
+
+
+def _latency(teacher: str, student: str, clips, max_clips: int) -> dict:
+    """Per clip, batch 1, greedy: encoder seconds (clip window) and decoder seconds (generation from the encoder's
+    output), teacher and student alternating clip by clip; decoder seconds per token; the multiply-add bound."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    from fedwhisper.asr.batches import AsrBatches, model_inputs
+    from fedwhisper.models.registry import load_whisper
+    from fedwhisper.transcribe import DecodingOptions, generation_kwargs, token_cap
+
+    models = {name: load_whisper(ref)[0].eval() for name, ref in (("teacher", teacher), ("student", student))}
+    subset = clips.select(np.linspace(0, len(clips) - 1, min(max_clips, len(clips))).round().astype(int).tolist())
+    batches = AsrBatches(subset, models["teacher"].config.decoder_start_token_id, window="clip")
+    totals = {name: {"encoder": 0.0, "decoder": 0.0, "tokens": 0, "frames": 0} for name in models}
+    with torch.inference_mode():
+        for warm_up, (indices, batch) in enumerate([next(batches.in_order(1)), *batches.in_order(1)]):
+            cap = token_cap(subset[indices[0]]["duration"], 128)
+            for name, whisper in models.items():
+                started = time.perf_counter()
+                hidden = model_inputs(whisper, {"input_features": batch["input_features"]})["encoder_outputs"][0]
+                encoded = time.perf_counter()
+                kwargs = generation_kwargs(whisper, DecodingOptions(language="en")) | {"max_new_tokens": cap}
+                tokens = whisper.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), **kwargs)[0]
+                done = time.perf_counter()
+                if warm_up:
+                    entry = totals[name]
+                    entry["encoder"] += encoded - started
+                    entry["decoder"] += done - encoded
+                    entry["tokens"] += int((tokens < whisper.generation_config.eos_token_id).sum()) + 1  # text, then the end
+                    entry["frames"] += hidden.shape[1]
+    n = len(subset)
+    result = {"clips": n, "audio_seconds_mean": round(float(np.mean(subset["duration"])), 2)}
+    for name, entry in totals.items():
+        config = models[name].config
+        tokens, frames = entry["tokens"] / n, entry["frames"] / n
+        result[name] = {"decoder_layers": config.decoder_layers, "encoder_ms_per_clip": round(1000 * entry["encoder"] / n, 1),
+                        "decoder_ms_per_clip": round(1000 * entry["decoder"] / n, 1), "tokens_per_clip": round(tokens, 1),
+                        "decoder_ms_per_token": round(1000 * entry["decoder"] / entry["tokens"], 2),
+                        "decoder_mega_macs_per_token": round(decoder_macs_per_token(config, tokens, frames) / 1e6, 2)}
+    t, s = result["teacher"], result["student"]
+    result["decoder_per_token_speedup"] = round(t["decoder_ms_per_token"] / s["decoder_ms_per_token"], 3)
+    result["multiply_add_bound"] = round(t["decoder_mega_macs_per_token"] / s["decoder_mega_macs_per_token"], 3)
+    result["speedup_over_bound"] = round(result["decoder_per_token_speedup"] / result["multiply_add_bound"], 3)
+    result["end_to_end_per_clip_speedup"] = round((t["encoder_ms_per_clip"] + t["decoder_ms_per_clip"])
+                                                  / (s["encoder_ms_per_clip"] + s["decoder_ms_per_clip"]), 3)
+    return result
+
+
+def _speculative(teacher: str, student: str, clips, max_clips: int) -> dict:
+    """The teacher greedy alone vs with its student drafting (transformers' assisted generation), batch 1, same clips
+    and token caps: identical transcripts counted, decoding time compared (the encoder runs once either way)."""
+    from fedwhisper.asr.batches import AsrBatches, model_inputs
+    from fedwhisper.models.registry import load_whisper
+    from fedwhisper.transcribe import DecodingOptions, decode_batch, load_assistant, token_cap
+
+    whisper, processor = load_whisper(teacher)
+    whisper.eval()
+    assistant = load_assistant(student)
+    subset = clips.select(np.linspace(0, len(clips) - 1, min(max_clips, len(clips))).round().astype(int).tolist())
+    batches = AsrBatches(subset, whisper.config.decoder_start_token_id, window="clip")
+    seconds, texts = {"alone": 0.0, "assisted": 0.0}, {"alone": [], "assisted": []}
+    for warm_up, (indices, batch) in enumerate([next(batches.in_order(1)), *batches.in_order(1)]):
+        options = DecodingOptions(language="en", batch_size=1, max_new_tokens=token_cap(subset[indices[0]]["duration"], 128))
+        with torch.inference_mode():
+            inputs = {"encoder_outputs": model_inputs(whisper, {"input_features": batch["input_features"]})["encoder_outputs"]}
+        for name, helper in (("alone", None), ("assisted", assistant)):
+            started = time.perf_counter()
+            text = decode_batch(whisper, processor.tokenizer, inputs, options, helper)[0]
+            if warm_up:
+                seconds[name] += time.perf_counter() - started
+                texts[name].append(text)
+    same = sum(a == b for a, b in zip(texts["alone"], texts["assisted"]))
+    return {"clips": len(subset), "identical_transcripts": same, "identical_fraction": round(same / len(subset), 4),
+            "decode_seconds_alone": round(seconds["alone"], 2), "decode_seconds_assisted": round(seconds["assisted"], 2),
+            "speedup": round(seconds["alone"] / seconds["assisted"], 3),
+            "differing": [{"alone": a, "assisted": b} for a, b in zip(texts["alone"], texts["assisted"]) if a != b][:5]}
+
+
+def students(work: Path, small: bool) -> dict:
+    """Distil-Whisper on the English corpus (the ASR suite's): for tiny.en and base, a teacher fine-tuned on the
+    training speakers, its pseudo-labels, a 2-decoder-layer student; WER of both on held-out espeak-ng speakers and on
+    flite voices (never trained on), clip windows; latency split and speculative decoding. The two pipelines run side by
+    side on one thread each; the measurements after them on the quiet machine's 2 threads."""
+    import asr_bench
+    from fl_asr_bench import _in_parallel
+
+    from fedwhisper.asr.prepare import PrepareOptions, load_features, prepare_features
+
+    started = time.perf_counter()
+    features, flite, _ = asr_bench.english_features(work, small)
+    prepare_features(work / "asr-en-espeak", "base", work / "features-en-base", PrepareOptions(num_proc=2, validation_speakers=2 if small else 4))
+    prepare_features(work / "asr-en-flite", "base", work / "features-en-flite-base", PrepareOptions(num_proc=2, validation_speakers=0))
+    sets = {"tiny.en": (features, flite), "base": (work / "features-en-base", work / "features-en-flite-base")}
+    results = {"seconds": {"corpus_and_features": round(time.perf_counter() - started, 1)}}
+    recipes = {m: ({"teacher_steps": 4, "student_steps": 6} if small else r) for m, r in STUDENT_RECIPES.items()}
+    started = time.perf_counter()
+    pipelines = _in_parallel(*((_student_pipeline, work, m, str(sets[m][0]), recipes[m]) for m in recipes))
+    results["seconds"]["pipelines_wall"] = round(time.perf_counter() - started, 1)
+    for model, (pipeline, _) in zip(recipes, pipelines):
+        held_out = {"held_out_espeak": load_features(sets[model][0])[0]["test"], "flite": load_features(sets[model][1])[0]["test"]}
+        entry = pipeline
+        for role in ("teacher", "student"):
+            entry[f"{role}_wer"] = {name: asr_bench.wer_of(pipeline[role], split, "en", "clip") for name, split in held_out.items()}
+        entry["student_minus_teacher_points"] = {name: round(100 * (entry["student_wer"][name]["wer"] - entry["teacher_wer"][name]["wer"]), 2)
+                                                 for name in held_out}
+        entry["latency"] = _latency(pipeline["teacher"], pipeline["student"], held_out["held_out_espeak"], 10 if small else 60)
+        entry["speculative"] = _speculative(pipeline["teacher"], pipeline["student"], held_out["held_out_espeak"], 10 if small else 60)
+        results[model] = entry
+    return results
+
+
+PARTS = {"students": students, "serving": serving}

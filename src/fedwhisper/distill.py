@@ -113,16 +113,16 @@ def teacher_loss_fn(teacher, weights: DistillLoss):
 
 
 def pseudo_label(features: str | os.PathLike, teacher: str, out: str | os.PathLike, wer_threshold: float | None = 10.0,
-                 batch_size: int = 16, chunk_rows: int = 256, progress: bool = True) -> dict:
-    """Prepared features whose training labels are ``teacher``'s greedy transcripts (30-s windows, tokens capped by
-    the clip's length), written to ``out`` with the same layout; the other splits keep their references, so the
+                 batch_size: int = 16, chunk_rows: int = 256, progress: bool = True, window: str = "full") -> dict:
+    """Prepared features whose training labels are ``teacher``'s greedy transcripts (on ``window``: full, Whisper's
+    30 s, or clip, for a teacher trained on clip windows; tokens capped by the clip's length), written to ``out`` with the same layout; the other splits keep their references, so the
     student is chosen and tested against real text. A pair whose normalised WER against its reference exceeds
     ``wer_threshold`` % is dropped (None: all kept); the report counts and lists what was dropped. Rows are decoded
     ``chunk_rows`` at a time and each chunk is saved at once, so a rerun continues where an interrupted one stopped."""
     import datasets
     from tqdm.auto import tqdm
 
-    from fedwhisper.asr.batches import AsrBatches
+    from fedwhisper.asr.batches import WINDOWS, AsrBatches
     from fedwhisper.asr.evaluate import evaluate_batches
     from fedwhisper.asr.prepare import MANIFEST, REPORT, label_ids, load_features
     from fedwhisper.models.registry import load_whisper
@@ -130,6 +130,8 @@ def pseudo_label(features: str | os.PathLike, teacher: str, out: str | os.PathLi
 
     if wer_threshold is not None and wer_threshold < 0:
         raise FedwhisperError(f"--wer-threshold must be at least 0 (got {wer_threshold})")
+    if window not in WINDOWS:
+        raise FedwhisperError(f"--window must be one of {', '.join(WINDOWS)} (got {window!r})")
     dataset, manifest = load_features(features)
     whisper, processor = load_whisper(teacher)
     if len(processor.tokenizer) != manifest["vocab_size"]:
@@ -138,12 +140,12 @@ def pseudo_label(features: str | os.PathLike, teacher: str, out: str | os.PathLi
     options = DecodingOptions(language=language if is_multilingual(whisper) else None, task=task, batch_size=batch_size)
     out = Path(out)
     work = out / ".labels"
-    job = {"features": str(Path(features).resolve()), "teacher": str(teacher), "wer_threshold": wer_threshold}
+    job = {"features": str(Path(features).resolve()), "teacher": str(teacher), "wer_threshold": wer_threshold, "window": window}
     if (work / "job.json").is_file() and json.loads((work / "job.json").read_text()) != job:
         raise FedwhisperError(f"{out} holds labels of other inputs; choose a new directory or delete it")
     work.mkdir(parents=True, exist_ok=True)
     write_json(work / "job.json", job)
-    report = {"teacher": str(teacher), "wer_threshold": wer_threshold, "splits": {}}
+    report = {"teacher": str(teacher), "wer_threshold": wer_threshold, "window": window, "splits": {}}
     if "train" not in dataset:
         raise FedwhisperError(f"{features} has no train split to label")
     split = dataset["train"]
@@ -154,7 +156,7 @@ def pseudo_label(features: str | os.PathLike, teacher: str, out: str | os.PathLi
                 saved = work / f"train-{index:05d}.json"
                 rows = split.select(range(start, min(start + chunk_rows, len(split))))
                 if not saved.is_file():
-                    result = evaluate_batches(whisper, processor.tokenizer, AsrBatches(rows, whisper.config.decoder_start_token_id), options)
+                    result = evaluate_batches(whisper, processor.tokenizer, AsrBatches(rows, whisper.config.decoder_start_token_id, window=window), options)
                     write_json(saved, [[row["hypothesis"], row["wer"]] for row in result["rows"]])
                 chunk = json.loads(saved.read_text())
                 hypotheses += [h for h, _ in chunk]
@@ -185,8 +187,8 @@ def distill_run(out: str | os.PathLike, *, labelled: str | os.PathLike | None = 
                 teacher: str | None = None, config=None, loss: DistillLoss = DistillLoss(), resume: bool = False, progress: bool = True):
     """What `distill train` does: train ``student`` on ``labelled`` features against ``teacher`` into run directory
     ``out`` (the layout of `asr train`: checkpoints, exact resume, best/ by WER, curves), or (``resume``) continue it.
-    The student's encoder trains only if it differs from the teacher's; otherwise it is frozen and its outputs,
-    computed once, feed both decoders."""
+    The student's encoder trains only if it differs from the teacher's; otherwise it is frozen and its outputs (on
+    30-s windows: cached once; on clip windows, ``config.window``: computed each step, cheaply) feed both decoders."""
     from fedwhisper.asr.prepare import load_features
     from fedwhisper.asr.run import TrainingRun
     from fedwhisper.asr.train import TrainConfig, fine_tune, interruption_kept
@@ -205,7 +207,7 @@ def distill_run(out: str | os.PathLike, *, labelled: str | os.PathLike | None = 
     if len(processor.tokenizer) != manifest["vocab_size"] or teacher_model.config.vocab_size != student_model.config.vocab_size:
         raise FedwhisperError(f"{student}, {teacher} and {labelled} must share one tokenizer")
     shared = weights_fingerprint(student_model.model.encoder) == weights_fingerprint(teacher_model.model.encoder)
-    config = replace(config or TrainConfig(), mode="frozen-encoder" if shared else "full", window="full",
+    config = replace(config or TrainConfig(), mode="frozen-encoder" if shared else "full",
                      language=(config.language if config else None) or manifest["options"]["language"])
     teacher_model.requires_grad_(False)
     eval_split = "validation" if "validation" in dataset else "test"

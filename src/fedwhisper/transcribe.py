@@ -75,7 +75,9 @@ def language_code(language: str) -> str:
 def generation_kwargs(model, options: DecodingOptions) -> dict:
     """``generate`` arguments for ``options``; English-only models refuse other languages and translation."""
     check_language_and_task(is_multilingual(model), options)
-    kwargs = {"num_beams": options.num_beams, "max_new_tokens": options.max_new_tokens}
+    # one decoding pass a window: without it, a text with two timestamp tokens mid-way sends transformers into its
+    # long-form loop, which needs input_features (we pass encoder outputs) and fails
+    kwargs = {"num_beams": options.num_beams, "max_new_tokens": options.max_new_tokens, "force_unique_generate_call": True}
     if len(options.temperatures) > 1:  # transformers samples at each temperature above 0
         kwargs |= {"temperature": tuple(options.temperatures), "compression_ratio_threshold": 1.35, "logprob_threshold": -1.0}
     else:

@@ -82,15 +82,16 @@ def write_rows(rows: list[dict], path: str | os.PathLike) -> Path:
 
 
 def evaluate_data(data: str | os.PathLike, model: str, split: str = "test", options: DecodingOptions = DecodingOptions(),
-                  limit: int = 0, progress: bool = True, window: str = "full", backend: str = "transformers", assistant: str | None = None) -> dict:
+                  limit: int = 0, progress: bool = True, window: str | None = None, backend: str = "transformers", assistant: str | None = None) -> dict:
     """WER/CER of ``model`` on a split of prepared features or of a corpus directory (prepared for the model in a
-    scratch directory first) with the encoder on ``window`` (full, or clip), on ``backend`` (transformers, or
+    scratch directory first) with the encoder on ``window`` (full, or clip; None: the window the model was fine-tuned on), on ``backend`` (transformers, or
     ctranslate2: faster-whisper on the model's CTranslate2 export). ``options.language`` None: the
     features' language; ``assistant``: a student for speculative decoding (transformers). Adds "clips", "audio_seconds", "seconds" (decoding time) and "language" to ``evaluate_batches``' result."""
     import tempfile
     import time
 
     from fedwhisper.asr.prepare import MANIFEST, PrepareOptions, load_features, prepare_features
+    from fedwhisper.asr.run import trained_window
     from fedwhisper.backends import check_backend, load_ctranslate2
     from fedwhisper.models.export import ctranslate2_model_dir, export_source
     from fedwhisper.models.registry import load_processor, load_whisper
@@ -98,8 +99,9 @@ def evaluate_data(data: str | os.PathLike, model: str, split: str = "test", opti
     check_backend(backend)  # before a corpus is prepared or a model loaded
     if assistant and backend != "transformers":
         raise FedwhisperError("--assistant (speculative decoding) runs on the transformers backend")
-    if window not in WINDOWS:
+    if window is not None and window not in WINDOWS:
         raise FedwhisperError(f"--window must be one of {', '.join(WINDOWS)} (got {window!r})")
+    window = window or trained_window(model)
     data = Path(data)
     with tempfile.TemporaryDirectory(prefix="fedwhisper-eval-") as scratch:
         whisper = load_ctranslate2(ctranslate2_model_dir(model)) if backend == "ctranslate2" else None
@@ -117,4 +119,4 @@ def evaluate_data(data: str | os.PathLike, model: str, split: str = "test", opti
         batches = AsrBatches(rows, processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>"), window=window)
         result = evaluate_batches(whisper, processor.tokenizer, batches, options, progress, load_assistant(assistant) if assistant else None)
         return result | {"clips": len(rows), "audio_seconds": float(sum(rows["duration"])), "seconds": time.perf_counter() - started,
-                         "language": options.language}
+                         "language": options.language, "window": window}

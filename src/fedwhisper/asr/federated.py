@@ -238,6 +238,7 @@ class ServerEvaluator:
         self.model, config = model_to_train(options)
         self.processor = base_model(options.model)[1]
         self.split = split
+        self.window = config.window
         self.batches: AsrBatches = batches_for(self.model, rows, config, options.cache_root / "server", progress=False)
         self.decoding = decoding_options(self.model, config)
 
@@ -249,7 +250,7 @@ class ServerEvaluator:
         return {"wer": result["wer"], "cer": result["cer"], "eval_loss": result["loss"]}
 
     def save_model(self, path: Path) -> None:
-        save_plain_model(self.model, self.processor, path)
+        save_plain_model(self.model, self.processor, path, self.window)
 
 
 def full_model_bytes(options: AsrFederationOptions) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -15,8 +16,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from fedwhisper.asr.batches import WINDOWS
+from fedwhisper.constants import TRAINED_WINDOW_FILE
 from fedwhisper.errors import FedwhisperError
-from fedwhisper.files import atomic_path
+from fedwhisper.files import atomic_path, write_json
 from fedwhisper.runs import RunDirectory
 
 log = logging.getLogger("fedwhisper.asr")
@@ -43,14 +46,29 @@ def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
             parameters[name].copy_(value)
 
 
-def save_plain_model(model, processor, path: Path) -> None:
-    """A plain transformers Whisper directory (LoRA merged into a copy), so every command can load it as a model."""
+def save_plain_model(model, processor, path: Path, window: str = "full") -> None:
+    """A plain transformers Whisper directory (LoRA merged into a copy), so every command can load it as a model, with
+    the encoder window it was trained on (evaluation defaults to it)."""
     whisper = whisper_of(model)
     if whisper is not model:  # peft: merge a copy, keep training the adapters
         whisper = copy.deepcopy(model).merge_and_unload()
     with atomic_path(path) as partial:
         whisper.save_pretrained(partial)
         processor.save_pretrained(partial)
+        write_json(partial / TRAINED_WINDOW_FILE, {"window": window})
+
+
+def trained_window(model: str | os.PathLike) -> str:
+    """The encoder window a model directory was fine-tuned on (clip or full); full for any other model: pretrained
+    Whisper on clip windows loops."""
+    marker = Path(model).expanduser() / TRAINED_WINDOW_FILE
+    try:
+        window = json.loads(marker.read_text())["window"] if marker.is_file() else "full"
+    except (ValueError, KeyError, TypeError):
+        raise FedwhisperError(f"{marker}: not a valid window record (delete it to use 30-s windows)") from None
+    if window not in WINDOWS:
+        raise FedwhisperError(f"{marker}: unknown window {window!r}")
+    return window
 
 
 class TrainingRun(RunDirectory):
@@ -113,8 +131,8 @@ class TrainingRun(RunDirectory):
         for old in sorted(self.checkpoints.glob("step-*"))[:-CHECKPOINTS_KEPT]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def save_model(self, model, processor) -> None:
-        save_plain_model(model, processor, self.best)
+    def save_model(self, model, processor, window: str) -> None:
+        save_plain_model(model, processor, self.best, window)
 
     def plot(self) -> None:
         import matplotlib

@@ -266,7 +266,7 @@ def fine_tune(
             best_wer, best_step = evaluated["wer"], step
         if run:
             if improved:
-                run.save_model(model, processor)
+                run.save_model(model, processor, config.window)
             run.record(row)  # before the checkpoint: a resume cuts the rows back to the checkpoint's step
             if step % config.save_every == 0 or step == total:
                 run.save_checkpoint(step, model, optimizer, scheduler, {"best_wer": best_wer, "best_step": best_step, "elapsed_seconds": row["elapsed_seconds"]})
@@ -276,7 +276,7 @@ def fine_tune(
             on_evaluate(step, row)
     bar.close()
     if run and best_step is None:  # nothing evaluated: the final weights are the model
-        run.save_model(model, processor)
+        run.save_model(model, processor, config.window)
     if writer is not None:
         writer.close()
     return TrainResult(step, best_wer, best_step, rows, trained_samples / trained_seconds if trained_seconds else 0.0, run.path if run else None)

@@ -152,9 +152,10 @@ def asr_evaluate(
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     num_beams: Annotated[int, typer.Option(min=1)] = 1,
     limit: Annotated[int, typer.Option(min=0, help="first N clips only (0: all)")] = 0,
-    window: Annotated[str, typer.Option(help="encoder window: full (Whisper's 30 s) or clip (the clip's length)")] = "full",
-    backend: Annotated[str, typer.Option(help="transformers, or ctranslate2 (faster-whisper on the model's CTranslate2 export; "
-                                              "full windows)")] = "transformers",
+    window: Annotated[str | None, typer.Option(help="encoder window: full (Whisper's 30 s) or clip (the clip's length) [the one "
+                                                    "the model was fine-tuned on; full for others]")] = None,
+    backend: Annotated[str, typer.Option(help="transformers, or ctranslate2 (faster-whisper on the model's CTranslate2 "
+                                              "export)")] = "transformers",
     assistant: Annotated[str | None, typer.Option(help="a student of --model drafting tokens that --model checks (speculative "
                                                        "decoding: same transcripts, one clip at a time)")] = None,
     csv_out: Annotated[Path | None, typer.Option("--csv", help="per-utterance CSV [DATA-SPLIT-wer.csv in the current directory]")] = None,
@@ -174,7 +175,8 @@ def asr_evaluate(
         table.add_row(escape(speaker or "-"), f"{wer:.2%}")
     console.print(table)
     console.print(f"WER {result['wer']:.2%}  CER {result['cer']:.2%} over {result['clips']} clips; {result['audio_seconds']:.0f} s of audio "
-                  f"in {result['seconds']:.1f} s ({result['audio_seconds'] / result['seconds']:.1f}x real time); per-utterance CSV {csv_out}")
+                  f"in {result['seconds']:.1f} s ({result['audio_seconds'] / result['seconds']:.1f}x real time, {result['window']} windows, "
+                  f"{backend}); per-utterance CSV {csv_out}")
 
 
 @app.command("tune")

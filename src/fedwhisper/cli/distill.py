@@ -35,13 +35,14 @@ def distill_label(
     teacher: Annotated[str, typer.Option(help="packaged name, model directory (e.g. RUN/best) or hub id")] = "tiny.en",
     wer_threshold: Annotated[float | None, typer.Option(min=0.0, help="drop a clip whose label's WER against its reference exceeds this (%%)")] = 10.0,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    window: Annotated[str, typer.Option(help="encoder window: full (Whisper's 30 s) or clip (for a teacher trained on clip windows)")] = "full",
 ) -> None:
     """Greedy pseudo-labels from the teacher for every training clip (validation and test keep their references); labels
     far from their reference dropped and reported.
     Saved chunk by chunk: run the same command again after an interruption and it continues."""
     from fedwhisper.distill import LABELS_REPORT, pseudo_label
 
-    report = pseudo_label(features, teacher, out, wer_threshold, batch_size)
+    report = pseudo_label(features, teacher, out, wer_threshold, batch_size, window=window)
     for split, row in report["splits"].items():
         console.print(f"{split}: {row['kept']} kept, {row['dropped']} dropped")
     console.print(f"labelled features in {out}; dropped clips listed in {out / LABELS_REPORT}")
@@ -65,6 +66,7 @@ def distill_train(
     save_every: Annotated[int, typer.Option(min=1, help="steps between checkpoints")] = 100,
     eval_clips: Annotated[int, typer.Option(min=0, help="evaluation clips (0: the whole split)")] = 200,
     seed: Annotated[int, typer.Option()] = 0,
+    window: Annotated[str, typer.Option(help="encoder window: full (Whisper's 30 s, outputs cached once) or clip (the clip's length)")] = "full",
 ) -> None:
     """Distil the teacher into the student: 0.8·CE + 1.0·KL·T² (T = 2), encoder outputs computed once and shared."""
     from fedwhisper.asr.train import TrainConfig
@@ -73,7 +75,7 @@ def distill_train(
 
     config = None if resume else TrainConfig(mode="frozen-encoder", learning_rate=learning_rate, warmup_steps=warmup_steps, max_steps=max_steps,
                                              batch_size=batch_size, eval_every=eval_every, save_every=save_every, log_every=min(10, eval_every),
-                                             eval_clips=eval_clips or None, seed=seed)
+                                             eval_clips=eval_clips or None, seed=seed, window=window)
     loss = DistillLoss(ce_weight=ce_weight, kl_weight=kl_weight, temperature=temperature)
     out = resume or out or runs_root() / f"distill-{time.strftime('%Y%m%d-%H%M%S')}"
     console.print(f"run directory: {out}")

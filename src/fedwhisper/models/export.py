@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+from fedwhisper.constants import TRAINED_WINDOW_FILE
 from fedwhisper.errors import FedwhisperError
 from fedwhisper.files import atomic_path
 from fedwhisper.models.registry import PACKAGED_MODELS, fedwhisper_home, resolve_model
@@ -17,7 +18,7 @@ EXPORT_MARKER = "fedwhisper_export.json"
 # beside model.bin: faster-whisper reads tokenizer.json and preprocessor_config.json; the rest lets transformers load
 # the processor from the export too (evaluation prepares features with it)
 PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json", "generation_config.json",
-                   "special_tokens_map.json", "vocab.json", "merges.txt", "normalizer.json", "added_tokens.json")
+                   "special_tokens_map.json", "vocab.json", "merges.txt", "normalizer.json", "added_tokens.json", TRAINED_WINDOW_FILE)
 
 
 def is_ctranslate2_dir(path: str | os.PathLike) -> bool:
