@@ -57,12 +57,16 @@ def transcription_speed(model_ref: str, clips: list[np.ndarray]) -> dict:
             "audio_seconds_per_second": round(audio.size / 16_000 / seconds, 2), "segments": len(transcript.segments)}
 
 
+def english_espeak_options(small: bool) -> AsrSynthesisOptions:
+    """The English corpus's espeak-ng speakers: training, validation and held-out test voices."""
+    return AsrSynthesisOptions(sentences=160 if small else 1400, speakers=12 if small else 40, test_speakers=3 if small else 6, engines=("espeak-ng",))
+
+
 def english_features(work: Path, small: bool) -> tuple[Path, Path, float]:
     """The English corpus for tiny.en: espeak-ng voices (train, validation and held-out test speakers) and flite voices
     (test only, never trained on), prepared; returns both feature directories and the preparation seconds."""
     espeak = work / "asr-en-espeak"
-    synthesize_audiofolder(espeak, AsrSynthesisOptions(sentences=160 if small else 1400, speakers=12 if small else 40,
-                                                      test_speakers=3 if small else 6, engines=("espeak-ng",)))
+    synthesize_audiofolder(espeak, english_espeak_options(small))
     flite = work / "asr-en-flite"
     synthesize_audiofolder(flite, AsrSynthesisOptions(sentences=60 if small else 200, speakers=6, test_speakers=5, engines=("flite",), seed=7))
     started = time.perf_counter()

@@ -138,14 +138,70 @@ def serving(work: Path, small: bool) -> dict:
 
 
 STUDENT_RECIPES = {  # teacher: the fl-asr centralized LoRA recipe (clip windows, lr 2e-3), base for half the steps (~3x the cost a step)
-    "tiny.en": {"teacher_steps": 200, "student_steps": 300},
-    "base": {"teacher_steps": 100, "student_steps": 300},
+    "tiny.en": {"teacher_steps": 200, "student_steps": 600},
+    "base": {"teacher_steps": 100, "student_steps": 600},
 }
+# the student trains its two decoder blocks; the token embeddings (tied to the output projection: 20 of tiny.en's 29M
+# decoder weights) stay the teacher's. Training them too overfit ~1,000 labels: validation WER 44 % -> 57 % from step
+# 100 to 200, against 29 % at step 100 with them frozen (tiny.en, lr 3e-4 / 5e-4)
+STUDENT_TRAINING = {"mode": "decoder-only", "learning_rate": 5e-4, "warmup_steps": 20, "batch_size": 8}
+UNLABELLED_SENTENCES = 2000
 
 
-def _student_pipeline(work: Path, model: str, features: str, steps: dict) -> dict:
-    """Teacher fine-tune → greedy pseudo-labels of the training split (10 % WER filter) → 2-decoder-layer student
-    distilled on them; all on clip windows (the teacher's), in ``work / model``."""
+def untranscribed_corpus(work: Path, features: Path, small: bool) -> Path:
+    """What a device holds beside its few transcripts: the training speakers of the English corpus reading new
+    sentences (none of the corpus's or the flite set's), without transcripts; validation and test speakers left out."""
+    import csv
+
+    import asr_bench
+
+    from fedwhisper.asr.prepare import load_features
+    from fedwhisper.data.synth_asr import AsrSynthesisOptions, synthesize_audiofolder
+    from fedwhisper.data.text import load_sentences
+
+    used = set()
+    for corpus in ("asr-en-espeak", "asr-en-flite"):
+        for split in ("train", "test"):
+            with open(work / corpus / split / "metadata.csv", newline="", encoding="utf-8") as stream:
+                used |= {row["transcription"] for row in csv.DictReader(stream)}
+    text = work / "untranscribed-sentences.txt"
+    text.write_text("\n".join(s for s in load_sentences("en") if s not in used) + "\n", encoding="utf-8")
+    out = work / "asr-en-untranscribed"
+    options = replace(asr_bench.english_espeak_options(small), sentences=200 if small else UNLABELLED_SENTENCES, text=str(text))  # same voices
+    synthesize_audiofolder(out, options)
+    held = set(load_features(features)[0]["validation"]["speaker_id"])
+    with open(out / "train" / "metadata.csv", newline="", encoding="utf-8") as stream:
+        rows = [row for row in csv.DictReader(stream) if row["speaker_id"] not in held]
+    private = work / "untranscribed"
+    (private / "train").mkdir(parents=True, exist_ok=True)
+    with open(private / "train" / "metadata.csv", "w", newline="", encoding="utf-8") as stream:
+        writer = csv.DictWriter(stream, fieldnames=["file_name", "speaker_id"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({**row, "file_name": str(out / "train" / row["file_name"])} for row in rows)
+    return private
+
+
+def _merged_labels(labelled: Path, extra: Path, out: Path) -> Path:
+    """``labelled`` with every clip of ``extra`` (pseudo-labelled untranscribed audio) added to its training split."""
+    import datasets
+
+    from fedwhisper.asr.prepare import MANIFEST, load_features
+
+    dataset, manifest = load_features(labelled)
+    more = load_features(extra)[0]
+    columns = [c for c in dataset["train"].column_names if c in more["train"].column_names]
+    train = datasets.concatenate_datasets([dataset["train"].select_columns(columns),
+                                           *(more[split].select_columns(columns).cast(dataset["train"].select_columns(columns).features) for split in more)])
+    for name, rows in (dataset | {"train": train}).items():
+        rows.save_to_disk(str(out / name))
+    (out / "dataset_dict.json").write_text(json.dumps({"splits": list(dataset)}))
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    return out
+
+
+def _student_pipeline(work: Path, model: str, features: str, untranscribed: str, steps: dict) -> dict:
+    """Teacher fine-tune → greedy pseudo-labels of the training split (10 % WER filter) and of the untranscribed audio
+    (all kept) → 2-decoder-layer student distilled on them; all on clip windows (the teacher's), in ``work / model``."""
     from fedwhisper.asr.federated import AsrFederationOptions, client_train_config
     from fedwhisper.asr.prepare import load_features
     from fedwhisper.asr.train import TrainConfig, fine_tune
@@ -166,23 +222,26 @@ def _student_pipeline(work: Path, model: str, features: str, steps: dict) -> dic
 
     started = time.perf_counter()
     report = pseudo_label(features, teacher, home / "labelled", wer_threshold=10.0, window="clip", progress=False)
+    extra = pseudo_label(untranscribed, teacher, home / "labelled-untranscribed", wer_threshold=10.0, window="clip", progress=False)
+    labelled = _merged_labels(home / "labelled", home / "labelled-untranscribed", home / "labelled-all")
     seconds["pseudo_labels"] = time.perf_counter() - started
 
     started = time.perf_counter()
     make_student(teacher, home / "student-init", decoder_layers=2)
     student_steps = steps["student_steps"]
-    config = TrainConfig(mode="frozen-encoder", learning_rate=3e-4, warmup_steps=20, max_steps=student_steps, batch_size=8,
-                         eval_every=student_steps // 3, save_every=student_steps, log_every=max(student_steps // 10, 1), eval_clips=60,
-                         window="clip")
-    distilled = distill_run(home / "student", labelled=home / "labelled", student=str(home / "student-init"), teacher=teacher,
-                            config=config, progress=False)
+    config = TrainConfig(**STUDENT_TRAINING, max_steps=student_steps, eval_every=student_steps // 6, save_every=student_steps,
+                         log_every=max(student_steps // 12, 1), eval_clips=None, window="clip")
+    distilled = distill_run(home / "student", labelled=labelled, student=str(home / "student-init"), teacher=teacher, config=config,
+                            progress=False)
     seconds["student"] = time.perf_counter() - started
     kept = report["splits"]["train"]
+    untranscribed_kept = sum(entry["kept"] for entry in extra["splits"].values())
     return {"teacher": teacher, "student": str(home / "student" / "best"), "teacher_steps": teacher_steps,
             "teacher_validation_wer": round(tuned.best_wer, 4), "labels_kept": kept["kept"], "labels_dropped": kept["dropped"],
-            "student_steps": student_steps, "student_learning_rate": 3e-4, "student_best_step": distilled.best_step,
-            "student_validation_wer": round(distilled.best_wer, 4), "student_train_samples_per_second": round(distilled.samples_per_second, 2),
-            "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+            "untranscribed_labels": untranscribed_kept, "student_training": STUDENT_TRAINING, "student_steps": student_steps,
+            "student_best_step": distilled.best_step, "student_validation_wer": round(distilled.best_wer, 4),
+            "student_curve": [{k: r[k] for k in ("step", "eval_wer")} for r in distilled.metrics if r.get("eval_wer") is not None],
+            "student_train_samples_per_second": round(distilled.samples_per_second, 2), "seconds": {k: round(v, 1) for k, v in seconds.items()}}
 
 
 def decoder_macs_per_token(config, tokens: float, frames: float) -> float:
@@ -197,7 +256,8 @@ def decoder_macs_per_token(config, tokens: float, frames: float) -> float:
 
 def _latency(teacher: str, student: str, clips, max_clips: int) -> dict:
     """Per clip, batch 1, greedy: encoder seconds (clip window) and decoder seconds (generation from the encoder's
-    output), teacher and student alternating clip by clip; decoder seconds per token; the multiply-add bound."""
+    output), teacher and student alternating clip by clip, on transformers and on CTranslate2; decoder seconds per token;
+    the multiply-add bound."""
     from transformers.modeling_outputs import BaseModelOutput
 
     from fedwhisper.asr.batches import AsrBatches, model_inputs
@@ -224,15 +284,57 @@ def _latency(teacher: str, student: str, clips, max_clips: int) -> dict:
                     entry["decoder"] += done - encoded
                     entry["tokens"] += int((tokens < whisper.generation_config.eos_token_id).sum()) + 1  # text, then the end
                     entry["frames"] += hidden.shape[1]
-    n = len(subset)
-    result = {"clips": n, "audio_seconds_mean": round(float(np.mean(subset["duration"])), 2)}
+    configs = {name: whisper.config for name, whisper in models.items()}
+    result = {"clips": len(subset), "audio_seconds_mean": round(float(np.mean(subset["duration"])), 2),
+              "transformers": _latency_summary(totals, configs, len(subset))}
+    # the same clips on CTranslate2 (float32 exports; the serving path): encode, then generate from the encoded frames
+    import ctranslate2
+
+    from fedwhisper.models.export import export_ctranslate2
+
+    totals = {name: {"encoder": 0.0, "decoder": 0.0, "tokens": 0, "frames": 0} for name in models}
+    engines = {name: ctranslate2.models.Whisper(str(export_ctranslate2(ref, Path(ref).parent / f"{Path(ref).name}-ct2-float32", "float32")),
+                                                device="cpu", compute_type="float32", intra_threads=torch.get_num_threads())
+               for name, ref in (("teacher", teacher), ("student", student))}
+    prompt = [models["teacher"].config.decoder_start_token_id, *_prompt_ids(teacher)]
+    for warm_up, (indices, batch) in enumerate([next(batches.in_order(1)), *batches.in_order(1)]):
+        cap = token_cap(subset[indices[0]]["duration"], 128)
+        mel = ctranslate2.StorageView.from_array(np.ascontiguousarray(batch["input_features"].numpy(), dtype=np.float32))
+        for name, engine in engines.items():
+            started = time.perf_counter()
+            encoded = engine.encode(mel, to_cpu=True)
+            middle = time.perf_counter()
+            ids = engine.generate(encoded, [prompt], beam_size=1, max_length=len(prompt) + cap, suppress_blank=True, suppress_tokens=[-1])[0].sequences_ids[0]
+            done = time.perf_counter()
+            if warm_up:
+                entry = totals[name]
+                entry["encoder"] += middle - started
+                entry["decoder"] += done - middle
+                entry["tokens"] += len(ids) + 1  # text, then the end
+                entry["frames"] += encoded.shape[1]
+    result["ctranslate2"] = _latency_summary(totals, configs, len(subset))
+    return result
+
+
+def _prompt_ids(model: str) -> list[int]:
+    """The decoder prompt after the start token, as the transformers path gives it (language, task, no timestamps)."""
+    from fedwhisper.models.registry import load_processor
+
+    tokenizer = load_processor(model).tokenizer
+    tokens = ["<|notimestamps|>"] if len(tokenizer) < 51865 else ["<|en|>", "<|transcribe|>", "<|notimestamps|>"]
+    return tokenizer.convert_tokens_to_ids(tokens)
+
+
+def _latency_summary(totals: dict, configs: dict, n: int) -> dict:
+    """Per-clip encoder and decoder milliseconds, decoder milliseconds per token and multiply-adds per token, teacher vs
+    student; the measured per-token speed-up beside the multiply-add bound, and the end-to-end per-clip speed-up."""
+    result = {}
     for name, entry in totals.items():
-        config = models[name].config
         tokens, frames = entry["tokens"] / n, entry["frames"] / n
-        result[name] = {"decoder_layers": config.decoder_layers, "encoder_ms_per_clip": round(1000 * entry["encoder"] / n, 1),
+        result[name] = {"decoder_layers": configs[name].decoder_layers, "encoder_ms_per_clip": round(1000 * entry["encoder"] / n, 1),
                         "decoder_ms_per_clip": round(1000 * entry["decoder"] / n, 1), "tokens_per_clip": round(tokens, 1),
                         "decoder_ms_per_token": round(1000 * entry["decoder"] / entry["tokens"], 2),
-                        "decoder_mega_macs_per_token": round(decoder_macs_per_token(config, tokens, frames) / 1e6, 2)}
+                        "decoder_mega_macs_per_token": round(decoder_macs_per_token(configs[name], tokens, frames) / 1e6, 2)}
     t, s = result["teacher"], result["student"]
     result["decoder_per_token_speedup"] = round(t["decoder_ms_per_token"] / s["decoder_ms_per_token"], 3)
     result["multiply_add_bound"] = round(t["decoder_mega_macs_per_token"] / s["decoder_mega_macs_per_token"], 3)
@@ -274,7 +376,7 @@ def _speculative(teacher: str, student: str, clips, max_clips: int) -> dict:
 
 def students(work: Path, small: bool) -> dict:
     """Distil-Whisper on the English corpus (the ASR suite's): for tiny.en and base, a teacher fine-tuned on the
-    training speakers, its pseudo-labels, a 2-decoder-layer student; WER of both on held-out espeak-ng speakers and on
+    training speakers, its pseudo-labels of their transcribed and untranscribed audio, a 2-decoder-layer student; WER of both on held-out espeak-ng speakers and on
     flite voices (never trained on), clip windows; latency split and speculative decoding. The two pipelines run side by
     side on one thread each; the measurements after them on the quiet machine's 2 threads."""
     import asr_bench
@@ -287,10 +389,11 @@ def students(work: Path, small: bool) -> dict:
     prepare_features(work / "asr-en-espeak", "base", work / "features-en-base", PrepareOptions(num_proc=2, validation_speakers=2 if small else 4))
     prepare_features(work / "asr-en-flite", "base", work / "features-en-flite-base", PrepareOptions(num_proc=2, validation_speakers=0))
     sets = {"tiny.en": (features, flite), "base": (work / "features-en-base", work / "features-en-flite-base")}
+    untranscribed = untranscribed_corpus(work, features, small)
     results = {"seconds": {"corpus_and_features": round(time.perf_counter() - started, 1)}}
     recipes = {m: ({"teacher_steps": 4, "student_steps": 6} if small else r) for m, r in STUDENT_RECIPES.items()}
     started = time.perf_counter()
-    pipelines = _in_parallel(*((_student_pipeline, work, m, str(sets[m][0]), recipes[m]) for m in recipes))
+    pipelines = _in_parallel(*((_student_pipeline, work, m, str(sets[m][0]), str(untranscribed), recipes[m]) for m in recipes))
     results["seconds"]["pipelines_wall"] = round(time.perf_counter() - started, 1)
     for model, (pipeline, _) in zip(recipes, pipelines):
         held_out = {"held_out_espeak": load_features(sets[model][0])[0]["test"], "flite": load_features(sets[model][1])[0]["test"]}
@@ -305,4 +408,54 @@ def students(work: Path, small: bool) -> dict:
     return results
 
 
-PARTS = {"students": students, "serving": serving}
+# `fedwhisper` exactly as installed, and the same command as it ran before its OpenMP default: torch loaded first, so
+# OpenMP starts with its own wait policy (spin, then sleep) before the CLI's default is set
+CLI_NOW = ["-c", "from fedwhisper.cli import app; app()"]
+CLI_BEFORE = ["-c", "import torch; from fedwhisper.cli import app; app()"]
+
+
+def _evaluate_speed(command: list[str], features: Path, clips: int, backend: str, busy: bool) -> float:
+    """Real-time factor `asr evaluate` prints for ``clips`` held-out clips on 30-s windows (tiny.en), optionally while
+    another process keeps one core busy."""
+    import re
+
+    competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    try:
+        done = subprocess.run([sys.executable, *command, "asr", "evaluate", str(features), "--model", "tiny.en", "--limit", str(clips),
+                               "--window", "full", "--backend", backend, "--csv", str(features.parent / "speed.csv"), "--overwrite"],
+                              capture_output=True, text=True, check=False, env=os.environ | {"COLUMNS": "200"})
+    finally:
+        if competitor:
+            competitor.kill()
+            competitor.wait()
+    if done.returncode:
+        raise RuntimeError(f"asr evaluate failed:\n{done.stderr[-3000:]}")
+    return float(re.search(r"([0-9.]+)x real time", done.stdout).group(1))
+
+
+def threads(work: Path, small: bool) -> dict:
+    """Why a busy core slows the transformers path, and the fix: `asr evaluate` (tiny.en, 30-s windows, batch 16) on
+    held-out clips, quiet and with a competing process on one core, before the CLI's OpenMP default (torch's own wait
+    policy: spin, then sleep) and now (sleeping waits), with the ctranslate2 backend beside them; each the median of
+    ``repeats`` runs, interleaved so that drift hits every configuration alike."""
+    import asr_bench
+
+    features = asr_bench.english_features(work, True)[0]
+    clips, repeats = (8, 1) if small else (24, 3)
+    configs = {"transformers_before": (CLI_BEFORE, "transformers"), "transformers_now": (CLI_NOW, "transformers"),
+               "ctranslate2_now": (CLI_NOW, "ctranslate2")}
+    _evaluate_speed(CLI_NOW, features, 2, "ctranslate2", False)  # the export, made once, outside the timings
+    speeds = {f"{name}_{load}": [] for name in configs for load in ("quiet", "busy")}
+    for _ in range(repeats):
+        for name, (command, backend) in configs.items():
+            for load in ("quiet", "busy"):
+                speeds[f"{name}_{load}"].append(_evaluate_speed(command, features, clips, backend, load == "busy"))
+    results = {"clips": clips, "repeats": repeats, "window": "full", "model": "tiny.en",
+               "real_time_factor": {name: float(np.median(values)) for name, values in speeds.items()}, "each": speeds}
+    factor = results["real_time_factor"]
+    results["busy_slowdown"] = {name: round(factor[f"{name}_quiet"] / factor[f"{name}_busy"], 2) for name in configs}
+    results["now_over_before"] = {load: round(factor[f"transformers_now_{load}"] / factor[f"transformers_before_{load}"], 3) for load in ("quiet", "busy")}
+    return results
+
+
+PARTS = {"students": students, "serving": serving, "threads": threads}

@@ -206,6 +206,22 @@ def fl_asr_rows(results: dict) -> list[str]:
 
 def distill_rows(results: dict) -> list[str]:
     rows = []
+    for model in ("tiny.en", "base"):
+        entry = (results.get("students") or {}).get(model)
+        if not entry:
+            continue
+        t, s, latency, spec = entry["teacher_wer"], entry["student_wer"], entry["latency"], entry["speculative"]
+        rows.append(f"| Distil-Whisper {model}: teacher (LoRA, {entry['teacher_steps']} steps, clip windows) → 2-decoder-layer student "
+                    f"({entry['student_steps']} steps on {entry['labels_kept']} pseudo-labels, {entry['labels_dropped']} dropped by the 10 % "
+                    f"filter): WER held-out espeak-ng / flite | {t['held_out_espeak']['wer']:.1%} → **{s['held_out_espeak']['wer']:.1%}** / "
+                    f"{t['flite']['wer']:.1%} → {s['flite']['wer']:.1%} |")
+        for backend, timed in ((b, latency[b]) for b in ("transformers", "ctranslate2")):
+            rows.append(f"| … decoder time per token on {backend}, teacher / student ({latency['clips']} clips, batch 1); multiply-add bound | "
+                        f"{timed['teacher']['decoder_ms_per_token']} / {timed['student']['decoder_ms_per_token']} ms = "
+                        f"**{timed['decoder_per_token_speedup']}x**; bound {timed['multiply_add_bound']}x "
+                        f"({timed['speedup_over_bound']:.0%} of it); end to end per clip {timed['end_to_end_per_clip_speedup']}x |")
+        rows.append(f"| … speculative decoding (teacher + student assistant, {spec['clips']} clips, batch 1): same transcripts; speed | "
+                    f"{spec['identical_transcripts']}/{spec['clips']}; {spec['speedup']}x |")
     if serving := results.get("serving"):
         setup = f"tiny.en, {serving['audio_seconds']:.0f}-s recording, {serving['threads']} threads, batch {serving['batch_size']}"
         for name, label in (("transformers", "`transcribe` (transformers)"), ("ours_ctranslate2_float32", "`transcribe --backend ctranslate2`, float32 export"),

@@ -95,6 +95,13 @@ def corpus_with_bad_clips(tmp: Path, corpus: Path) -> None:
     write_audio(tmp / "c" / "no" / "ffffffff_nohash_0.wav", tone(0.5) * 0)
 
 
+def untranscribed_audiofolder(tmp: Path) -> None:
+    """An audiofolder whose metadata names the clips and no text (the input of `distill label`, not of training)."""
+    (tmp / "u" / "train").mkdir(parents=True)
+    write_audio(tmp / "u" / "train" / "a.wav", tone(1.0))
+    (tmp / "u" / "train" / "metadata.csv").write_text("file_name,speaker_id\na.wav,s1\n")
+
+
 # (id, arguments, setup, exit code, fragment of the one error line); {corpus}, {model}, {tmp} are filled in.
 CASES = [
     # options out of range or not among the choices: named as the CLI spells them, before any work
@@ -137,6 +144,10 @@ CASES = [
     ("data-info-missing-dir", ["data", "info", "{tmp}/none"], None, 1, "corpus directory not found"),
     ("data-info-not-a-corpus", ["data", "info", "{tmp}"], None, 1, "not a Speech Commands, Common Voice or audiofolder directory"),
     ("asr-prepare-keyword-corpus", ["asr", "prepare", "{corpus}", "--out", "{tmp}/f", "--model", "{model}"], None, 1, "no transcriptions"),
+    ("distill-train-mode", ["distill", "train", "{tmp}", "--student", "{model}", "--teacher", "{model}", "--mode", "full"], None, 1,
+     "--mode must be one of decoder-only, frozen-encoder (got 'full')"),
+    ("asr-prepare-untranscribed", ["asr", "prepare", "{tmp}/u", "--out", "{tmp}/f", "--model", "{model}"], untranscribed_audiofolder, 1,
+     "no clip has a transcript; training needs them (`fedwhisper distill label` labels untranscribed audio with a teacher)"),
     ("kws-one-class", ["kws", "federate", "{tmp}/one", "--model", "{model}", "--keywords", "yes", "--num-clients", "1",
                        "--clients-per-round", "1"], one_keyword_corpus, 1, "the corpus gives one class (yes)"),
     ("kws-missing-corpus", ["kws", "federate", "{tmp}/nowhere"], None, 1, "nowhere"),

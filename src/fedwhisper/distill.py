@@ -112,48 +112,88 @@ def teacher_loss_fn(teacher, weights: DistillLoss):
     return loss_fn
 
 
-def pseudo_label(features: str | os.PathLike, teacher: str, out: str | os.PathLike, wer_threshold: float | None = 10.0,
-                 batch_size: int = 16, chunk_rows: int = 256, progress: bool = True, window: str = "full") -> dict:
+def pseudo_label(source: str | os.PathLike, teacher: str, out: str | os.PathLike, wer_threshold: float | None = 10.0,
+                 batch_size: int = 16, chunk_rows: int = 256, progress: bool = True, window: str = "full", language: str = "en") -> dict:
     """Prepared features whose training labels are ``teacher``'s greedy transcripts (on ``window``: full, Whisper's
-    30 s, or clip, for a teacher trained on clip windows; tokens capped by the clip's length), written to ``out`` with the same layout; the other splits keep their references, so the
-    student is chosen and tested against real text. A pair whose normalised WER against its reference exceeds
-    ``wer_threshold`` % is dropped (None: all kept); the report counts and lists what was dropped. Rows are decoded
+    30 s, or clip, for a teacher trained on clip windows; tokens capped by the clip's length), written to ``out`` with
+    the same layout. ``source`` is prepared features, or a corpus (prepared in ``out`` first for the teacher, in
+    ``language``, clips without a transcript kept: the usual private data). A training pair whose normalised WER against
+    its reference exceeds ``wer_threshold`` % is dropped (None: all kept; a clip without a reference is always kept);
+    the report counts and lists what was dropped. Other splits keep their references, so the student is chosen and
+    tested against real text; a split with no reference at all takes the teacher's labels too. Rows are decoded
     ``chunk_rows`` at a time and each chunk is saved at once, so a rerun continues where an interrupted one stopped."""
     import datasets
-    from tqdm.auto import tqdm
 
-    from fedwhisper.asr.batches import WINDOWS, AsrBatches
-    from fedwhisper.asr.evaluate import evaluate_batches
-    from fedwhisper.asr.prepare import MANIFEST, REPORT, label_ids, load_features
+    from fedwhisper.asr.batches import WINDOWS
+    from fedwhisper.asr.prepare import MANIFEST, REPORT, PrepareOptions, label_ids, load_features, prepare_features
     from fedwhisper.models.registry import load_whisper
-    from fedwhisper.transcribe import DecodingOptions, is_multilingual
 
     if wer_threshold is not None and wer_threshold < 0:
         raise FedwhisperError(f"--wer-threshold must be at least 0 (got {wer_threshold})")
     if window not in WINDOWS:
         raise FedwhisperError(f"--window must be one of {', '.join(WINDOWS)} (got {window!r})")
+    out = Path(out)
+    work = out / ".labels"
+    features = Path(source)
+    if not (features / MANIFEST).is_file():  # a corpus: its features first (resumable, like the labels)
+        features = work / "features"
+        prepare_features(source, teacher, features, PrepareOptions(language=language, keep_untranscribed=True))
     dataset, manifest = load_features(features)
     whisper, processor = load_whisper(teacher)
     if len(processor.tokenizer) != manifest["vocab_size"]:
-        raise FedwhisperError(f"{features} was prepared with another tokenizer ({manifest['model']}); prepare it again for {teacher}")
-    language, task = manifest["options"]["language"], manifest["options"]["task"]
-    options = DecodingOptions(language=language if is_multilingual(whisper) else None, task=task, batch_size=batch_size)
-    out = Path(out)
-    work = out / ".labels"
-    job = {"features": str(Path(features).resolve()), "teacher": str(teacher), "wer_threshold": wer_threshold, "window": window}
+        raise FedwhisperError(f"{source} was prepared with another tokenizer ({manifest['model']}); prepare it again for {teacher}")
+    if "train" not in dataset:
+        raise FedwhisperError(f"{source} has no train split to label")
+    job = {"features": str(Path(source).resolve()), "teacher": str(teacher), "wer_threshold": wer_threshold, "window": window}
     if (work / "job.json").is_file() and json.loads((work / "job.json").read_text()) != job:
         raise FedwhisperError(f"{out} holds labels of other inputs; choose a new directory or delete it")
     work.mkdir(parents=True, exist_ok=True)
     write_json(work / "job.json", job)
     report = {"teacher": str(teacher), "wer_threshold": wer_threshold, "window": window, "splits": {}}
-    if "train" not in dataset:
-        raise FedwhisperError(f"{features} has no train split to label")
-    split = dataset["train"]
+    labelled = dict(dataset)
+    for name, split in dataset.items():
+        if name != "train" and any(text.strip() for text in split["transcription"]):
+            continue  # references to choose and test the student against
+        hypotheses, wers = _teacher_labels(whisper, processor, split, manifest, work / name, batch_size, chunk_rows, window, progress)
+        references = split["transcription"]
+        keep = [bool(h.strip()) and (name != "train" or wer_threshold is None or w is None or 100 * w <= wer_threshold)
+                for h, w in zip(hypotheses, wers)]
+        relabelled = split.add_column("reference", references).remove_columns(["transcription", "labels"])
+        relabelled = relabelled.add_column("transcription", hypotheses)
+        language, task = manifest["options"]["language"], manifest["options"]["task"]
+        relabelled = relabelled.add_column("labels", [label_ids(processor.tokenizer, h, manifest["multilingual"], language, task) for h in hypotheses])
+        labelled[name] = relabelled.select([i for i, k in enumerate(keep) if k])
+        dropped = [{"path": p, "reference": r, "teacher": h, "wer": w} for p, r, h, w, k in zip(split["path"], references, hypotheses, wers, keep) if not k]
+        report["splits"][name] = {"kept": len(labelled[name]), "dropped": len(dropped),
+                                  "without_reference": sum(w is None for w in wers), "dropped_clips": dropped[:200]}
+    for name, rows in labelled.items():
+        with atomic_path(out / name) as partial:
+            rows.cast_column("labels", datasets.Sequence(datasets.Value("int32"))).save_to_disk(str(partial))
+    write_json(out / "dataset_dict.json", {"splits": list(labelled)})
+    write_json(out / MANIFEST, manifest | {"pseudo_labels": job})
+    write_json(out / REPORT, json.loads((features / REPORT).read_text()) if (features / REPORT).is_file() else {})
+    write_json(out / LABELS_REPORT, report)
+    return report
+
+
+def _teacher_labels(whisper, processor, split, manifest: dict, chunks: Path, batch_size: int, chunk_rows: int, window: str,
+                    progress: bool) -> tuple[list[str], list[float | None]]:
+    """The teacher's greedy text for every row of ``split`` and its WER against the row's reference (None without
+    one), decoded ``chunk_rows`` at a time, each chunk saved in ``chunks`` as it finishes and reused by a rerun."""
+    from tqdm.auto import tqdm
+
+    from fedwhisper.asr.batches import AsrBatches
+    from fedwhisper.asr.evaluate import evaluate_batches
+    from fedwhisper.transcribe import DecodingOptions, is_multilingual
+
+    language, task = manifest["options"]["language"], manifest["options"]["task"]
+    options = DecodingOptions(language=language if is_multilingual(whisper) else None, task=task, batch_size=batch_size)
+    chunks.mkdir(parents=True, exist_ok=True)
     hypotheses, wers = [], []
-    with tqdm(total=len(split), desc="pseudo-label", unit="clip", disable=not progress) as bar:
+    with tqdm(total=len(split), desc=f"pseudo-label {chunks.name}", unit="clip", disable=not progress) as bar:
         try:
             for index, start in enumerate(range(0, len(split), chunk_rows)):
-                saved = work / f"train-{index:05d}.json"
+                saved = chunks / f"{index:05d}.json"
                 rows = split.select(range(start, min(start + chunk_rows, len(split))))
                 if not saved.is_file():
                     result = evaluate_batches(whisper, processor.tokenizer, AsrBatches(rows, whisper.config.decoder_start_token_id, window=window), options)
@@ -163,24 +203,8 @@ def pseudo_label(features: str | os.PathLike, teacher: str, out: str | os.PathLi
                 wers += [w for _, w in chunk]
                 bar.update(len(rows))
         except KeyboardInterrupt:
-            raise Interrupted(f"interrupted: the finished chunks are kept in {work}; run the same command again to continue") from None
-    references = split["transcription"]
-    keep = [bool(h.strip()) and (wer_threshold is None or not r.strip() or w is None or 100 * w <= wer_threshold)
-            for h, w, r in zip(hypotheses, wers, references)]
-    relabelled = split.add_column("reference", references).remove_columns(["transcription", "labels"])
-    relabelled = relabelled.add_column("transcription", hypotheses)
-    relabelled = relabelled.add_column("labels", [label_ids(processor.tokenizer, h, manifest["multilingual"], language, task) for h in hypotheses])
-    labelled = dict(dataset) | {"train": relabelled.select([i for i, k in enumerate(keep) if k])}
-    dropped = [{"path": p, "reference": r, "teacher": h, "wer": w} for p, r, h, w, k in zip(split["path"], references, hypotheses, wers, keep) if not k]
-    report["splits"]["train"] = {"kept": len(labelled["train"]), "dropped": len(dropped), "dropped_clips": dropped[:200]}
-    for name, rows in labelled.items():
-        with atomic_path(out / name) as partial:
-            rows.cast_column("labels", datasets.Sequence(datasets.Value("int32"))).save_to_disk(str(partial))
-    write_json(out / "dataset_dict.json", {"splits": list(labelled)})
-    write_json(out / MANIFEST, manifest | {"pseudo_labels": job})
-    write_json(out / REPORT, json.loads((Path(features) / REPORT).read_text()) if (Path(features) / REPORT).is_file() else {})
-    write_json(out / LABELS_REPORT, report)
-    return report
+            raise Interrupted(f"interrupted: the finished chunks are kept in {chunks.parent}; run the same command again to continue") from None
+    return hypotheses, wers
 
 
 def distill_run(out: str | os.PathLike, *, labelled: str | os.PathLike | None = None, student: str | None = None,
@@ -207,8 +231,11 @@ def distill_run(out: str | os.PathLike, *, labelled: str | os.PathLike | None = 
     if len(processor.tokenizer) != manifest["vocab_size"] or teacher_model.config.vocab_size != student_model.config.vocab_size:
         raise FedwhisperError(f"{student}, {teacher} and {labelled} must share one tokenizer")
     shared = weights_fingerprint(student_model.model.encoder) == weights_fingerprint(teacher_model.model.encoder)
-    config = replace(config or TrainConfig(), mode="frozen-encoder" if shared else "full",
-                     language=(config.language if config else None) or manifest["options"]["language"])
+    config = config or TrainConfig(mode="frozen-encoder")
+    # a shared encoder stays frozen: the decoder trains (frozen-encoder), or only its blocks (decoder-only: the token
+    # embeddings, tied to the output projection and most of a small decoder's weights, stay the teacher's)
+    config = replace(config, mode=(config.mode if config.mode in ("frozen-encoder", "decoder-only") else "frozen-encoder") if shared else "full",
+                     language=config.language or manifest["options"]["language"])
     teacher_model.requires_grad_(False)
     eval_split = "validation" if "validation" in dataset else "test"
     with interruption_kept(out, "distill train"):

@@ -96,7 +96,9 @@ def test_pseudo_labels_are_the_teachers_greedy_text_filtered_by_wer_and_resumabl
     assert tokenizer.decode(first["labels"], skip_special_tokens=True).strip() == first["transcription"].strip()
     assert first["transcription"] != first["reference"]  # a random teacher's words, not the reference's
 
-    filtered = distill.pseudo_label(small_features, str(tiny_asr_model), tmp_path / "filtered", wer_threshold=10, chunk_rows=8, progress=False)
+    filtered = distill.pseudo_label(small_features, str(tiny_asr_model), tmp_path / "filtered", wer_threshold=10, chunk_rows=8, progress=False,
+                                    window="clip")
+    assert filtered["window"] == "clip"
     dropped = filtered["splits"]["train"]["dropped_clips"]
     assert dropped and all(row["wer"] > 0.10 for row in dropped)  # a random teacher's labels are far from the references
 
@@ -110,12 +112,13 @@ def test_pseudo_labels_are_the_teachers_greedy_text_filtered_by_wer_and_resumabl
 
 def test_distillation_trains_the_students_decoder_and_resumes_exactly(tiny_asr_model, student_dir, small_features, tmp_path, monkeypatch):
     from fedwhisper import distill
-    from fedwhisper.asr import train
+    from fedwhisper.asr import evaluate, train
     from fedwhisper.asr.train import TrainConfig
 
     distill.pseudo_label(small_features, str(tiny_asr_model), tmp_path / "labelled", wer_threshold=None, progress=False)
-    config = TrainConfig(max_steps=4, batch_size=4, learning_rate=1e-3, warmup_steps=0, eval_every=2, save_every=2, log_every=1, eval_clips=4,
-                         max_new_tokens=8)
+    # "full" asks to train the encoder too, but the student shares its teacher's: it stays frozen (frozen-encoder mode)
+    config = TrainConfig(mode="full", max_steps=4, batch_size=4, learning_rate=1e-3, warmup_steps=0, eval_every=2, save_every=2, log_every=1,
+                         eval_clips=4, max_new_tokens=8, window="clip")
     args = dict(labelled=tmp_path / "labelled", student=str(student_dir), teacher=str(tiny_asr_model), config=config, progress=False)
     result = distill.distill_run(tmp_path / "whole", **args)
     assert result.step == 4 and (tmp_path / "whole" / "best" / "config.json").is_file()
@@ -124,6 +127,9 @@ def test_distillation_trains_the_students_decoder_and_resumes_exactly(tiny_asr_m
     final = "checkpoints/step-000004/trainable.safetensors"
     trained = load_file(tmp_path / "whole" / final)
     assert trained and not any(name.startswith("model.encoder.") for name in trained)  # the shared encoder stays the teacher's
+    # the student records its clip windows, and evaluation uses them unless told otherwise
+    assert evaluate.evaluate_data(small_features, str(tmp_path / "whole" / "best"), "validation", limit=2, progress=False)["window"] == "clip"
+    assert evaluate.evaluate_data(small_features, str(tiny_asr_model), "validation", limit=2, progress=False)["window"] == "full"
 
     real_step, calls = train.train_on_batches, []
 
@@ -162,3 +168,35 @@ def test_speculative_decoding_with_a_student_gives_the_teachers_greedy_text(tiny
     assert [r["hypothesis"] for r in assisted["rows"]] == [r["hypothesis"] for r in alone["rows"]]
     with pytest.raises(FedwhisperError, match="runs on the transformers backend"):
         evaluate.evaluate_data(small_features, str(tiny_asr_model), backend="ctranslate2", assistant=str(student_dir))
+
+
+def test_an_untranscribed_corpus_is_labelled_whole_by_the_teacher(tiny_asr_model, tiny_asr_corpus, tmp_path):
+    """Private data has no transcripts: every clip keeps the teacher's label (no filter applies), and a split with no
+    reference at all (validation carved from the training speakers) is labelled too, so a student can be chosen on it."""
+    import csv
+
+    from fedwhisper import distill
+    from fedwhisper.asr.prepare import load_features
+
+    corpus = tmp_path / "private"
+    for split, rows in (("train", 12), ("test", 3)):
+        with open(tiny_asr_corpus / split / "metadata.csv", newline="") as stream:
+            kept = list(csv.DictReader(stream))[:rows]
+        (corpus / split).mkdir(parents=True)
+        with open(corpus / split / "metadata.csv", "w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=["file_name", "speaker_id"], extrasaction="ignore")
+            writer.writeheader()
+            for row in kept:
+                (corpus / split / row["file_name"]).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(tiny_asr_corpus / split / row["file_name"], corpus / split / row["file_name"])
+                writer.writerow(row)
+    report = distill.pseudo_label(corpus, str(tiny_asr_model), tmp_path / "labelled", wer_threshold=10, progress=False, window="clip")
+    labelled, _ = load_features(tmp_path / "labelled")
+    for split in ("train", "validation", "test"):
+        entry = report["splits"][split]
+        assert entry["without_reference"] == entry["kept"] + entry["dropped"] > 0
+        assert entry["kept"] == len(labelled[split])
+        # only a clip the teacher said nothing about is dropped: the WER filter has no reference to apply
+        assert all(row["teacher"] == "" for row in entry["dropped_clips"])
+        assert all(text.strip() for text in labelled[split]["transcription"]) and not any(labelled[split]["reference"])
+    assert sum(report["splits"][split]["without_reference"] for split in ("train", "validation")) == 12

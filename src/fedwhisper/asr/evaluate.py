@@ -56,8 +56,9 @@ def evaluate_batches(model, tokenizer, batches: AsrBatches, options: DecodingOpt
         row = {name: values[i] for name, values in columns.items()} | {"reference": reference, "hypothesis": hypothesis}
         row["wer"] = round(word_error_rate([reference], [hypothesis], language), 4) if normalise(reference).strip() else None
         rows.append(row)
-    return {"loss": None if on_ctranslate2 else loss_sum / max(tokens, 1), "wer": word_error_rate(references, hypotheses, language),
-            "cer": character_error_rate(references, hypotheses, language), "rows": rows}
+    scored = any(row["wer"] is not None for row in rows)  # untranscribed clips (pseudo-labelling) have no error rate
+    return {"loss": None if on_ctranslate2 else loss_sum / max(tokens, 1), "wer": word_error_rate(references, hypotheses, language) if scored else None,
+            "cer": character_error_rate(references, hypotheses, language) if scored else None, "rows": rows}
 
 
 def speaker_wer(rows: list[dict], language: str | None) -> dict[str, float]:

@@ -36,6 +36,7 @@ class PrepareOptions:
     shard_size: int = 256
     validation_speakers: int | None = None  # carved from training speakers when the corpus has no validation split; None: ~10 %
     seed: int = 0
+    keep_untranscribed: bool = False  # keep clips without a transcript (labels: the prompt only), for pseudo-labelling
 
 
 def stored_frames(samples: int) -> int:
@@ -47,19 +48,19 @@ def label_ids(tokenizer, text: str, multilingual: bool, language: str, task: str
     """Decoder targets: Whisper's prompt tokens, the text (with the leading space Whisper's own outputs have), end of text."""
     if multilingual:
         tokenizer.set_prefix_tokens(language=language, task=task, predict_timestamps=False)
-    return tokenizer(" " + text.strip()).input_ids
+    return tokenizer(" " + text.strip() if text.strip() else "").input_ids
 
 
-def _featurise(batch: dict, processor, multilingual: bool, language: str, task: str) -> dict:
+def _featurise(batch: dict, processor, multilingual: bool, language: str, task: str, keep_untranscribed: bool) -> dict:
     features, labels, reasons, durations = [], [], [], []
     n_mels = processor.feature_extractor.feature_size
     empty = np.zeros((0, n_mels), dtype=np.float16)
     for entry, text in zip(batch["audio"], batch["transcription"]):
         reason, stored, ids, seconds = "", empty, [], 0.0
         try:
-            if not (text or "").strip():
+            if not (text or "").strip() and not keep_untranscribed:
                 raise ValueError("empty transcript")
-            ids = label_ids(processor.tokenizer, text, multilingual, language, task)
+            ids = label_ids(processor.tokenizer, text or "", multilingual, language, task)
             if len(ids) > MAX_LABEL_TOKENS:
                 raise ValueError(f"label is {len(ids)} tokens, over {MAX_LABEL_TOKENS}")
             audio = load_audio(entry, max_seconds=MAX_SECONDS)
@@ -111,11 +112,15 @@ def prepare_features(source, model: str, out: str | Path, options: PrepareOption
     if any("transcription" not in dataset.column_names for dataset in corpus.values()):
         raise FedwhisperError(f"{source}: no transcriptions (a keyword corpus?); asr prepare needs an audiofolder with metadata.csv "
                               "or a Common Voice directory")
+    if not options.keep_untranscribed and not any(text.strip() for dataset in corpus.values() for text in dataset["transcription"]):
+        raise FedwhisperError(f"{source}: no clip has a transcript; training needs them (`fedwhisper distill label` labels "
+                              "untranscribed audio with a teacher)")
     corpus = _with_validation_split(corpus, options.validation_speakers, options.seed)
     manifest = {
         "source": str(source), "model": str(model), "vocab_size": len(processor.tokenizer),
         "n_mels": processor.feature_extractor.feature_size, "multilingual": multilingual,
-        "options": asdict(options) | {"num_proc": None},  # parallelism does not change the result
+        # parallelism does not change the result; keep_untranscribed is named only when set (earlier features stay valid)
+        "options": {k: v for k, v in asdict(options).items() if k != "keep_untranscribed" or v} | {"num_proc": None},
     }
     work = out / ".shards"
     manifest_path = out / MANIFEST
@@ -137,7 +142,8 @@ def prepare_features(source, model: str, out: str | Path, options: PrepareOption
                 processes = min(options.num_proc, len(rows))
                 featurised = rows.map(
                     _featurise, batched=True, batch_size=16, remove_columns=["audio"],
-                    fn_kwargs={"processor": processor, "multilingual": multilingual, "language": options.language, "task": options.task},
+                    fn_kwargs={"processor": processor, "multilingual": multilingual, "language": options.language, "task": options.task,
+                               "keep_untranscribed": options.keep_untranscribed},
                     num_proc=processes if processes > 1 else None,
                     features=_feature_types(rows, manifest["n_mels"]),
                     desc=f"prepare {split} {start}-{start + len(rows)} of {len(dataset)}", load_from_cache_file=False,

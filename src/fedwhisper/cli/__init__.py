@@ -10,6 +10,10 @@ import threading
 
 if not sys.stderr.isatty():  # logs and CI: a progress line every 30 s instead of thousands of carriage-return frames
     os.environ.setdefault("TQDM_MININTERVAL", "30")
+# torch's OpenMP threads spin while they wait for each other: with another process on one of the cores, the spinning
+# thread and the straggler make every op ~2x slower. Sleeping waits cost a few % on a quiet machine and recover much of
+# that (`benchmarks/run.py distill:threads`). OpenMP reads this once, when torch loads: so before any import of torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import click  # noqa: E402
 import typer  # noqa: E402

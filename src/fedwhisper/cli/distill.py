@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from fedwhisper.cli.common import console
+from fedwhisper.errors import FedwhisperError
 
 app = typer.Typer(help="Distil-Whisper: small-decoder students of a (fine-tuned) teacher.", no_args_is_help=True)
 
@@ -30,21 +31,23 @@ def distill_student(
 
 @app.command("label")
 def distill_label(
-    features: Annotated[Path, typer.Argument(help="prepared features (`asr prepare` with the teacher's tokenizer)")],
+    source: Annotated[Path, typer.Argument(help="prepared features (`asr prepare` with the teacher's tokenizer), or a corpus (an "
+                                                "audiofolder: transcripts optional)")],
     out: Annotated[Path, typer.Option(help="the pseudo-labelled features (same layout)")],
     teacher: Annotated[str, typer.Option(help="packaged name, model directory (e.g. RUN/best) or hub id")] = "tiny.en",
     wer_threshold: Annotated[float | None, typer.Option(min=0.0, help="drop a clip whose label's WER against its reference exceeds this (%%)")] = 10.0,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     window: Annotated[str, typer.Option(help="encoder window: full (Whisper's 30 s) or clip (for a teacher trained on clip windows)")] = "full",
+    language: Annotated[str, typer.Option(help="a corpus's language (features carry their own)")] = "en",
 ) -> None:
-    """Greedy pseudo-labels from the teacher for every training clip (validation and test keep their references); labels
-    far from their reference dropped and reported.
-    Saved chunk by chunk: run the same command again after an interruption and it continues."""
+    """Greedy pseudo-labels from the teacher for every training clip; labels far from their reference dropped and
+    reported, clips without a reference all kept. Validation and test keep their references (a split with none takes
+    the teacher's labels too). Saved chunk by chunk: run the same command again after an interruption and it continues."""
     from fedwhisper.distill import LABELS_REPORT, pseudo_label
 
-    report = pseudo_label(features, teacher, out, wer_threshold, batch_size, window=window)
+    report = pseudo_label(source, teacher, out, wer_threshold, batch_size, window=window, language=language)
     for split, row in report["splits"].items():
-        console.print(f"{split}: {row['kept']} kept, {row['dropped']} dropped")
+        console.print(f"{split}: {row['kept']} kept, {row['dropped']} dropped ({row['without_reference']} without a reference)")
     console.print(f"labelled features in {out}; dropped clips listed in {out / LABELS_REPORT}")
 
 
@@ -55,7 +58,10 @@ def distill_train(
     teacher: Annotated[str | None, typer.Option(help="the teacher that labelled the features")] = None,
     out: Annotated[Path | None, typer.Option(help="run directory: checkpoints, metrics.csv, curves.png, best/")] = None,
     resume: Annotated[Path | None, typer.Option(help="continue this run directory exactly where it stopped")] = None,
-    learning_rate: Annotated[float, typer.Option()] = 1e-4,
+    mode: Annotated[str, typer.Option(help="decoder-only: the decoder blocks train, the token embeddings (tied to the output "
+                                            "projection) stay the teacher's; frozen-encoder: the whole decoder trains. A student with "
+                                            "fewer encoder layers than its teacher trains whole")] = "decoder-only",
+    learning_rate: Annotated[float, typer.Option()] = 5e-4,
     warmup_steps: Annotated[int, typer.Option(min=0)] = 20,
     max_steps: Annotated[int, typer.Option(min=1, help="optimizer steps")] = 300,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
@@ -73,7 +79,9 @@ def distill_train(
     from fedwhisper.distill import DistillLoss, distill_run
     from fedwhisper.runs import runs_root
 
-    config = None if resume else TrainConfig(mode="frozen-encoder", learning_rate=learning_rate, warmup_steps=warmup_steps, max_steps=max_steps,
+    if mode not in ("decoder-only", "frozen-encoder"):
+        raise FedwhisperError(f"--mode must be one of decoder-only, frozen-encoder (got {mode!r})")
+    config = None if resume else TrainConfig(mode=mode, learning_rate=learning_rate, warmup_steps=warmup_steps, max_steps=max_steps,
                                              batch_size=batch_size, eval_every=eval_every, save_every=save_every, log_every=min(10, eval_every),
                                              eval_clips=eval_clips or None, seed=seed, window=window)
     loss = DistillLoss(ce_weight=ce_weight, kl_weight=kl_weight, temperature=temperature)

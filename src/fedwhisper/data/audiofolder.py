@@ -38,16 +38,15 @@ def _read_metadata(path: Path) -> list[dict]:
 
 
 def _split_rows(metadata: Path) -> tuple[dict[str, list], list[str]]:
-    """Columns of one split: audio, transcription, speaker_id, plus any other metadata columns as strings."""
+    """Columns of one split: audio, transcription (empty where the metadata has none), speaker_id, plus any other
+    metadata columns as strings."""
     rows = _read_metadata(metadata)
     columns: dict[str, list] = {"audio": [], "transcription": [], "speaker_id": []}
     if not rows:
         return columns, []
     if "file_name" not in rows[0]:
         raise FedwhisperError(f"{metadata}: no 'file_name' column (columns: {', '.join(rows[0])})")
-    text_column = next((name for name in TEXT_COLUMNS if name in rows[0]), None)
-    if text_column is None:
-        raise FedwhisperError(f"{metadata}: no transcription column (expected one of {', '.join(TEXT_COLUMNS)})")
+    text_column = next((name for name in TEXT_COLUMNS if name in rows[0]), None)  # None: untranscribed audio (empty texts)
     extra = [name for name in rows[0] if name not in {"file_name", text_column, "speaker_id", *columns}]
     columns |= {name: [] for name in extra}
     missing = []
@@ -57,7 +56,7 @@ def _split_rows(metadata: Path) -> tuple[dict[str, list], list[str]]:
             missing.append(str(path))
             continue
         columns["audio"].append(str(path))
-        columns["transcription"].append(row[text_column] or "")
+        columns["transcription"].append((row[text_column] if text_column else "") or "")
         columns["speaker_id"].append(str(row.get("speaker_id") or row.get("client_id") or ""))
         for name in extra:
             columns[name].append("" if row.get(name) is None else str(row[name]))
