@@ -212,8 +212,9 @@ def distill_rows(results: dict) -> list[str]:
             continue
         t, s, latency, spec = entry["teacher_wer"], entry["student_wer"], entry["latency"], entry["speculative"]
         rows.append(f"| Distil-Whisper {model}: teacher (LoRA, {entry['teacher_steps']} steps, clip windows) → 2-decoder-layer student "
-                    f"({entry['student_steps']} steps on {entry['labels_kept']} pseudo-labels, {entry['labels_dropped']} dropped by the 10 % "
-                    f"filter): WER held-out espeak-ng / flite | {t['held_out_espeak']['wer']:.1%} → **{s['held_out_espeak']['wer']:.1%}** / "
+                    f"({entry['student_steps']} steps, {entry['student_training']['mode']}, on {entry['labels_kept']} pseudo-labels of transcribed "
+                    f"clips ({entry['labels_dropped']} dropped by the 10 % filter) + {entry['untranscribed_labels']} of untranscribed ones): "
+                    f"WER held-out espeak-ng / flite | {t['held_out_espeak']['wer']:.1%} → **{s['held_out_espeak']['wer']:.1%}** / "
                     f"{t['flite']['wer']:.1%} → {s['flite']['wer']:.1%} |")
         for backend, timed in ((b, latency[b]) for b in ("transformers", "ctranslate2")):
             rows.append(f"| … decoder time per token on {backend}, teacher / student ({latency['clips']} clips, batch 1); multiply-add bound | "
@@ -222,6 +223,13 @@ def distill_rows(results: dict) -> list[str]:
                         f"({timed['speedup_over_bound']:.0%} of it); end to end per clip {timed['end_to_end_per_clip_speedup']}x |")
         rows.append(f"| … speculative decoding (teacher + student assistant, {spec['clips']} clips, batch 1): same transcripts; speed | "
                     f"{spec['identical_transcripts']}/{spec['clips']}; {spec['speedup']}x |")
+    if threads := results.get("threads"):
+        factor, slowdown = threads["real_time_factor"], threads["busy_slowdown"]
+        rows.append(f"| `asr evaluate` speed with another process on one core ({threads['model']}, {threads['clips']} clips, 30-s windows, "
+                    f"median of {threads['repeats']}): real time factor quiet / busy | transformers before (OpenMP spin-waits) "
+                    f"{factor['transformers_before_quiet']:.2f}x / {factor['transformers_before_busy']:.2f}x ({slowdown['transformers_before']}x slower); "
+                    f"now (sleeping waits) {factor['transformers_now_quiet']:.2f}x / **{factor['transformers_now_busy']:.2f}x** "
+                    f"({slowdown['transformers_now']}x); ctranslate2 {factor['ctranslate2_now_quiet']:.2f}x / {factor['ctranslate2_now_busy']:.2f}x |")
     if serving := results.get("serving"):
         setup = f"tiny.en, {serving['audio_seconds']:.0f}-s recording, {serving['threads']} threads, batch {serving['batch_size']}"
         for name, label in (("transformers", "`transcribe` (transformers)"), ("ours_ctranslate2_float32", "`transcribe --backend ctranslate2`, float32 export"),
