@@ -4,7 +4,7 @@ encode it once per client, federate the head over 100 speaker-grouped clients fo
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fedwhisper.audio import load_audio
@@ -32,12 +32,14 @@ class DemoResult:
     transcribe_seconds: float = 0.0
 
 
-def run_kws_demo(model_name: str = "tiny.en", on_round=None):
-    """Federated keyword spotting on the embedded default: 300 synthetic speakers, 100 clients, 10 per round, 10 rounds."""
-    corpus = fedwhisper_home() / "corpora" / "demo-kws"
-    synthesize_speech_commands(corpus, DEMO_KWS_CORPUS)
+def run_kws_demo(model_name: str = "tiny.en", on_round=None, corpus: KwsSynthesisOptions = DEMO_KWS_CORPUS, options: KwsOptions = KwsOptions()):
+    """Federated keyword spotting on the embedded default: 300 synthetic speakers, 100 clients, 10 per round, 10 rounds
+    (``corpus`` and ``options`` change the scale)."""
+    name = "demo-kws" if corpus == DEMO_KWS_CORPUS else f"demo-kws-{corpus.speakers}"
+    directory = fedwhisper_home() / "corpora" / name
+    synthesize_speech_commands(directory, corpus)
     run_dir = runs_root() / f"demo-kws-{time.strftime('%Y%m%d-%H%M%S')}"
-    return simulate(KwsOptions(corpus=str(corpus), model=model_name), run_dir, on_round=on_round)
+    return simulate(replace(options, corpus=str(directory), model=model_name), run_dir, on_round=on_round)
 
 
 def run_asr_demo(model_name: str = "tiny.en", corpus_dir: Path | None = None, clips: int = 10) -> DemoResult:
