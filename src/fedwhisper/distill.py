@@ -134,6 +134,9 @@ def pseudo_label(source: str | os.PathLike, teacher: str, out: str | os.PathLike
         raise FedwhisperError(f"--window must be one of {', '.join(WINDOWS)} (got {window!r})")
     out = Path(out)
     work = out / ".labels"
+    job = {"features": str(Path(source).resolve()), "teacher": str(teacher), "wer_threshold": wer_threshold, "window": window}
+    if (work / "job.json").is_file() and json.loads((work / "job.json").read_text()) != job:
+        raise FedwhisperError(f"{out} holds labels of other inputs; choose a new directory or delete it")
     features = Path(source)
     if not (features / MANIFEST).is_file():  # a corpus: its features first (resumable, like the labels)
         features = work / "features"
@@ -144,9 +147,6 @@ def pseudo_label(source: str | os.PathLike, teacher: str, out: str | os.PathLike
         raise FedwhisperError(f"{source} was prepared with another tokenizer ({manifest['model']}); prepare it again for {teacher}")
     if "train" not in dataset:
         raise FedwhisperError(f"{source} has no train split to label")
-    job = {"features": str(Path(source).resolve()), "teacher": str(teacher), "wer_threshold": wer_threshold, "window": window}
-    if (work / "job.json").is_file() and json.loads((work / "job.json").read_text()) != job:
-        raise FedwhisperError(f"{out} holds labels of other inputs; choose a new directory or delete it")
     work.mkdir(parents=True, exist_ok=True)
     write_json(work / "job.json", job)
     report = {"teacher": str(teacher), "wer_threshold": wer_threshold, "window": window, "splits": {}}
