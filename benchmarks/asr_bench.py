@@ -15,6 +15,7 @@ from fedwhisper.asr.prepare import PrepareOptions, load_features, prepare_featur
 from fedwhisper.asr.train import TrainConfig, fine_tune
 from fedwhisper.audio import load_audio
 from fedwhisper.data.synth_asr import AsrSynthesisOptions, synthesize_audiofolder
+from fedwhisper.data.text import load_sentences
 from fedwhisper.models.registry import load_whisper
 from fedwhisper.serve.browser import running_app, use_app
 from fedwhisper.transcribe import DecodingOptions, LongFormTranscriber
@@ -60,6 +61,20 @@ def transcription_speed(model_ref: str, clips: list[np.ndarray]) -> dict:
 def english_espeak_options(small: bool) -> AsrSynthesisOptions:
     """The English corpus's espeak-ng speakers: training, validation and held-out test voices."""
     return AsrSynthesisOptions(sentences=160 if small else 1400, speakers=12 if small else 40, test_speakers=3 if small else 6, engines=("espeak-ng",))
+
+
+def unused_sentences(work: Path, name: str) -> Path:
+    """``work/NAME``: the built-in English sentences that no clip of the English corpora (espeak-ng, flite) reads."""
+    import csv
+
+    used = set()
+    for corpus in ("asr-en-espeak", "asr-en-flite"):
+        for split in ("train", "test"):
+            with open(work / corpus / split / "metadata.csv", newline="", encoding="utf-8") as stream:
+                used |= {row["transcription"] for row in csv.DictReader(stream)}
+    text = work / name
+    text.write_text("\n".join(s for s in load_sentences("en") if s not in used) + "\n", encoding="utf-8")
+    return text
 
 
 def english_features(work: Path, small: bool) -> tuple[Path, Path, float]:

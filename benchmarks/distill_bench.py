@@ -156,16 +156,9 @@ def untranscribed_corpus(work: Path, features: Path, small: bool) -> Path:
     import asr_bench
 
     from fedwhisper.asr.prepare import load_features
-    from fedwhisper.data.synth_asr import AsrSynthesisOptions, synthesize_audiofolder
-    from fedwhisper.data.text import load_sentences
+    from fedwhisper.data.synth_asr import synthesize_audiofolder
 
-    used = set()
-    for corpus in ("asr-en-espeak", "asr-en-flite"):
-        for split in ("train", "test"):
-            with open(work / corpus / split / "metadata.csv", newline="", encoding="utf-8") as stream:
-                used |= {row["transcription"] for row in csv.DictReader(stream)}
-    text = work / "untranscribed-sentences.txt"
-    text.write_text("\n".join(s for s in load_sentences("en") if s not in used) + "\n", encoding="utf-8")
+    text = asr_bench.unused_sentences(work, "untranscribed-sentences.txt")
     out = work / "asr-en-untranscribed"
     options = replace(asr_bench.english_espeak_options(small), sentences=200 if small else UNLABELLED_SENTENCES, text=str(text))  # same voices
     synthesize_audiofolder(out, options)

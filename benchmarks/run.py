@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import asr_bench  # noqa: E402  (benchmarks/asr_bench.py)
 import distill_bench  # noqa: E402  (benchmarks/distill_bench.py)
 import fl_asr_bench  # noqa: E402  (benchmarks/fl_asr_bench.py)
+import fl_hetero_bench  # noqa: E402  (benchmarks/fl_hetero_bench.py)
 import kws_bench  # noqa: E402  (benchmarks/kws_bench.py)
 
 from fedwhisper.data.synth_asr import AsrSynthesisOptions, synthesize_audiofolder  # noqa: E402
@@ -249,12 +250,32 @@ def distill_rows(results: dict) -> list[str]:
     return rows
 
 
+def fl_hetero_rows(results: dict) -> list[str]:
+    compare = results.get("compare")
+    if not compare:
+        return []
+    rows = []
+    o = compare["options"]
+    setting = (f"tiny.en tiers {o['tiers']}, {o['num_clients']} speaker clients, {o['clients_per_round']} a round, {o['rounds']} rounds, "
+               f"{o['local_steps']} local steps")
+    for algorithm in fl_hetero_bench.ALGORITHMS:
+        r = compare[algorithm]
+        tiers = ", ".join(f"{tier} {wer:.1%}" for tier, wer in r["test_wer_by_tier"].items())
+        groups = "; ".join(f"Pi-microphone speakers {g['pi_microphone_speakers']:.1%} vs others {g['other_speakers']:.1%}"
+                           for g in r["test_wer_by_speaker_group"].values())
+        rows.append(f"| heterogeneous clients, {algorithm} ({setting}): held-out WER by tier; upload in all; {groups} | "
+                    f"{tiers or 'n/a'}; {r['upload_bytes_total'] / 1e6:.1f} MB up |")
+    return rows
+
+
 SUITES = {"foundation": (bench_foundation, foundation_rows),
           "kws": (lambda work: {name: run(work, SMALL) for name, run in kws_bench.PARTS.items()}, kws_rows),
           "asr": (lambda work: {name: run(work, SMALL) for name, run in asr_bench.PARTS.items()}, asr_rows),
           "fl-asr": (lambda work: {name: run(work, SMALL) for name, run in fl_asr_bench.PARTS.items()}, fl_asr_rows),
-          "distill": (lambda work: {name: run(work, SMALL) for name, run in distill_bench.PARTS.items()}, distill_rows)}
-PARTS = {"kws": kws_bench.PARTS, "asr": asr_bench.PARTS, "fl-asr": fl_asr_bench.PARTS, "distill": distill_bench.PARTS}  # suites whose parts may run alone
+          "distill": (lambda work: {name: run(work, SMALL) for name, run in distill_bench.PARTS.items()}, distill_rows),
+          "fl-hetero": (lambda work: {name: run(work, SMALL) for name, run in fl_hetero_bench.PARTS.items()}, fl_hetero_rows)}
+PARTS = {"kws": kws_bench.PARTS, "asr": asr_bench.PARTS, "fl-asr": fl_asr_bench.PARTS, "distill": distill_bench.PARTS,
+         "fl-hetero": fl_hetero_bench.PARTS}  # suites whose parts may run alone
 
 
 def update_readme() -> None:

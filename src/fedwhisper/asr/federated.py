@@ -16,6 +16,7 @@ import torch
 
 from fedwhisper.asr.batches import AsrBatches
 from fedwhisper.asr.run import load_trainable_state, save_plain_model, trainable_state
+from fedwhisper.asr.tiers import DEFAULT_TIERS, parse_tiers
 from fedwhisper.asr.train import TrainConfig, apply_mode, batches_for, decoding_options, train_on_batches
 from fedwhisper.errors import FedwhisperError
 from fedwhisper.models.registry import fedwhisper_home
@@ -26,6 +27,8 @@ MODES = ("lora", "encoder-top", "full")
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedprox")  # Flower's classes (fl.strategy)
 OPTIMIZERS = ("adamw", "sgd")  # a client's optimizer, new every round (clients keep no state between rounds)
 LR_SCHEDULES = ("constant", "cosine")  # the clients' learning rate over the rounds
+# fedavg: one model for every client (any --strategy); the others give each device tier a model it can afford (asr.hetero)
+ALGORITHMS = ("fedavg", "fedkad", "fedmd", "fedavg-uniform", "fedavg-large")
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,17 @@ class AsrFederationOptions(RunConfigOptions):
     eval_clips: int = 100  # validation clips the server decodes every round (0: all)
     cache_dir: str = ""  # default: $FEDWHISPER_HOME/cache/asr-federated; each client keeps its own sub-folder
     seed: int = 0
+    # heterogeneous clients (every algorithm but fedavg): tiers' decoder blocks train, the encoder and embeddings stay frozen
+    algorithm: str = "fedavg"
+    tiers: str = DEFAULT_TIERS  # device tier:share of the clients (profiles in asr.tiers.DEVICE_TIERS)
+    tier_costs: str = ""  # seconds per training sample by decoder layers, "1:0.12,4:0.2"; empty: measured when the run starts
+    proxy: str = ""  # prepared features of the server's public proxy corpus (fedkad's distillation, fedmd's public data)
+    upper_blocks: int = 1  # fedkad: top decoder blocks a client trains and sends
+    init_steps: int = 200  # with --proxy: the server distils each smaller tier's model from the teacher for this many batches first
+    server_steps: int = 10  # fedkad: distillation steps a round on the proxy corpus, into the global model and back into each tier
+    kd_learning_rate: float = 5e-4  # fedkad's server distillation and fedmd's digest step
+    public_clips: int = 32  # fedmd: public clips whose logits clients share each round
+    top_k: int = 10  # fedmd: logits sent per token position (the largest; a full row is 51,865 floats)
 
     def __post_init__(self):
         for name in ("lora_rank", "lora_alpha", "top_blocks", "num_clients", "clients_per_round", "rounds", "local_steps", "batch_size"):
@@ -71,6 +85,13 @@ class AsrFederationOptions(RunConfigOptions):
         require(0 <= self.server_momentum < 1, "server_momentum", "must be in [0, 1)", self.server_momentum)
         require(self.proximal_mu >= 0, "proximal_mu", "must be 0 or more", self.proximal_mu)
         require(self.eval_clips >= 0, "eval_clips", "must be 0 or more", self.eval_clips)
+        require(self.algorithm in ALGORITHMS, "algorithm", f"must be one of {', '.join(ALGORITHMS)}", self.algorithm)
+        require(self.init_steps >= 0, "init_steps", "must be 0 or more", self.init_steps)
+        for name in ("upper_blocks", "server_steps", "public_clips", "top_k"):
+            require(getattr(self, name) >= 1, name, "must be at least 1", getattr(self, name))
+        require(self.kd_learning_rate > 0, "kd_learning_rate", "must be positive", self.kd_learning_rate)
+        if self.algorithm != "fedavg":
+            parse_tiers(self.tiers)
         require(self.clients_per_round <= self.num_clients, "clients_per_round", f"must be at most --num-clients ({self.num_clients})",
                 self.clients_per_round)
 
@@ -174,18 +195,26 @@ def client_update(options: AsrFederationOptions, partition_id: int, state: dict[
     ``shard`` is the client's own prepared split (deployment); by default its simulation partition. Returns (trained
     tensors or None when the client cannot train or its loss is not finite, metrics)."""
     started = time.perf_counter()
+    model, config = model_to_train(options)
+    load_trainable_state(model, state)
+    return local_training(model, config, options, partition_id, round_number, shard, started, proximal_term(model, options))
+
+
+def local_training(model, config: TrainConfig, options: AsrFederationOptions, partition_id: int, round_number: int, shard=None,
+                   started: float | None = None, extra_loss=None) -> tuple[dict | None, dict]:
+    """``local_steps`` steps of ``model`` (what it trains already set) on the client's clips, seeded by client and
+    round; (its trainable tensors, or None when the shard is smaller than a batch or the loss is not finite; metrics)."""
+    started = time.perf_counter() if started is None else started
     shard = client_shard(options, partition_id) if shard is None else shard
     if len(shard) < options.batch_size:
         log.warning("client %d: %d clips, fewer than a batch of %d; it does not train", partition_id, len(shard), options.batch_size)
         return None, {"num-examples": 0}
-    model, config = model_to_train(options)
-    load_trainable_state(model, state)
     batches = batches_for(model, shard, config, options.cache_root / f"client-{partition_id}", progress=False)
     first = (round_number - 1) * options.local_steps
     with torch.random.fork_rng(devices=[]):  # dropout in the adapters: the same round gives the same update
         torch.manual_seed(options.seed * 1_000_003 + round_number * 1_009 + partition_id)
         result = train_on_batches(model, batches.micro_batches(options.batch_size, options.seed + partition_id, first, options.local_steps),
-                                  config, client_optimizer(model, options, round_number), extra_loss=proximal_term(model, options))
+                                  config, client_optimizer(model, options, round_number), extra_loss=extra_loss)
     if not math.isfinite(result["loss"]):
         log.warning("client %d, round %d: loss is %s; the update is withheld", partition_id, round_number, result["loss"])
         return None, {"num-examples": 0, "rejected-nan": 1}

@@ -83,6 +83,15 @@ def asr_train(
 
 
 def _print_federated_round(row: dict) -> None:
+    if "simulated_round_seconds" in row or "wer" not in row:  # device tiers
+        tiers = "  ".join(f"{key[4:]} {value:.2%}" for key, value in row.items() if key.startswith("wer/"))
+        line = f"round {row['round']:>3}: WER {tiers or 'n/a'}" + (f"  (global {row['wer']:.2%})" if "wer" in row else "")
+        if "clients_trained" in row:
+            late = len(row["stragglers"])
+            line += (f"  ({row['clients_trained']} clients trained{f', {late} stragglers dropped' if late else ''}; "
+                     f"{sum(row['bytes_up']) / 1e6:.2f} MB up in all; {row['simulated_round_seconds']:.0f} s on the devices)")
+        console.print(line)
+        return
     line = f"round {row['round']:>3}: WER {row['wer']:.2%}  CER {row['cer']:.2%}"
     if "clients_trained" in row:
         up = sum(row["bytes_up"]) / max(len(row["bytes_up"]), 1)
@@ -120,10 +129,23 @@ def asr_federate(
     eval_clips: Annotated[int | None, typer.Option(min=0, help="validation clips decoded every round (0: all) [100]")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="encoder-output caches [$FEDWHISPER_HOME/cache/asr-federated]")] = None,
     seed: Annotated[int | None, typer.Option(help="[0]")] = None,
+    algorithm: Annotated[str | None, typer.Option(help="fedavg (one model for all: --mode, --strategy), or with device tiers: "
+                                                       "fedkad, fedmd, fedavg-uniform (the weakest tier's model for all), "
+                                                       "fedavg-large (full-size model; devices that cannot train it are left out) [fedavg]")] = None,
+    tiers: Annotated[str | None, typer.Option(help="device tier:share of the clients (pi, phone, laptop) [pi:0.4,phone:0.4,laptop:0.2]")] = None,
+    tier_costs: Annotated[str | None, typer.Option(help="seconds per training sample by decoder layers, e.g. 1:0.1,4:0.2 [measured]")] = None,
+    proxy: Annotated[Path | None, typer.Option(help="fedkad/fedmd: prepared features of the server's public corpus (voices and sentences no client has)")] = None,
+    upper_blocks: Annotated[int | None, typer.Option(min=1, help="fedkad: top decoder blocks a client trains and sends [1]")] = None,
+    server_steps: Annotated[int | None, typer.Option(min=1, help="fedkad: server distillation steps a round, per model [10]")] = None,
+    init_steps: Annotated[int | None, typer.Option(min=0, help="with --proxy: the smaller tiers' models distilled from the teacher first [200]")] = None,
+    kd_learning_rate: Annotated[float | None, typer.Option(help="fedkad distillation / fedmd digest learning rate [0.0005]")] = None,
+    public_clips: Annotated[int | None, typer.Option(min=1, help="fedmd: public clips a round [32]")] = None,
+    top_k: Annotated[int | None, typer.Option(min=1, help="fedmd: logits sent per token [10]")] = None,
     verbose: Annotated[bool, typer.Option(help="show Flower's and Ray's logs")] = False,
 ) -> None:
     """Federated fine-tuning on Flower's simulation engine: FedAvg of LoRA adapters (or top encoder blocks, or the model)
-    over speaker-grouped clients, WER on held-out speakers every round, the best global model in RUN/best."""
+    over speaker-grouped clients, WER on held-out speakers every round, the best global model in RUN/best. With
+    --algorithm fedkad, fedmd, fedavg-uniform or fedavg-large, clients are devices of different tiers (docs/FEDKAD.md)."""
     from fedwhisper.asr.federated import AsrFederationOptions
     from fedwhisper.fl.asr_app import simulate
 
@@ -134,9 +156,17 @@ def asr_federate(
         rounds=rounds, local_steps=local_steps, batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer,
         lr_schedule=lr_schedule, strategy=strategy, server_learning_rate=server_learning_rate, server_momentum=server_momentum,
         fedadam_eta=fedadam_eta, proximal_mu=proximal_mu,
-        eval_clips=eval_clips, cache_dir=str(cache_dir) if cache_dir else None, seed=seed)
+        eval_clips=eval_clips, cache_dir=str(cache_dir) if cache_dir else None, seed=seed, algorithm=algorithm, tiers=tiers,
+        tier_costs=tier_costs, proxy=str(proxy.resolve()) if proxy else None, upper_blocks=upper_blocks, init_steps=init_steps, server_steps=server_steps,
+        kd_learning_rate=kd_learning_rate, public_clips=public_clips, top_k=top_k)
     options = AsrFederationOptions.from_config(config)
     run = simulate(options, run_dir, resume=bool(resume), on_round=_print_federated_round, verbose=verbose)
+    if options.algorithm != "fedavg":
+        tested = json.loads((run.path / "test.json").read_text()) if (run.path / "test.json").is_file() else {}
+        for group, result in tested.items():
+            console.print(f"{group} model ({', '.join(result['tiers'])}): test WER {result['wer']:.2%} over {result['clips']} held-out clips")
+        console.print(f"models in {run.path / 'models'}" if tested else f"fedmd: each client keeps its own model; metrics in {run.path}")
+        return
     test = json.loads((run.path / "test.json").read_text())
     tested = f"; test WER {test['wer']:.2%} over {test['clips']} held-out clips" if "wer" in test else ""
     console.print(f"best validation WER {test['validation_wer']:.2%} at round {test['round']}{tested}; model in {run_dir / 'best'}")

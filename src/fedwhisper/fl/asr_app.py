@@ -24,6 +24,11 @@ METRICS = ("train_loss", "train-seconds", "samples-per-second", "round-seconds",
 
 
 def build_asr_client_app(overrides: dict | None = None):
+    if (overrides or {}).get("algorithm", "fedavg") != "fedavg":  # device tiers
+        from fedwhisper.fl.hetero_app import build_hetero_client_app
+
+        return build_hetero_client_app(overrides)
+
     def update(state: dict, config: dict, context: Context):
         options = AsrFederationOptions.from_config({**context.run_config, **(overrides or {}), **config})
         round_number = int(config["server-round"]) + int(config["round-offset"])
@@ -89,12 +94,22 @@ class ServerSide:
 
 def serve(grid: Grid, config: dict, on_round: Callable[[dict], None] | None = None) -> None:
     """The ServerApp's job for a run config (``run-dir``, ``resume`` and the task's options)."""
-    federate(grid, AsrFederationOptions.from_config(config), str(config["run-dir"]), bool(config["resume"]), on_round)
+    options = AsrFederationOptions.from_config(config)
+    if options.algorithm != "fedavg":  # device tiers
+        from fedwhisper.fl.hetero_app import federate as federate_tiers
+
+        federate_tiers(grid, options, str(config["run-dir"]), bool(config["resume"]), on_round)
+        return
+    federate(grid, options, str(config["run-dir"]), bool(config["resume"]), on_round)
 
 
 def simulate(options: AsrFederationOptions, run_dir: str | Path, resume: bool = False, on_round: Callable[[dict], None] | None = None,
              verbose: bool = False) -> RunDirectory:
     """The federation in this process on Flower's simulation engine; fails unless every round was recorded."""
+    if options.algorithm != "fedavg":  # device tiers
+        from fedwhisper.fl.hetero_app import simulate as simulate_tiers
+
+        return simulate_tiers(options, run_dir, resume, on_round, verbose)
     RunDirectory(run_dir).check_start(resume)
     federated.check(options)
     static = options.to_config()

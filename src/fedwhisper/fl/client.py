@@ -1,6 +1,6 @@
 """The client side of every federated task: a ClientApp whose train handler calls the task's plain update function.
 
-What leaves the client is fixed here: the trained arrays (the same keys it received) and the task's whitelisted
+What leaves the client is fixed here: the trained arrays (the keys it received, or some of them) and the task's whitelisted
 metrics, every reply with the same metric keys. A client that cannot train replies with the arrays it was sent and
 weight 0, so the weighted mean ignores it without a plaintext flag (which SecAgg+ could not honour).
 """
@@ -39,8 +39,8 @@ def build_client_app(update: ClientUpdate, metric_keys: tuple[str, ...]) -> Clie
         state = message.content["arrays"].to_torch_state_dict()
         new_state, metrics = update(state, dict(message.content["config"]), context)
         weight = int(metrics.get(WEIGHT, 0)) if new_state is not None else 0
-        if new_state is not None and set(new_state) != set(state):
-            raise ValueError(f"the update returned arrays {sorted(set(new_state) ^ set(state))} it was not sent")
+        if new_state is not None and not set(new_state) <= set(state):  # a part of them (fedkad's top blocks) may go back
+            raise ValueError(f"the update returned arrays {sorted(set(new_state) - set(state))} it was not sent")
         reply = {key: float(metrics.get(key, 0.0)) for key in metric_keys} | {WEIGHT: weight}
         arrays = ArrayRecord(new_state if weight else state)
         return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(reply)}), reply_to=message)

@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid, ServerApp
 
 from fedwhisper.errors import FedwhisperError
-from fedwhisper.fl.strategy import seeded_strategy
+from fedwhisper.fl.strategy import GroupPlan, SeededGroups, seeded_strategy
 from fedwhisper.runs import RunDirectory, load_arrays
 
 log = logging.getLogger("fedwhisper.fl")
@@ -40,6 +40,7 @@ class Federation:
     checkpoint: str = "model"  # checkpoint files: NAME.safetensors (latest round, the resume point), NAME-round-NNN.safetensors
     strategy: str = "fedavg"  # a name in fl.strategy.STRATEGIES
     strategy_options: dict = field(default_factory=dict)  # its constructor's options (server learning rate, momentum, mu)
+    plan: GroupPlan | None = None  # clients in groups with models of their own (device tiers): fl.strategy.SeededGroups
 
 
 def identify_clients(grid: Grid, expected: int, timeout: float) -> dict[int, str]:
@@ -90,8 +91,11 @@ def run_federation(grid: Grid, federation: Federation, run: RunDirectory, option
         log.warning("run %s already has %d of %d rounds", run.path, start_round, federation.rounds)
         return run
     names = identify_clients(grid, federation.clients_per_round, federation.connect_timeout)
-    strategy = seeded_strategy(federation.strategy, federation.clients_per_round, federation.seed, names, start_round,
-                               **federation.strategy_options)
+    if federation.plan is not None:
+        strategy = SeededGroups(federation.clients_per_round, federation.seed, names, start_round, federation.plan)
+    else:
+        strategy = seeded_strategy(federation.strategy, federation.clients_per_round, federation.seed, names, start_round,
+                                   **federation.strategy_options)
     if resume and federation.strategy in ("fedavgm", "fedadam"):
         log.warning("%s keeps server-optimizer state that is not checkpointed; it starts afresh at round %d", federation.strategy, start_round + 1)
     round_started = [time.perf_counter()]
@@ -113,7 +117,7 @@ def run_federation(grid: Grid, federation: Federation, run: RunDirectory, option
         run.record(row)  # after its arrays: a recorded round always has them
         if on_round:
             on_round(row)
-        if server_round and row["clients_failed"] == federation.clients_per_round:  # a broken setup: more rounds would fail alike
+        if server_round and row["clients_failed"] and row["clients_failed"] == strategy.last_round["clients_sent"]:  # a broken setup: more rounds would fail alike
             raise FedwhisperError(f"round {row['round']}: all {row['clients_failed']} clients failed "
                                   f"({'; '.join(row['failure_reasons'])}); the run stops here")
         round_started[0] = time.perf_counter()

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 
@@ -69,7 +73,7 @@ class SeededSampling:
             (failed if reply.has_error() or not self._well_formed(reply) else answered).append(reply)
         metrics = [dict(r.content["metrics"]) for r in answered]
         trained = [m for m in metrics if m.get(WEIGHT, 0) > 0]
-        self.last_round = {"clients_trained": len(trained), "clients_skipped": len(metrics) - len(trained), "clients_failed": len(failed),
+        self.last_round = {"clients_sent": len(replies), "clients_trained": len(trained), "clients_skipped": len(metrics) - len(trained), "clients_failed": len(failed),
                            "client_metrics": trained, "replied_metrics": metrics, "bytes_down_per_client": self._bytes_down,
                            "bytes_up": [record_bytes(next(iter(r.content.array_records.values()))) for r in answered]}
         if failed:
@@ -107,6 +111,109 @@ class SeededFedAdam(SeededSampling, FedAdam):
 
 class SeededFedProx(SeededSampling, FedProx):
     pass
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """What one sampled client is sent in a grouped round, and when its device would answer."""
+
+    group: str  # the arrays it gets: those named GROUP/… (the prefix is not sent)
+    config: dict  # added to the round's config
+    tier: str = ""
+    simulated_seconds: float = 0.0
+    deadline_seconds: float = math.inf  # later than this, it is a straggler: dropped, not waited for
+
+
+class GroupPlan(Protocol):
+    """A task's heterogeneous federation, as ``SeededGroups`` asks it."""
+
+    def eligible(self, client: str) -> bool: ...  # may be sampled at all (e.g. its device can hold the model)
+    def assign(self, client: str, round_number: int) -> Assignment: ...
+    def reply_keys(self, assignment: Assignment, sent: set[str]) -> set[str]: ...  # the arrays a trained reply must hold
+    # (round, [(client, assignment, arrays, metrics)] of clients that trained, in name order, all arrays) -> new arrays
+    def aggregate(self, round_number: int, replies: list, arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+
+class SeededGroups(SeededSampling, FedAvg):
+    """Clients in groups (device tiers with models of their own): clients drawn with the seed among the eligible ones,
+    each sent only its group's arrays (``GROUP/name`` in the server's state, ``name`` on the wire) and config; a client
+    the plan times past its deadline is counted as a straggler and not waited for; the replies, checked against what
+    the plan expects, aggregated by the plan. Bytes are counted per client, down and up."""
+
+    def __init__(self, clients_per_round: int, seed: int, client_names: dict[int, str], round_offset: int, plan: GroupPlan):
+        super().__init__(clients_per_round, seed, client_names, round_offset)
+        self.plan = plan
+        self._sent: dict[int, tuple[str, Assignment, set[str], int]] = {}
+        self._state: dict[str, torch.Tensor] = {}
+        self._stragglers: list[dict] = []
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        round_number = server_round + self.round_offset
+        nodes = [node for node in sorted(grid.get_node_ids(), key=self.name_of) if self.plan.eligible(self.name_of(node))]
+        if not nodes:
+            raise RuntimeError("no connected client can train this federation's model")
+        chosen = random.Random(round_seed(self.seed, round_number)).sample(nodes, min(self.clients_per_round, len(nodes)))
+        self._state = arrays.to_torch_state_dict()
+        self._sent, self._stragglers, messages = {}, [], []
+        for node in sorted(chosen, key=self.name_of):
+            client = self.name_of(node)
+            assignment = self.plan.assign(client, round_number)
+            if assignment.simulated_seconds > assignment.deadline_seconds:
+                self._stragglers.append({"client": client, "tier": assignment.tier, "simulated_seconds": round(assignment.simulated_seconds, 1),
+                                         "deadline_seconds": assignment.deadline_seconds})
+                continue
+            prefix = assignment.group + "/"
+            part = ArrayRecord({key[len(prefix):]: arrays[key] for key in arrays.keys() if key.startswith(prefix)})
+            self._sent[node] = (client, assignment, set(part.keys()), record_bytes(part))
+            content = RecordDict({"arrays": part, "config": ConfigRecord({**config, **assignment.config, "server-round": server_round})})
+            messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        round_number = server_round + self.round_offset
+        replies = sorted(replies, key=lambda reply: self.name_of(reply.metadata.src_node_id))
+        failed, trained, metrics, tiers, bytes_down, bytes_up, seconds = [], [], [], [], [], [], []
+        for reply in replies:
+            client, assignment, sent_keys, down = self._sent[reply.metadata.src_node_id]
+            if reply.has_error() or not self._well_formed(reply):
+                failed.append(reply)
+                continue
+            values = dict(reply.content["metrics"])
+            arrays = next(iter(reply.content.array_records.values()))
+            if values[WEIGHT] > 0 and set(arrays.keys()) != self.plan.reply_keys(assignment, sent_keys):
+                failed.append(reply)
+                continue
+            metrics.append(values)
+            tiers.append(assignment.tier)
+            bytes_down.append(down)
+            bytes_up.append(record_bytes(arrays))
+            if values[WEIGHT] > 0:
+                trained.append((client, assignment, arrays.to_torch_state_dict(), values))
+                seconds.append(assignment.simulated_seconds)
+        waited = max((s["deadline_seconds"] for s in self._stragglers), default=0.0)  # the server waits for a straggler until its deadline
+        self.last_round = {"clients_sent": len(self._sent), "clients_trained": len(trained), "clients_skipped": len(metrics) - len(trained),
+                           "clients_failed": len(failed), "client_metrics": [m for m in metrics if m[WEIGHT] > 0], "replied_metrics": metrics,
+                           "client_tiers": tiers, "bytes_down_per_client": bytes_down, "bytes_up": bytes_up, "stragglers": self._stragglers,
+                           "simulated_round_seconds": round(max([*seconds, waited]), 2)}
+        if failed:
+            reasons = sorted({_reason(r) for r in failed})
+            self.last_round["failure_reasons"] = reasons
+            log.error("round %d: %d of %d clients failed: %s", round_number, len(failed), len(replies), "; ".join(reasons))
+        if not trained:
+            log.warning("round %d: no client trained; the models stay as they were", round_number)
+            return None, None
+        return ArrayRecord(self.plan.aggregate(round_number, trained, self._state)), MetricRecord({})
+
+    def _well_formed(self, reply: Message) -> bool:
+        """One ArrayRecord (finite) and one MetricRecord with a weight; the arrays are checked against the plan's
+        expectation after this (a reply with weight 0 may hold what it was sent)."""
+        content = reply.content
+        if len(content.array_records) != 1 or len(content.metric_records) != 1:
+            return False
+        arrays, metrics = next(iter(content.array_records.values())), next(iter(content.metric_records.values()))
+        if not isinstance(metrics.get(WEIGHT), int | float) or not metrics[WEIGHT] >= 0:
+            return False
+        return all(np.isfinite(array.numpy()).all() for array in arrays.values() if array.numpy().dtype.kind == "f")
 
 
 STRATEGIES = {"fedavg": SeededFedAvg, "fedavgm": SeededFedAvgM, "fedadam": SeededFedAdam, "fedprox": SeededFedProx}

@@ -1,0 +1,194 @@
+"""Heterogeneous clients: FedKAD against FedMD, uniform FedAvg (the weakest tier's model for all) and large-only FedAvg
+(devices that cannot train the full-size model left out), same corpus, clients, tiers, rounds and client steps.
+
+The English corpus (the ASR suite's espeak-ng speakers) with one twist that makes device tiers matter to speakers: a
+Pi-class device records through a cheap microphone (telephone band, fan noise), so the Pi clients' speakers and half of
+the held-out test speakers are heard through that channel. The server's proxy corpus: other voices reading other
+sentences, clean.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import asr_bench
+import numpy as np
+
+from fedwhisper.asr import hetero
+from fedwhisper.asr.federated import AsrFederationOptions, features_of, partitioner
+from fedwhisper.asr.prepare import PrepareOptions, load_features, prepare_features
+from fedwhisper.asr.tiers import assign_tiers, ordered_tiers
+from fedwhisper.audio import SAMPLE_RATE, load_audio, write_audio
+from fedwhisper.data import noise
+from fedwhisper.data.synth_asr import AsrSynthesisOptions, synthesize_audiofolder
+from fedwhisper.fl.asr_app import simulate
+
+ALGORITHMS = ("fedkad", "fedmd", "fedavg-uniform", "fedavg-large")
+FEDERATION = {"num_clients": 20, "clients_per_round": 6, "rounds": 8, "local_steps": 8, "batch_size": 8, "learning_rate": 5e-4,
+              "eval_clips": 60, "server_steps": 8, "public_clips": 32}
+SMALL = {"num_clients": 6, "clients_per_round": 3, "rounds": 2, "local_steps": 2, "batch_size": 4, "eval_clips": 8, "server_steps": 2,
+         "public_clips": 8}
+
+
+def pi_microphone(samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A cheap device's channel: telephone band (8 kHz sampling and back) and fan noise at 8-14 dB SNR."""
+    import soxr
+
+    narrow = soxr.resample(soxr.resample(samples, SAMPLE_RATE, 8000), 8000, SAMPLE_RATE)[: len(samples)]
+    return noise.mix_at_snr(narrow, noise.fan(rng, len(narrow)), rng.uniform(8, 14)).astype(np.float32)
+
+
+def tiered_corpus(work: Path, small: bool, options: AsrFederationOptions) -> tuple[Path, dict]:
+    """The English corpus prepared for tiny.en, with the Pi clients' speakers and half the test speakers re-recorded
+    through ``pi_microphone``; returns the features and which speakers went through it."""
+    clean_features, _, _ = asr_bench.english_features(work, small)
+    out = work / "asr-en-tiered"
+    features = work / "features-en-tiered"
+    if (features / "dataset_dict.json").is_file():
+        return features, json.loads((work / "pi-speakers.json").read_text())
+    tiers = assign_tiers(options.num_clients, options.tiers, options.seed)
+    split = partitioner(str(clean_features.resolve()), options.num_clients, options.seed)
+    on_pi = sorted({s for k, tier in enumerate(tiers) if tier == "pi" for s in split.load_partition(k)["speaker_id"]})
+    test_speakers = sorted(set(load_features(clean_features)[0]["test"]["speaker_id"]))
+    pi_test = test_speakers[::2]
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(work / "asr-en-espeak", out)
+    for split_name in ("train", "test"):
+        with open(out / split_name / "metadata.csv", newline="", encoding="utf-8") as stream:
+            rows = list(csv.DictReader(stream))
+        for i, row in enumerate(rows):
+            if row["speaker_id"] in set(on_pi) | set(pi_test):
+                path = out / split_name / row["file_name"]
+                write_audio(path, pi_microphone(load_audio(path), np.random.default_rng([options.seed, i, split_name == "test"])))
+    prepare_features(out, "tiny.en", features, PrepareOptions(num_proc=2, validation_speakers=2 if small else 4))
+    speakers = {"train_on_pi_clients": on_pi, "test_through_pi_microphone": pi_test}
+    (work / "pi-speakers.json").write_text(json.dumps(speakers))
+    return features, speakers
+
+
+def proxy_corpus(work: Path, small: bool) -> Path:
+    """The server's public corpus: espeak-ng voices of another seed reading sentences no client, test or flite clip has."""
+    text = asr_bench.unused_sentences(work, "proxy-sentences.txt")
+    corpus, features = work / "asr-en-proxy", work / "features-en-proxy"
+    synthesize_audiofolder(corpus, AsrSynthesisOptions(sentences=60 if small else 400, speakers=12, test_speakers=1, engines=("espeak-ng",),
+                                                       seed=23, text=str(text)))
+    prepare_features(corpus, "tiny.en", features, PrepareOptions(num_proc=2, validation_speakers=0))
+    return features
+
+
+def fedmd_test(options: AsrFederationOptions, run) -> dict:
+    """FedMD has no server model: each tier's WER is the mean over the clients of that tier that trained in the last
+    round, their own models (kept on their devices) tested on the held-out split by the simulation's operator."""
+    from safetensors.torch import load_file
+
+    from fedwhisper.asr.evaluate import evaluate_batches, speaker_wer
+    from fedwhisper.asr.batches import AsrBatches
+    from fedwhisper.asr.run import load_trainable_state
+    from fedwhisper.asr.train import decoding_options
+
+    rows = hetero.evaluation_rows(options, "test")
+    tiers = assign_tiers(options.num_clients, options.tiers, options.seed)
+    result = {}
+    for tier in ordered_tiers(options.tiers):
+        wers, speakers = [], {}
+        for k in [k for k, t in enumerate(tiers) if t == tier]:
+            saved = options.cache_root / f"fedmd-client-{k}" / f"round-{options.rounds:03d}.safetensors"
+            if not saved.is_file():
+                continue
+            model = hetero.new_model(options, hetero.model_layers(options, tier))
+            load_trainable_state(model, load_file(str(saved)))
+            tested = evaluate_batches(model, hetero.base_model(options.model)[1].tokenizer, AsrBatches(rows, model.config.decoder_start_token_id, window=options.window),
+                                      decoding_options(model, hetero.train_config(options)))
+            wers.append(tested["wer"])
+            for speaker, value in speaker_wer(tested["rows"], "en").items():
+                speakers.setdefault(speaker, []).append(value)
+        if wers:
+            result[tier] = {"tiers": [tier], "wer": float(np.mean(wers)), "clients": len(wers),
+                            "speakers": {s: float(np.mean(v)) for s, v in speakers.items()}}
+    return result
+
+
+def round_wer(row: dict) -> float | None:
+    """A round's validation WER: the global model's, or (fedmd, no global model) the mean over tiers."""
+    tiers = [v for k, v in row.items() if k.startswith("wer/")]
+    return row.get("wer", float(np.mean(tiers)) if tiers else None)
+
+
+def plot_wer_vs_bytes(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.5, 4))
+    for algorithm in ALGORITHMS:
+        r = results[algorithm]
+        points = [(b / 1e6, 100 * w) for b, w in zip(r["upload_bytes_cumulative"], r["validation_wer_curve"]) if w is not None]
+        axis.plot(*zip(*points), marker="o", label=algorithm)
+    axis.set(xlabel="cumulative upload, MB (all clients)", ylabel="validation WER % (global model; fedmd: tier mean)",
+             title="Heterogeneous clients: WER vs upload", xscale="symlog")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _summary(algorithm: str, run, tested: dict, pi: dict, seconds: float) -> dict:
+    rows = run.rows
+    uploads = np.cumsum([sum(row.get("bytes_up", [])) for row in rows]).tolist()
+    curve = [round_wer(row) for row in rows]
+    simulated = np.cumsum([row.get("simulated_round_seconds", 0) for row in rows]).round(1).tolist()
+    reached = next(i for i, w in enumerate(curve) if w is not None and w <= curve[-1] + 1e-9)
+    per_tier = {tier: result["wer"] for result in tested.values() for tier in result["tiers"]}
+    speakers = {}
+    for group, result in tested.items():
+        pi_test = [result["speakers"][s] for s in pi["test_through_pi_microphone"] if s in result["speakers"]]
+        clean = [v for s, v in result["speakers"].items() if s not in pi["test_through_pi_microphone"]]
+        speakers[group] = {"pi_microphone_speakers": round(float(np.mean(pi_test)), 4), "other_speakers": round(float(np.mean(clean)), 4)}
+    final = rows[-1]
+    return {"algorithm": algorithm, "seconds": round(seconds, 1), "test_wer_by_tier": per_tier,
+            "global_test_wer": None if algorithm == "fedmd" else tested[list(tested)[-1]]["wer"],  # fedkad: the strongest tier's
+            "test_wer_by_speaker_group": speakers, "upload_bytes_total": int(uploads[-1]),
+            "upload_bytes_cumulative": uploads, "validation_wer_by_round": [{k: v for k, v in row.items() if k.startswith("wer")} for row in rows],
+            "validation_wer_curve": curve, "simulated_seconds_cumulative": simulated,
+            "simulated_seconds_to_final_wer": simulated[reached], "round_final_wer_reached": rows[reached]["round"],
+            "stragglers": sum(len(row.get("stragglers", [])) for row in rows), "clients_trained": [row.get("clients_trained") for row in rows[1:]],
+            "final_validation": {k: v for k, v in final.items() if k.startswith("wer")}}
+
+
+def compare(work: Path, small: bool) -> dict:
+    started = time.perf_counter()
+    base = AsrFederationOptions(model="tiny.en", window="clip", cache_dir=str(work / "cache"), **(SMALL if small else FEDERATION))
+    features, pi = tiered_corpus(work, small, base)
+    proxy = proxy_corpus(work, small)
+    base = replace(base, features=str(features), proxy=str(proxy))
+    results = {"options": base.to_config(), "pi_speakers": pi, "setup_seconds": round(time.perf_counter() - started, 1)}
+    # per-sample training cost of each tier's model on this machine, measured once: all decoder blocks, or fedkad's top block
+    costs = {name: hetero.measure_costs(replace(base, algorithm=name)) for name in ("fedmd", "fedkad")}
+    results["seconds_per_sample"] = {"all_blocks": costs["fedmd"], "fedkad_top_block": costs["fedkad"]}
+    for algorithm in ALGORITHMS:
+        measured = costs["fedkad" if algorithm == "fedkad" else "fedmd"]
+        options = replace(base, algorithm=algorithm, tier_costs=",".join(f"{k}:{v}" for k, v in measured.items()))
+        run_dir = work / f"run-{algorithm}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(Path(options.cache_dir), ignore_errors=True)  # fedmd's clients keep models there
+        begun = time.perf_counter()
+        run = simulate(options, run_dir)
+        tested = fedmd_test(options, run) if algorithm == "fedmd" else json.loads((run_dir / "test.json").read_text())
+        results[algorithm] = _summary(algorithm, run, tested, pi, time.perf_counter() - begun)
+    full_size = sum(v.numel() * v.element_size() for v in hetero.initial_state(replace(base, algorithm="fedavg-large")).values())
+    trained = sum(results["fedkad"]["clients_trained"])
+    results["fedavg_full_size_upload_bytes_same_clients"] = trained * full_size  # FedAvg had every fedkad client sent a full-size decoder
+    results["fedkad_upload_over_full_size_fedavg"] = round(results["fedkad"]["upload_bytes_total"] / (trained * full_size), 4)
+    plot_wer_vs_bytes(results, Path(__file__).resolve().parent / "results" / f"fl-hetero-wer-vs-upload{'-small' if small else ''}.png")
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    return results
+
+
+PARTS = {"compare": compare}
