@@ -36,11 +36,11 @@ SMALL = {"num_clients": 6, "clients_per_round": 3, "rounds": 2, "local_steps": 2
 
 
 def pi_microphone(samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A cheap device's channel: telephone band (8 kHz sampling and back) and fan noise at 8-14 dB SNR."""
+    """A cheap device's channel: telephone band (8 kHz sampling and back) and fan noise at 5-10 dB SNR."""
     import soxr
 
     narrow = soxr.resample(soxr.resample(samples, SAMPLE_RATE, 8000), 8000, SAMPLE_RATE)[: len(samples)]
-    return noise.mix_at_snr(narrow, noise.fan(rng, len(narrow)), rng.uniform(8, 14)).astype(np.float32)
+    return noise.mix_at_snr(narrow, noise.fan(rng, len(narrow)), rng.uniform(5, 10)).astype(np.float32)
 
 
 def tiered_corpus(work: Path, small: bool, options: AsrFederationOptions) -> tuple[Path, dict]:
@@ -177,7 +177,8 @@ def compare(work: Path, small: bool) -> dict:
         options = replace(base, algorithm=algorithm, tier_costs=",".join(f"{k}:{v}" for k, v in measured.items()))
         run_dir = work / f"run-{algorithm}"
         shutil.rmtree(run_dir, ignore_errors=True)
-        shutil.rmtree(Path(options.cache_dir), ignore_errors=True)  # fedmd's clients keep models there
+        for kept in Path(options.cache_dir).glob("fedmd-client-*"):  # fedmd's clients keep their models there; the tiers' starting models stay
+            shutil.rmtree(kept)
         begun = time.perf_counter()
         run = simulate(options, run_dir)
         tested = fedmd_test(options, run) if algorithm == "fedmd" else json.loads((run_dir / "test.json").read_text())

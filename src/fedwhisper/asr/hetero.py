@@ -191,10 +191,14 @@ def consensus_of(replies: list[dict], weights: list[float], vocab: int, k: int) 
     return {"topk-ids": top.indices, "topk-logprobs": torch.log(top.values / top.values.sum(-1, keepdim=True))}
 
 
+def trainable_optimizer(model, learning_rate: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
+
+
 def digest(model, batches: list[dict], consensus: dict, options: AsrFederationOptions) -> None:
     """One pass over the public sample: cross-entropy of the model against the consensus distribution."""
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=options.kd_learning_rate)
+    optimizer = trainable_optimizer(model, options.kd_learning_rate)
     model.train()
     first = 0
     for batch in batches:
@@ -296,9 +300,10 @@ class TierPlan:
         return self.distiller(round_number, self._fedkad_average(replies, weights, dict(state)))
 
     def _fedkad_average(self, replies: list, weights: list[float], state: dict) -> dict:
-        """Within each tier, the weighted mean of its clients' blocks; then each block across the tiers that trained it
-        this round and took it from the same teacher layer (and the final norm), weighted by the examples behind each
-        tier's mean."""
+        """Within each tier, the weighted mean of its clients' blocks; then each part across the tiers that trained it
+        this round and hold it in the same place (the same teacher layers below it and at it), weighted by the examples
+        behind each tier's mean. A block over a different stack was trained on different inputs: averaging it with
+        another tier's would mix two functions, so with tiers of different depths knowledge crosses by distillation."""
         by_tier: dict[str, tuple[list, list]] = {}
         for (_, assignment, arrays, _), weight in zip(replies, weights):
             by_tier.setdefault(assignment.tier, ([], []))
@@ -321,9 +326,10 @@ class TierPlan:
 
 
 def _origin(key: str, mapping: list[int]) -> str:
-    """A decoder parameter's name with its block numbered as the teacher layer it came from."""
+    """Where a decoder parameter sits: the teacher layers of its block and of every block below it (all of them for
+    the final norm), and its name within the block."""
     found = _BLOCK.match(key)
-    return key if not found else f"model.decoder.layers.{mapping[int(found.group(1))]}.{key[found.end():]}"
+    return f"{mapping}/{key}" if not found else f"{mapping[: int(found.group(1)) + 1]}/{key[found.end():]}"
 
 
 class ProxyBatches:
@@ -343,14 +349,13 @@ class ProxyBatches:
         return self._encoded[k]
 
 
-def distil(student, teachers: list, batches: list[dict], learning_rate: float) -> None:
-    """``student``'s trainable part on ``batches`` (a fresh AdamW) with the distillation loss (0.8·CE + KL·T², T = 2)
-    against, for each utterance, the teacher that predicts its transcript best (lowest cross-entropy): a weak tier's
-    model never teaches what a stronger one knows better."""
+def distil(student, teachers: list, batches: list[dict], optimizer: torch.optim.Optimizer) -> None:
+    """``student``'s trainable part on ``batches`` with the distillation loss (0.8·CE + KL·T², T = 2) against, for each
+    utterance, the teacher that predicts its transcript best (lowest cross-entropy): a weak tier's model never teaches
+    what a stronger one knows better."""
     loss_weights = DistillLoss()
     t = loss_weights.temperature
     trainable = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=learning_rate)
     for batch in batches:
         labels = batch["labels"]
         with torch.no_grad():
@@ -372,12 +377,14 @@ def distil(student, teachers: list, batches: list[dict], learning_rate: float) -
 class ServerDistillation:
     """fedkad's server step on the public proxy corpus (labelled, voices and sentences no client has): the global
     model (the strongest tier's) learns from the tiers' models, then every other tier from the global model,
-    ``server_steps`` batches each (``distil``)."""
+    ``server_steps`` batches each (``distil``). Each model keeps its AdamW state from round to round (the server is one
+    long process; a resumed run starts them afresh)."""
 
     def __init__(self, options: AsrFederationOptions):
         self.options = options
         self.tiers = groups(options)
         self.models = {tier: new_model(options, model_layers(options, tier)) for tier in self.tiers}
+        self.optimizers = {tier: trainable_optimizer(model, options.kd_learning_rate) for tier, model in self.models.items()}
         self.proxy = ProxyBatches(options, self.models[self.tiers[0]])
 
     def __call__(self, round_number: int, state: dict) -> dict:
@@ -386,9 +393,9 @@ class ServerDistillation:
         first = (round_number - 1) * self.options.server_steps
         steps = [self.proxy[first + i] for i in range(self.options.server_steps)]
         *others, top = self.tiers
-        distil(self.models[top], [self.models[t] for t in self.tiers], steps, self.options.kd_learning_rate)
+        distil(self.models[top], [self.models[t] for t in self.tiers], steps, self.optimizers[top])
         for tier in others:
-            distil(self.models[tier], [self.models[top]], steps, self.options.kd_learning_rate)
+            distil(self.models[tier], [self.models[top]], steps, self.optimizers[tier])
         return {k: v for tier, model in self.models.items() for k, v in prefixed(tier, trainable_state(model)).items()}
 
 
@@ -408,7 +415,7 @@ def initial_tier_state(options: AsrFederationOptions, layers: int) -> dict[str, 
     if not path.is_file():
         teacher = new_model(options, teacher_layers(options))
         batches = ProxyBatches(options, teacher)
-        distil(model, [teacher], [batches[k] for k in range(options.init_steps)], options.kd_learning_rate)
+        distil(model, [teacher], [batches[k] for k in range(options.init_steps)], trainable_optimizer(model, options.kd_learning_rate))
         with atomic_path(path) as partial:
             save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, str(partial))
     return load_file(str(path))

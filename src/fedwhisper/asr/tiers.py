@@ -101,7 +101,7 @@ def simulated_seconds(tier: str, seconds_per_sample: float, samples: int, seed: 
     return seconds_per_sample * samples / profile.compute_factor * slowdown
 
 
-def measure_cost(model, batches, config, steps: int = 3) -> float:
+def measure_cost(model, batches, config, steps: int = 6) -> float:
     """Seconds per training sample of ``model`` (its trainable part set; its weights barely move) on this machine,
     after one warm-up step."""
     from fedwhisper.asr.train import train_on_batches
