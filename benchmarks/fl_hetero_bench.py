@@ -20,7 +20,7 @@ import asr_bench
 import numpy as np
 
 from fedwhisper.asr import hetero
-from fedwhisper.asr.federated import AsrFederationOptions, features_of, partitioner
+from fedwhisper.asr.federated import AsrFederationOptions, partitioner
 from fedwhisper.asr.prepare import PrepareOptions, load_features, prepare_features
 from fedwhisper.asr.tiers import assign_tiers, ordered_tiers
 from fedwhisper.audio import SAMPLE_RATE, load_audio, write_audio

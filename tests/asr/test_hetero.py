@@ -51,6 +51,7 @@ def test_two_rounds_of_each_algorithm(algorithm, options, tmp_path):
         assert row["clients_failed"] == 0 and row["clients_trained"] >= 2
         assert all(f"wer/{tier}" in row for tier in ({"pi", "phone", "laptop"} - ({"pi"} if algorithm == "fedavg-large" else set())))
     last = run.rows[-1]
+    assert len(last["simulated_seconds/laptop"]) == 1 and 0 < last["simulated_seconds/laptop"][0] <= last["simulated_round_seconds"]
     if algorithm == "fedavg-large":
         assert "pi" not in last["client_tiers"] and last["bytes_up/pi"] == [] and "wer/pi" not in last
     if algorithm == "fedkad":  # a client sends its model's top decoder block and final norm; it gets its tier's decoder

@@ -465,13 +465,14 @@ class TierEvaluator:
 
 
 def round_row(stats: dict, plan: TierPlan) -> dict:
-    """A round's record beyond WER: per tier, bytes down and up per client, clients trained, stragglers dropped; the
-    simulated round time; fedmd's per-tier WER from its clients' reports."""
+    """A round's record beyond WER: per tier, bytes down and up and simulated seconds per client, stragglers dropped;
+    the simulated round time; fedmd's per-tier WER from its clients' reports."""
     row = {"simulated_round_seconds": stats["simulated_round_seconds"], "stragglers": stats["stragglers"], "client_tiers": stats["client_tiers"]}
     for tier in ordered_tiers(plan.options.tiers):
         index = [i for i, t in enumerate(stats["client_tiers"]) if t == tier]
         row[f"bytes_up/{tier}"] = [stats["bytes_up"][i] for i in index]
         row[f"bytes_down/{tier}"] = [stats["bytes_down_per_client"][i] for i in index]
+        row[f"simulated_seconds/{tier}"] = [stats["client_simulated_seconds"][i] for i in index]
         row[f"stragglers/{tier}"] = sum(s["tier"] == tier for s in stats["stragglers"])
         reported = [stats["replied_metrics"][i]["wer"] for i in index if stats["replied_metrics"][i].get(WEIGHT, 0) > 0]
         if plan.options.algorithm == "fedmd" and reported:

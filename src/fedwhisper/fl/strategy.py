@@ -172,7 +172,7 @@ class SeededGroups(SeededSampling, FedAvg):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         round_number = server_round + self.round_offset
         replies = sorted(replies, key=lambda reply: self.name_of(reply.metadata.src_node_id))
-        failed, trained, metrics, tiers, bytes_down, bytes_up, seconds = [], [], [], [], [], [], []
+        failed, trained, metrics, tiers, bytes_down, bytes_up, seconds, replied_seconds = [], [], [], [], [], [], [], []
         for reply in replies:
             client, assignment, sent_keys, down = self._sent[reply.metadata.src_node_id]
             if reply.has_error() or not self._well_formed(reply):
@@ -187,13 +187,14 @@ class SeededGroups(SeededSampling, FedAvg):
             tiers.append(assignment.tier)
             bytes_down.append(down)
             bytes_up.append(record_bytes(arrays))
+            replied_seconds.append(assignment.simulated_seconds)
             if values[WEIGHT] > 0:
                 trained.append((client, assignment, arrays.to_torch_state_dict(), values))
                 seconds.append(assignment.simulated_seconds)
         waited = max((s["deadline_seconds"] for s in self._stragglers), default=0.0)  # the server waits for a straggler until its deadline
         self.last_round = {"clients_sent": len(self._sent), "clients_trained": len(trained), "clients_skipped": len(metrics) - len(trained),
                            "clients_failed": len(failed), "client_metrics": [m for m in metrics if m[WEIGHT] > 0], "replied_metrics": metrics,
-                           "client_tiers": tiers, "bytes_down_per_client": bytes_down, "bytes_up": bytes_up, "stragglers": self._stragglers,
+                           "client_tiers": tiers, "client_simulated_seconds": replied_seconds, "bytes_down_per_client": bytes_down, "bytes_up": bytes_up, "stragglers": self._stragglers,
                            "simulated_round_seconds": round(max([*seconds, waited]), 2)}
         if failed:
             reasons = sorted({_reason(r) for r in failed})
