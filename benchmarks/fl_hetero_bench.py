@@ -86,10 +86,8 @@ def fedmd_test(options: AsrFederationOptions, run) -> dict:
     round, their own models (kept on their devices) tested on the held-out split by the simulation's operator."""
     from safetensors.torch import load_file
 
-    from fedwhisper.asr.evaluate import evaluate_batches, speaker_wer
-    from fedwhisper.asr.batches import AsrBatches
+    from fedwhisper.asr.evaluate import speaker_wer
     from fedwhisper.asr.run import load_trainable_state
-    from fedwhisper.asr.train import decoding_options
 
     rows = hetero.evaluation_rows(options, "test")
     tiers = assign_tiers(options.num_clients, options.tiers, options.seed)
@@ -102,8 +100,7 @@ def fedmd_test(options: AsrFederationOptions, run) -> dict:
                 continue
             model = hetero.new_model(options, hetero.model_layers(options, tier))
             load_trainable_state(model, load_file(str(saved)))
-            tested = evaluate_batches(model, hetero.base_model(options.model)[1].tokenizer, AsrBatches(rows, model.config.decoder_start_token_id, window=options.window),
-                                      decoding_options(model, hetero.train_config(options)))
+            tested = hetero.evaluate_model(options, model, rows)
             wers.append(tested["wer"])
             for speaker, value in speaker_wer(tested["rows"], "en").items():
                 speakers.setdefault(speaker, []).append(value)

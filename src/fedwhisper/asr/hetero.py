@@ -214,15 +214,18 @@ def digest(model, batches: list[dict], consensus: dict, options: AsrFederationOp
         optimizer.zero_grad(set_to_none=True)
 
 
-def validation_wer(options: AsrFederationOptions, model) -> float:
-    """WER of a model on the first ``eval_clips`` validation clips (fedmd: each client's own model)."""
+def evaluate_model(options: AsrFederationOptions, model, rows) -> dict:
+    """``evaluate_batches`` of a tier model on prepared ``rows``, with the run's window and decoding settings."""
     from fedwhisper.asr.evaluate import evaluate_batches
     from fedwhisper.asr.train import decoding_options
 
-    rows = evaluation_rows(options)
-    processor = base_model(options.model)[1]
     batches = AsrBatches(rows, model.config.decoder_start_token_id, window=options.window)
-    return float(evaluate_batches(model, processor.tokenizer, batches, decoding_options(model, train_config(options)))["wer"])
+    return evaluate_batches(model, base_model(options.model)[1].tokenizer, batches, decoding_options(model, train_config(options)))
+
+
+def validation_wer(options: AsrFederationOptions, model) -> float:
+    """WER of a model on the first ``eval_clips`` validation clips (fedmd: each client's own model)."""
+    return float(evaluate_model(options, model, evaluation_rows(options))["wer"])
 
 
 def evaluation_rows(options: AsrFederationOptions, split: str = "validation"):
@@ -445,14 +448,10 @@ class TierEvaluator:
         return [t for t in tiers if self.options.algorithm != "fedavg-large" or self.plan.can_train(t)]
 
     def __call__(self, state: dict) -> dict:
-        from fedwhisper.asr.evaluate import evaluate_batches
-        from fedwhisper.asr.train import decoding_options
-
         metrics = {}
         for group, model in self.models.items():
             load_trainable_state(model, group_state(state, group))
-            batches = AsrBatches(self.rows, model.config.decoder_start_token_id, window=self.options.window)
-            result = evaluate_batches(model, base_model(self.options.model)[1].tokenizer, batches, decoding_options(model, train_config(self.options)))
+            result = evaluate_model(self.options, model, self.rows)
             metrics |= {f"wer/{tier}": result["wer"] for tier in self.tiers_of(group)} | {"wer": result["wer"]}
         return metrics
 
@@ -536,15 +535,13 @@ def check(options: AsrFederationOptions) -> None:
 
 def test_models(options: AsrFederationOptions, evaluator: TierEvaluator, state: dict, out: Path) -> dict:
     """The final server models on every held-out test clip: WER, CER and WER per speaker, kept in ``out``."""
-    from fedwhisper.asr.evaluate import evaluate_batches, speaker_wer
-    from fedwhisper.asr.train import decoding_options
+    from fedwhisper.asr.evaluate import speaker_wer
 
     rows = evaluation_rows(options, "test")
     result = {}
     for group, model in evaluator.models.items():
         load_trainable_state(model, group_state(state, group))
-        batches = AsrBatches(rows, model.config.decoder_start_token_id, window=options.window)
-        tested = evaluate_batches(model, base_model(options.model)[1].tokenizer, batches, decoding_options(model, train_config(options)))
+        tested = evaluate_model(options, model, rows)
         result[group] = {"tiers": evaluator.tiers_of(group), "wer": tested["wer"], "cer": tested["cer"], "clips": len(rows),
                          "speakers": speaker_wer(tested["rows"], "en")}
     out.write_text(json.dumps(result, indent=2))
