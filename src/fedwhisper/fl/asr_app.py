@@ -106,12 +106,13 @@ def serve(grid: Grid, config: dict, on_round: Callable[[dict], None] | None = No
 def simulate(options: AsrFederationOptions, run_dir: str | Path, resume: bool = False, on_round: Callable[[dict], None] | None = None,
              verbose: bool = False) -> RunDirectory:
     """The federation in this process on Flower's simulation engine; fails unless every round was recorded."""
-    if options.algorithm != "fedavg":  # device tiers
-        from fedwhisper.fl.hetero_app import simulate as simulate_tiers
-
-        return simulate_tiers(options, run_dir, resume, on_round, verbose)
     RunDirectory(run_dir).check_start(resume)
-    federated.check(options)
+    if options.algorithm != "fedavg":  # device tiers: serve and the client app hand the run to fl.hetero_app
+        from fedwhisper.asr.hetero import check as check_tiers
+
+        check_tiers(options)
+    else:
+        federated.check(options)
     static = options.to_config()
     serve_run = functools.partial(serve, on_round=on_round)
     return simulate_run(build_server_app(serve_run, {**static, "run-dir": str(run_dir), "resume": resume}), build_asr_client_app(static),

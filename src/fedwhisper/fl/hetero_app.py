@@ -4,7 +4,6 @@ failures, bytes). Each client is sent its tier's arrays and its tier in the conf
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,8 +13,7 @@ from flwr.serverapp import Grid
 from fedwhisper.asr import federated, hetero
 from fedwhisper.asr.federated import AsrFederationOptions
 from fedwhisper.fl.client import build_client_app
-from fedwhisper.fl.server import Federation, build_server_app, run_federation
-from fedwhisper.fl.simulation import simulate_run
+from fedwhisper.fl.server import Federation, run_federation
 from fedwhisper.runs import RunDirectory, load_arrays
 
 # fedmd adds the WER of the client's own model on the validation clips
@@ -60,13 +58,3 @@ def federate(grid: Grid, options: AsrFederationOptions, run_dir: str | Path, res
 def serve(grid: Grid, config: dict, on_round: Callable[[dict], None] | None = None) -> None:
     federate(grid, AsrFederationOptions.from_config(config), str(config["run-dir"]), bool(config["resume"]), on_round)
 
-
-def simulate(options: AsrFederationOptions, run_dir: str | Path, resume: bool = False, on_round: Callable[[dict], None] | None = None,
-             verbose: bool = False) -> RunDirectory:
-    """The heterogeneous federation in this process on Flower's simulation engine."""
-    RunDirectory(run_dir).check_start(resume)
-    hetero.check(options)
-    static = options.to_config()
-    serve_run = functools.partial(serve, on_round=on_round)
-    return simulate_run(build_server_app(serve_run, {**static, "run-dir": str(run_dir), "resume": resume}), build_hetero_client_app(static),
-                        options.num_clients, run_dir, options.rounds, "asr federate", verbose)
