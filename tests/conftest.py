@@ -15,6 +15,33 @@ def runs_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDWHISPER_RUNS", str(tmp_path / "runs"))
 
 
+FLOWER_PROCESSES = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp", "flwr-clientapp", "flwr-simulation")
+
+
+def flower_processes() -> dict[int, str]:
+    import psutil
+
+    found = {}
+    for process in psutil.process_iter(["cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if any(name in command for name in FLOWER_PROCESSES):
+            found[process.pid] = command[:160]
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_orphan_processes():
+    """Every Flower process a test starts (SuperLink, SuperNodes, SuperExec, app processes) is gone when it ends."""
+    import time
+
+    before = set(flower_processes())
+    yield
+    deadline = time.monotonic() + 15
+    while (left := {pid: c for pid, c in flower_processes().items() if pid not in before}) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"processes left running: {left}"
+
+
 @pytest.fixture(scope="session")
 def session_home(tmp_path_factory) -> Path:
     """FEDWHISPER_HOME shared by the tests of one run, so real weights are imported once."""

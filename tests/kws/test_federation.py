@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from fedwhisper.errors import FedwhisperError
+from fedwhisper.fl.deploy import stop_tree
 from fedwhisper.fl.kws_app import simulate
 from fedwhisper.kws.model import load_head
 from fedwhisper.kws.task import KwsOptions, client_examples, client_update, new_head
@@ -101,8 +103,10 @@ def test_flwr_run_uses_the_pyproject_app(tiny_whisper_dir, tiny_kws_corpus, tmp_
             [str(bin_dir / "flwr"), "run", str(app), "local", "--stream", "--federation-config", "num-supernodes=3", "--run-config", config],
             env=env, capture_output=True, text=True, timeout=300,
         )
-    finally:  # `flwr run ... local` leaves its SuperLink running for later runs; this test's must not outlive it
-        subprocess.run(["pkill", "-f", str(tmp_path / "home")], check=False)
+    finally:  # `flwr run ... local` leaves its SuperLink (and its SuperExec) running for later runs; this test's must not outlive it
+        for process in psutil.process_iter(["cmdline"]):
+            if str(tmp_path / "home") in " ".join(process.info["cmdline"] or []):
+                stop_tree(process.pid)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert [row["round"] for row in json.loads((run_dir / "metrics.json").read_text())] == [0, 1]
 

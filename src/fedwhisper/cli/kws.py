@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Annotated
@@ -28,6 +29,16 @@ def print_round(row: dict) -> None:
     console.print(line)
 
 
+def _flower_line(verbose: bool):
+    """What a deployed run's streamed log shows: every line with --verbose, else rounds, warnings and errors."""
+    def show(line: str) -> None:
+        line = re.sub(r"\x1b\[[0-9;]*m", "", line)  # Flower colours its log levels
+        if verbose or "[ROUND" in line or "ERROR" in line:
+            console.print(escape(line), highlight=False)
+
+    return show
+
+
 @app.command("federate")
 def kws_federate(
     corpus: Annotated[Path | None, typer.Argument(help="Speech Commands-layout corpus (not needed with --resume)")] = None,
@@ -49,8 +60,12 @@ def kws_federate(
     recipe: Annotated[str | None, typer.Option(help="fedwhisper, or flower-example: Flower's Whisper example's client "
                                                     "(5-speaker clients, 5 % per round, 30-s window, Adam, batch 8, 1 epoch) [fedwhisper]")] = None,
     verbose: Annotated[bool, typer.Option(help="show Flower's and Ray's logs")] = False,
+    deploy: Annotated[bool, typer.Option(help="run on a Flower deployment on this machine: a SuperLink and one SuperNode per "
+                                              "client as processes, TLS and SuperNode authentication, each node holding only "
+                                              "its client's clips (RUN_DIR/deployment)")] = False,
 ) -> None:
-    """Federated training of the head: FedAvg over speaker-grouped clients in Flower's simulation engine."""
+    """Federated training of the head: FedAvg over speaker-grouped clients in Flower's simulation engine (or --deploy)."""
+    from fedwhisper.fl.kws_app import deploy as deploy_run
     from fedwhisper.fl.kws_app import simulate
     from fedwhisper.kws.task import KwsOptions
 
@@ -62,7 +77,13 @@ def kws_federate(
         recipe=recipe,
     )
     options = KwsOptions.from_config(config)
-    final = simulate(options, run_dir, resume=bool(resume), on_round=print_round, verbose=verbose).rows[-1]
+    if deploy:
+        run = deploy_run(options, run_dir, resume=bool(resume), on_line=_flower_line(verbose))
+        for row in run.rows:
+            print_round(row)
+    else:
+        run = simulate(options, run_dir, resume=bool(resume), on_round=print_round, verbose=verbose)
+    final = run.rows[-1]
     console.print(f"final held-out accuracy after round {final['round']}: test {final['test_accuracy']:.2%}, "
                   f"validation {final['validation_accuracy']:.2%}; plot {run_dir / 'accuracy.png'}")
 

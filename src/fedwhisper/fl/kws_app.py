@@ -8,14 +8,17 @@ A client's data is its own: ``partition-id`` in its node config (simulation) or 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid
 
+from fedwhisper.errors import FedwhisperError
 from fedwhisper.fl.client import build_client_app
+from fedwhisper.fl.deploy import Deployment, make_node_key
 from fedwhisper.fl.server import Federation, build_server_app, run_federation
 from fedwhisper.fl.simulation import simulate_run
 from fedwhisper.kws.task import (
@@ -28,6 +31,7 @@ from fedwhisper.kws.task import (
     new_head,
     plot_accuracy,
     with_recipe,
+    write_client_corpora,
 )
 from fedwhisper.runs import RunDirectory
 
@@ -36,8 +40,10 @@ METRICS = ("train_loss", "train_accuracy", "encoded-clips", "skipped-clips", "lo
 
 def client_options(run_config: dict, context: Context) -> tuple[KwsOptions, int]:
     """This client's options and partition: its own corpus directory (deployment) or its simulation partition."""
-    if "corpus" in context.node_config:  # deployment: every training clip of the device's own corpus
-        return replace(with_recipe(KwsOptions.from_config(run_config)), corpus=str(context.node_config["corpus"]), num_clients=1, clients_per_round=1), 0
+    node = context.node_config
+    if "corpus" in node:  # deployment: every training clip of the device's own corpus, its encoder cache beside it
+        options = replace(with_recipe(KwsOptions.from_config(run_config)), corpus=str(node["corpus"]), num_clients=1, clients_per_round=1)
+        return replace(options, cache_dir=str(node.get("cache-dir", options.cache_dir))), 0
     return with_recipe(KwsOptions.from_config(run_config)), int(context.node_config["partition-id"])
 
 
@@ -92,6 +98,44 @@ def federate(grid: Grid, options: KwsOptions, run_dir: str | Path, resume: bool 
 def serve(grid: Grid, config: dict, on_round: Callable[[dict], None] | None = None) -> None:
     """The ServerApp's job for a run config (``run-dir``, ``resume`` and the task's options)."""
     federate(grid, KwsOptions.from_config(config), str(config["run-dir"]), bool(config["resume"]), on_round)
+
+
+@contextmanager
+def deployment_of(options: KwsOptions, home: Path) -> Iterator[Deployment]:
+    """A Flower deployment on this machine ready to run ``options``: a SuperLink and one SuperNode per client as separate
+    processes, over TLS with SuperNode authentication, each SuperNode holding only its client's clips (``home/clients``)
+    and its key registered; every process is stopped on the way out."""
+    clients = write_client_corpora(options, home / "clients")
+    with Deployment(home) as deployment:
+        deployment.start_superlink()
+        for folder in clients:
+            private, public = make_node_key(deployment.home / "keys", folder.name)
+            deployment.register(public)
+            deployment.start_supernode(folder.name, private, {"corpus": str(folder), "cache-dir": str(folder.with_suffix(".cache"))})
+        deployment.wait_online(len(clients))
+        yield deployment
+
+
+def deployed_run_config(options: KwsOptions, run_dir: str | Path, resume: bool = False) -> dict:
+    """`flwr run`'s --run-config for ``options`` (the app's ``kws.*`` keys)."""
+    return {"task": "kws", "run-dir": str(Path(run_dir).resolve()), "resume": resume,
+            **{f"kws.{key.replace('_', '-')}": value for key, value in options.to_config().items()}}
+
+
+def deploy(options: KwsOptions, run_dir: str | Path, resume: bool = False, on_line: Callable[[str], None] | None = None,
+           timeout: float = 3600.0) -> RunDirectory:
+    """The federation on a Flower deployment on this machine (``deployment_of``, in ``run_dir/deployment``); fails
+    unless every round was recorded."""
+    options = with_recipe(options)
+    RunDirectory(run_dir).check_start(resume)
+    options.check()
+    with deployment_of(options, Path(run_dir).resolve() / "deployment") as deployment:
+        code = deployment.run(deployed_run_config(options, run_dir, resume), on_line, timeout)
+    run = RunDirectory(run_dir)
+    if code or run.last < options.rounds:
+        raise FedwhisperError(f"the deployed federation stopped after round {run.last} of {options.rounds} (flwr run exit code {code}; "
+                              f"see {deployment.log('run')})")
+    return run
 
 
 def simulate(options: KwsOptions, run_dir: str | Path, resume: bool = False, on_round: Callable[[dict], None] | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -167,6 +168,30 @@ def client_partitions(options: KwsOptions):
 def client_examples(options: KwsOptions, partition_id: int) -> KwsExamples:
     shard = client_partitions(options).load_partition(partition_id)
     return corpus_for(options).examples(shard, seed=options.seed * 7919 + partition_id)
+
+
+def write_client_corpora(options: KwsOptions, out: str | Path) -> list[Path]:
+    """What each device of a deployment holds: ``out/partition-NNNNN``, a Speech Commands folder with only that
+    client's training clips (hard links where the file system allows) and the background noise. Their names are the
+    simulation's client names, so a deployment samples the same clients."""
+    import shutil
+
+    from fedwhisper.data.speech_commands import BACKGROUND_NOISE_DIR, background_noise_files
+
+    corpus, partitions = corpus_for(options), client_partitions(options)
+    folders = []
+    for partition_id in range(options.num_clients):
+        folder = Path(out) / f"partition-{partition_id:05d}"
+        for source in [Path(a["path"]) for a in partitions.load_partition(partition_id)["audio"]] + background_noise_files(corpus.root):
+            target = folder / (BACKGROUND_NOISE_DIR if source.parent.name == BACKGROUND_NOISE_DIR else source.parent.name) / source.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                try:
+                    os.link(source, target)
+                except OSError:  # another file system
+                    shutil.copy2(source, target)
+        folders.append(folder)
+    return folders
 
 
 def new_head(options: KwsOptions) -> torch.nn.Module:
