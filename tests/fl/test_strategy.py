@@ -36,7 +36,7 @@ def _failed(node: int) -> Message:
 
 def _strategy(names=None) -> SeededFedAvg:
     strategy = SeededFedAvg(clients_per_round=3, seed=0, client_names=names or {n: f"client-{n}" for n in range(10)})
-    strategy._sent_keys = {"w", "b"}
+    strategy._sent = {"w": np.zeros((2, 3), np.float32), "b": np.zeros(1, np.float32)}
     return strategy
 
 
@@ -50,8 +50,9 @@ def test_only_trained_clients_count_and_failures_do_not_stop_the_round():
     np.testing.assert_allclose(arrays["b"].numpy(), [expected], rtol=1e-6)
     assert metrics["train_loss"] == pytest.approx(expected)
     stats = strategy.last_round
-    assert (stats["clients_trained"], stats["clients_skipped"], stats["clients_failed"]) == (3, 1, 2)
+    assert (stats["clients_trained"], stats["clients_skipped"], stats["clients_failed"], stats["clients_rejected"]) == (3, 1, 1, 1)
     assert "AudioError: clip.wav: not audio" in stats["failure_reasons"]
+    assert stats["rejections"] == ["client-5: arrays other than those sent (unexpected ['secret'], missing [])"]
     assert [m["num-examples"] for m in stats["client_metrics"]] == [10, 30, 20]  # client-name order
 
 
@@ -118,3 +119,46 @@ def test_flowers_other_strategies_keep_seeded_sampling_and_their_own_update(name
     arrays, _ = strategy.aggregate_train(1, replies)
     plain, _ = fedavg.aggregate_train(1, replies)
     assert (arrays["w"].numpy() == plain["w"].numpy()).all() == (name == "fedprox")  # only FedProx aggregates as FedAvg
+
+
+def _arrays_reply(node: int, arrays: dict, weight: int = 10) -> Message:
+    content = RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord({"num-examples": weight, "train_loss": 0.0})})
+    return Message(content, reply_to=_sent(node))
+
+
+def test_updates_of_the_wrong_shape_dtype_or_far_too_long_are_rejected_with_the_client_and_reason():
+    def good(value):
+        return {"w": torch.full((2, 3), value), "b": torch.tensor([value])}
+
+    replies = [_arrays_reply(1, good(1.0)), _arrays_reply(2, good(1.2)), _arrays_reply(3, good(0.8)),
+               _arrays_reply(4, good(100.0)),  # scaled x100: far above the round's median update
+               _arrays_reply(5, {"w": torch.zeros(3, 2), "b": torch.tensor([1.0])}),  # wrong shape
+               _arrays_reply(6, {"w": torch.zeros(2, 3, dtype=torch.float64), "b": torch.tensor([1.0])}),  # wrong dtype
+               _arrays_reply(7, {"w": torch.full((2, 3), float("nan")), "b": torch.tensor([1.0])})]  # not finite
+    strategy = _strategy()
+    arrays, _ = strategy.aggregate_train(1, replies)
+    np.testing.assert_allclose(arrays["w"].numpy(), np.full((2, 3), 1.0), rtol=1e-6)  # the three honest clients only
+    reasons = dict(r.split(": ", 1) for r in strategy.last_round["rejections"])
+    assert set(reasons) == {"client-4", "client-5", "client-6", "client-7"}
+    assert "x the round's median" in reasons["client-4"] and "float32[3, 2], sent float32[2, 3]" in reasons["client-5"]
+    assert "float64" in reasons["client-6"] and "NaN" in reasons["client-7"]
+    assert strategy.last_round["clients_trained"] == 3
+
+
+@pytest.mark.parametrize("name", ["median", "trimmed-mean", "krum", "multikrum", "bulyan"])
+def test_robust_rules_keep_sign_flipped_attackers_out(name):
+    from fedwhisper.fl.strategy import STRATEGIES, robust_options
+
+    def replies():  # (Flower's robust strategies consume the replies' arrays)
+        honest = [1.0, 1.1, 0.9, 1.05, 0.95, 1.0, 1.02]
+        attackers = [-5.0, -5.0]  # sign-flipped and scaled
+        return [_arrays_reply(n, {"w": torch.full((2, 3), v), "b": torch.tensor([v])}) for n, v in enumerate(honest + attackers)]
+
+    strategy = STRATEGIES[name](clients_per_round=9, seed=0, client_names={n: f"client-{n:02d}" for n in range(20)}, norm_limit=0,
+                                **robust_options(name, 9, 1 if name == "bulyan" else 2))
+    strategy._sent = {"w": np.zeros((2, 3), np.float32), "b": np.zeros(1, np.float32)}
+    arrays, _ = strategy.aggregate_train(1, replies())
+    assert 0.85 < float(arrays["w"].numpy().mean()) < 1.15
+    fedavg = _strategy()
+    fedavg.norm_limit = 0
+    assert float(fedavg.aggregate_train(1, replies())[0]["w"].numpy().mean()) < 0  # (7.12 - 10) / 9

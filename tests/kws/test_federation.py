@@ -135,3 +135,17 @@ def test_more_clients_than_training_speakers_stops_before_round_one(options, tmp
     with pytest.raises(FedwhisperError, match="at least as many training speakers"):
         simulate(KwsOptions(**{**options.to_config(), "num_clients": 500}), tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_sign_flipping_client_is_kept_out_by_the_median_and_dp_runs_report_epsilon(options, tmp_path):
+    attacked = KwsOptions(**{**options.to_config(), "clients_per_round": 3, "attack": "scale", "attackers": 1, "norm_limit": 0,
+                             "strategy": "median"})
+    run = simulate(attacked, tmp_path / "median")
+    assert all(row["clients_trained"] == 3 for row in run.rows[1:])
+    validated = simulate(KwsOptions(**{**attacked.to_config(), "strategy": "fedavg", "norm_limit": 3.0}), tmp_path / "validated")
+    assert all(row["rejections"][0].startswith("partition-00000: update norm") for row in validated.rows[1:])
+    private = simulate(KwsOptions(**{**options.to_config(), "dp_noise_multiplier": 0.5, "dp_clip": 0.5}), tmp_path / "dp")
+    epsilons = [row["dp_epsilon"] for row in private.rows[1:]]
+    assert 0 < epsilons[0] < epsilons[1] < float("inf")
+    with pytest.raises(FedwhisperError, match="--strategy must be fedavg with --dp-noise-multiplier"):
+        KwsOptions(**{**options.to_config(), "dp_noise_multiplier": 0.5, "strategy": "krum"})

@@ -23,6 +23,10 @@ def print_round(row: dict) -> None:
         line += f"  ({row['clients_trained']} clients trained, {row.get('clients_skipped', 0)} too small"
         if row.get("clients_failed"):
             line += f", [red]{row['clients_failed']} failed[/red]"
+        if row.get("clients_rejected"):
+            line += f", [red]{row['clients_rejected']} updates rejected[/red]"
+        if "dp_epsilon" in row:
+            line += f", DP epsilon {row['dp_epsilon']:.2f}"
         if row.get("clips_skipped"):
             line += f", {row['clips_skipped']} clips skipped (do not decode)"
         line += f", {row['seconds']:.1f} s)"
@@ -59,6 +63,15 @@ def kws_federate(
     seed: Annotated[int | None, typer.Option(help="[0]")] = None,
     recipe: Annotated[str | None, typer.Option(help="fedwhisper, or flower-example: Flower's Whisper example's client "
                                                     "(5-speaker clients, 5 % per round, 30-s window, Adam, batch 8, 1 epoch) [fedwhisper]")] = None,
+    strategy: Annotated[str | None, typer.Option(help="aggregation: fedavg, or robust to malicious clients: median, trimmed-mean, "
+                                                      "krum, multikrum, bulyan [fedavg]")] = None,
+    assumed_malicious: Annotated[int | None, typer.Option(help="attackers per round the robust rules are set for [2]")] = None,
+    norm_limit: Annotated[float | None, typer.Option(help="reject updates longer than this many times the round's median (0: off) [10]")] = None,
+    dp_noise_multiplier: Annotated[float | None, typer.Option(help="central differential privacy: Gaussian noise on the mean, "
+                                                                   "as a multiple of the clipping norm (0: off) [0]")] = None,
+    dp_clip: Annotated[float | None, typer.Option(help="clients clip their update to this L2 norm (with DP) [1.0]")] = None,
+    attack: Annotated[str | None, typer.Option(help="simulate attackers: sign-flip, scale, random, label-flip [none]")] = None,
+    attackers: Annotated[int | None, typer.Option(help="clients partition-00000 .. N-1 attack [0]")] = None,
     verbose: Annotated[bool, typer.Option(help="show Flower's and Ray's logs")] = False,
     deploy: Annotated[bool, typer.Option(help="run on a Flower deployment on this machine: a SuperLink and one SuperNode per "
                                               "client as processes, TLS and SuperNode authentication, each node holding only "
@@ -74,7 +87,8 @@ def kws_federate(
         corpus=str(corpus.resolve()) if corpus else None, model=model, window_seconds=window_seconds, keywords=keywords, head=head,
         num_clients=num_clients, clients_per_round=clients_per_round, rounds=rounds, local_epochs=local_epochs,
         batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer, cache_dir=str(cache_dir) if cache_dir else None, seed=seed,
-        recipe=recipe,
+        recipe=recipe, strategy=strategy, assumed_malicious=assumed_malicious, norm_limit=norm_limit, dp_noise_multiplier=dp_noise_multiplier,
+        dp_clip=dp_clip, attack=attack, attackers=attackers,
     )
     options = KwsOptions.from_config(config)
     if deploy:

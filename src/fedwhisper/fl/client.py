@@ -13,6 +13,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedwhisper.fl.defences import clipping_when_asked
 from fedwhisper.fl.server import CLIENT_NAME
 from fedwhisper.fl.strategy import WEIGHT
 
@@ -32,7 +33,7 @@ def client_name(context: Context) -> str:
 
 def build_client_app(update: ClientUpdate, metric_keys: tuple[str, ...]) -> ClientApp:
     """A ClientApp over ``update``; only ``metric_keys`` (numbers) and the weight leave the client."""
-    app = ClientApp()
+    app = ClientApp(mods=[clipping_when_asked])  # a DP run's updates are clipped before they leave
 
     @app.train()
     def train(message: Message, context: Context) -> Message:

@@ -17,10 +17,12 @@ from flwr.app import Context
 from flwr.serverapp import Grid
 
 from fedwhisper.errors import FedwhisperError
-from fedwhisper.fl.client import build_client_app
+from fedwhisper.fl.attacks import MODEL_ATTACKS, is_attacker, poisoned
+from fedwhisper.fl.client import build_client_app, client_name
 from fedwhisper.fl.deploy import Deployment, make_node_key
 from fedwhisper.fl.server import Federation, build_server_app, run_federation
 from fedwhisper.fl.simulation import simulate_run
+from fedwhisper.fl.strategy import robust_options, round_seed
 from fedwhisper.kws.task import (
     TRAINING_FIELDS,
     KwsOptions,
@@ -50,7 +52,12 @@ def client_options(run_config: dict, context: Context) -> tuple[KwsOptions, int]
 def build_kws_client_app(overrides: dict | None = None):
     def update(state: dict, config: dict, context: Context):
         options, partition = client_options({**context.run_config, **(overrides or {}), **config}, context)
-        return client_update(options, partition, state, int(config["server-round"]) + int(config["round-offset"]))
+        round_number = int(config["server-round"]) + int(config["round-offset"])
+        attacking = options.attack != "none" and is_attacker(client_name(context), options.attackers)
+        new_state, metrics = client_update(options, partition, state, round_number, flip_labels=attacking and options.attack == "label-flip")
+        if attacking and new_state is not None and options.attack in MODEL_ATTACKS:
+            new_state = poisoned(state, new_state, options.attack, seed=round_seed(options.seed, round_number, client_name(context)) % 2**31)
+        return new_state, metrics
 
     return build_client_app(update, METRICS)
 
@@ -84,7 +91,10 @@ def federate(grid: Grid, options: KwsOptions, run_dir: str | Path, resume: bool 
     federation = Federation(initial_arrays=lambda: new_head(options).state_dict(), evaluate=evaluate, rounds=options.rounds,
                             train_config={k: v for k, v in options.to_config().items() if k in TRAINING_FIELDS},
                             clients_per_round=options.clients_per_round, seed=options.seed, meta=meta, round_metrics=round_row,
-                            checkpoint="head")
+                            checkpoint="head", strategy=options.strategy,
+                            strategy_options=robust_options(options.strategy, options.clients_per_round, options.assumed_malicious),
+                            norm_limit=options.norm_limit, dp_noise_multiplier=options.dp_noise_multiplier, dp_clip=options.dp_clip,
+                            num_clients=options.num_clients)
 
     def record(row: dict) -> None:
         plot_accuracy(run.rows, run.path / "accuracy.png")

@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid, ServerApp
 
 from fedwhisper.errors import FedwhisperError
+from fedwhisper.fl.defences import CentralDp, dp_epsilon
 from fedwhisper.fl.strategy import GroupPlan, SeededGroups, seeded_strategy
 from fedwhisper.runs import RunDirectory, load_arrays
 
@@ -41,6 +42,10 @@ class Federation:
     strategy: str = "fedavg"  # a name in fl.strategy.STRATEGIES
     strategy_options: dict = field(default_factory=dict)  # its constructor's options (server learning rate, momentum, mu)
     plan: GroupPlan | None = None  # clients in groups with models of their own (device tiers): fl.strategy.SeededGroups
+    norm_limit: float = 10.0  # updates longer than this many times the round's median are rejected (0: no limit)
+    dp_noise_multiplier: float = 0.0  # > 0: central DP (fl.defences.CentralDp): clients clip to dp_clip, the server adds noise
+    dp_clip: float = 1.0
+    num_clients: int = 0  # the population clients are drawn from (DP accounting)
 
 
 def identify_clients(grid: Grid, expected: int, timeout: float) -> dict[int, str]:
@@ -95,7 +100,10 @@ def run_federation(grid: Grid, federation: Federation, run: RunDirectory, option
         strategy = SeededGroups(federation.clients_per_round, federation.seed, names, start_round, federation.plan)
     else:
         strategy = seeded_strategy(federation.strategy, federation.clients_per_round, federation.seed, names, start_round,
-                                   **federation.strategy_options)
+                                   norm_limit=federation.norm_limit, uniform=federation.dp_noise_multiplier > 0, **federation.strategy_options)
+    rounds_of = strategy  # what the rounds are run by: the strategy, or the DP wrapper around it
+    if federation.dp_noise_multiplier > 0:
+        rounds_of = CentralDp(strategy, federation.dp_noise_multiplier, federation.dp_clip, federation.clients_per_round)
     if resume and federation.strategy in ("fedavgm", "fedadam"):
         log.warning("%s keeps server-optimizer state that is not checkpointed; it starts afresh at round %d", federation.strategy, start_round + 1)
     round_started = [time.perf_counter()]
@@ -108,23 +116,27 @@ def run_federation(grid: Grid, federation: Federation, run: RunDirectory, option
         row = {"round": start_round + server_round, **metrics, "seconds": round(time.perf_counter() - round_started[0], 2)}
         if server_round:
             stats = strategy.last_round
-            row |= {k: stats[k] for k in ("clients_trained", "clients_skipped", "clients_failed", "failure_reasons") if k in stats}
+            row |= {k: stats[k] for k in ("clients_trained", "clients_skipped", "clients_failed", "failure_reasons", "clients_rejected", "rejections") if k in stats}
             # what crossed the network, from the messages' own arrays: the same to every sampled client, and each reply
             row |= {"bytes_down_per_client": stats["bytes_down_per_client"], "bytes_up": stats["bytes_up"]}
             row |= federation.round_metrics(stats)
+            if federation.dp_noise_multiplier > 0:
+                row["dp_epsilon"] = round(dp_epsilon(federation.dp_noise_multiplier, federation.clients_per_round, federation.num_clients, row["round"]), 4)
         run.save_arrays(f"{federation.checkpoint}-round-{row['round']:03d}", state, federation.meta)
         run.save_arrays(federation.checkpoint, state, federation.meta)
         run.record(row)  # after its arrays: a recorded round always has them
         if on_round:
             on_round(row)
-        if server_round and row["clients_failed"] and row["clients_failed"] == strategy.last_round["clients_sent"]:  # a broken setup: more rounds would fail alike
-            raise FedwhisperError(f"round {row['round']}: all {row['clients_failed']} clients failed "
-                                  f"({'; '.join(row['failure_reasons'])}); the run stops here")
+        lost = row.get("clients_failed", 0) + row.get("clients_rejected", 0)
+        if server_round and lost and lost == strategy.last_round["clients_sent"]:  # a broken setup: more rounds would fail alike
+            what = "failed or were rejected" if row.get("clients_rejected") else "failed"
+            raise FedwhisperError(f"round {row['round']}: all {lost} clients {what} "
+                                  f"({'; '.join(row.get('failure_reasons', []) + row.get('rejections', []))}); the run stops here")
         round_started[0] = time.perf_counter()
         return MetricRecord(metrics)
 
     config = ConfigRecord({**federation.train_config, "round-offset": start_round, "seed": federation.seed})
-    strategy.start(grid=grid, initial_arrays=ArrayRecord(arrays), num_rounds=remaining, train_config=config, evaluate_fn=evaluate)
+    rounds_of.start(grid=grid, initial_arrays=ArrayRecord(arrays), num_rounds=remaining, train_config=config, evaluate_fn=evaluate)
     idle = [row["round"] for row in run.rows if row.get("clients_trained") == 0]
     if idle:
         raise FedwhisperError(f"no client trained in round{'s' if len(idle) > 1 else ''} {', '.join(map(str, idle))}: the model did not "

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
+from flwr.serverapp.strategy import Bulyan, FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, Krum, MultiKrum
 
 log = logging.getLogger("fedwhisper.fl")
 WEIGHT = "num-examples"
@@ -37,18 +37,23 @@ def round_seed(seed: int, server_round: int, salt: str = "") -> int:
 class SeededSampling:
     """Mixin before a Flower strategy of the FedAvg family: ``clients_per_round`` clients drawn with ``seed``;
     ``client_names`` maps Flower node ids to the stable names the clients gave (see ``fl.server.identify_clients``).
-    Malformed or non-finite replies are set aside before the strategy aggregates. ``last_round`` holds the round's
-    client statistics and, in name order, each replying client's metrics."""
+    Every reply is validated before the strategy aggregates (``update_problem``): one that fails is rejected, logged
+    with the client's name and the reason, and the round goes on. ``last_round`` holds the round's client statistics
+    and, in name order, each replying client's metrics."""
 
-    def __init__(self, clients_per_round: int, seed: int, client_names: dict[int, str], round_offset: int = 0, **kwargs):
+    def __init__(self, clients_per_round: int, seed: int, client_names: dict[int, str], round_offset: int = 0,
+                 norm_limit: float = 10.0, uniform: bool = False, **kwargs):
         super().__init__(fraction_train=1.0, min_train_nodes=clients_per_round, min_available_nodes=clients_per_round,
                          fraction_evaluate=0.0, weighted_by_key=WEIGHT, **kwargs)
         self.clients_per_round = clients_per_round
         self.seed = seed
         self.client_names = client_names
         self.round_offset = round_offset  # a resumed run's rounds continue its numbering: the same clients are drawn
+        self.norm_limit = norm_limit  # an update's norm above this many times the round's median is rejected (0: no limit)
+        self.uniform = uniform  # every trained client weighs the same (DP: the noise is calibrated to a plain mean)
+        self.set_aside: list[Message] = []  # error replies a wrapper (fl.defences.CentralDp) took out before this saw them
         self.last_round: dict = {}
-        self._sent_keys: set[str] = set()
+        self._sent: dict[str, np.ndarray] = {}
         self._bytes_down = 0
 
     def name_of(self, node_id: int) -> str:
@@ -59,7 +64,7 @@ class SeededSampling:
         if len(nodes) < self.clients_per_round:
             raise RuntimeError(f"{self.clients_per_round} clients per round, but only {len(nodes)} are connected")
         chosen = random.Random(round_seed(self.seed, server_round + self.round_offset)).sample(nodes, self.clients_per_round)
-        self._sent_keys = set(arrays.keys())
+        self._sent = {key: arrays[key].numpy() for key in arrays.keys()}
         self._bytes_down = record_bytes(arrays)
         # the strategy's own configure_train (it keeps its server-optimizer state, FedProx adds its mu) over the chosen
         # nodes only: with fraction_train 1.0 it sends to all of them
@@ -67,34 +72,79 @@ class SeededSampling:
         return sorted(messages, key=lambda message: self.name_of(message.metadata.dst_node_id))
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = sorted(replies, key=lambda reply: self.name_of(reply.metadata.src_node_id))
-        failed, answered = [], []
+        round_number = server_round + self.round_offset
+        replies = sorted([*replies, *self.set_aside], key=lambda reply: self.name_of(reply.metadata.src_node_id))
+        self.set_aside = []
+        failed, rejections, answered = [], [], []
         for reply in replies:
-            (failed if reply.has_error() or not self._well_formed(reply) else answered).append(reply)
+            if reply.has_error():
+                failed.append(reply)
+            elif problem := update_problem(reply, self._sent):
+                rejections.append(f"{self.name_of(reply.metadata.src_node_id)}: {problem}")
+            else:
+                answered.append(reply)
+        trained = [r for r in answered if r.content["metrics"][WEIGHT] > 0]
+        for reply, problem in outlying_norms(trained, self._sent, self.norm_limit).items():
+            rejections.append(f"{self.name_of(reply.metadata.src_node_id)}: {problem}")
+            trained.remove(reply)
+            answered.remove(reply)
         metrics = [dict(r.content["metrics"]) for r in answered]
-        trained = [m for m in metrics if m.get(WEIGHT, 0) > 0]
-        self.last_round = {"clients_sent": len(replies), "clients_trained": len(trained), "clients_skipped": len(metrics) - len(trained), "clients_failed": len(failed),
-                           "client_metrics": trained, "replied_metrics": metrics, "bytes_down_per_client": self._bytes_down,
+        self.last_round = {"clients_sent": len(replies), "clients_trained": len(trained), "clients_skipped": len(metrics) - len(trained),
+                           "clients_failed": len(failed), "clients_rejected": len(rejections), "client_metrics": [m for m in metrics if m[WEIGHT] > 0],
+                           "replied_metrics": metrics, "bytes_down_per_client": self._bytes_down,
                            "bytes_up": [record_bytes(next(iter(r.content.array_records.values()))) for r in answered]}
         if failed:
             reasons = sorted({_reason(r) for r in failed})
             self.last_round["failure_reasons"] = reasons
-            log.error("round %d: %d of %d clients failed: %s", server_round + self.round_offset, len(failed), len(replies), "; ".join(reasons))
+            log.error("round %d: %d of %d clients failed: %s", round_number, len(failed), len(replies), "; ".join(reasons))
+        if rejections:
+            self.last_round["rejections"] = sorted(rejections)
+            log.warning("round %d: %d updates rejected: %s", round_number, len(rejections), "; ".join(sorted(rejections)))
         if not trained:
-            log.warning("round %d: no client trained; the model stays as it was", server_round + self.round_offset)
+            log.warning("round %d: no client trained; the model stays as it was", round_number)
             return None, None
-        return super().aggregate_train(server_round, answered)
+        if self.uniform:
+            for reply in trained:
+                reply.content["metrics"][WEIGHT] = 1
+        return super().aggregate_train(server_round, trained)  # a weight-0 reply would still count as a vote in a median or Krum
 
-    def _well_formed(self, reply: Message) -> bool:
-        """One ArrayRecord with exactly the arrays sent, all finite, and one MetricRecord with a weight: anything else
-        would make Flower's FedAvg refuse the whole round, or poison the model."""
-        content = reply.content
-        if len(content.array_records) != 1 or len(content.metric_records) != 1:
-            return False
-        arrays, metrics = next(iter(content.array_records.values())), next(iter(content.metric_records.values()))
-        if set(arrays.keys()) != self._sent_keys or not isinstance(metrics.get(WEIGHT), int | float) or not metrics[WEIGHT] >= 0:
-            return False
-        return all(np.isfinite(array.numpy()).all() for array in arrays.values())  # a NaN or inf would poison the mean
+
+def update_problem(reply: Message, sent: dict[str, np.ndarray]) -> str:
+    """Why a reply cannot be aggregated ("" if it can): anything but one ArrayRecord with exactly the arrays sent (same
+    shapes and dtypes, all finite) and one MetricRecord with a weight. Any of these would make Flower's strategy refuse
+    the whole round, or poison the model."""
+    content = reply.content
+    if len(content.array_records) != 1 or len(content.metric_records) != 1:
+        return f"{len(content.array_records)} array records and {len(content.metric_records)} metric records (expected one of each)"
+    arrays, metrics = next(iter(content.array_records.values())), next(iter(content.metric_records.values()))
+    weight = metrics.get(WEIGHT)
+    if not isinstance(weight, int | float) or not weight >= 0:
+        return f"weight {WEIGHT} missing or negative ({weight!r})"
+    if set(arrays.keys()) != set(sent):
+        return f"arrays other than those sent (unexpected {sorted(set(arrays.keys()) - set(sent))}, missing {sorted(set(sent) - set(arrays.keys()))})"
+    for key in sent:
+        array = arrays[key].numpy()
+        if array.shape != sent[key].shape or array.dtype != sent[key].dtype:
+            return f"{key} is {array.dtype}{list(array.shape)}, sent {sent[key].dtype}{list(sent[key].shape)}"
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            return f"{key} holds NaN or infinite values"
+    return ""
+
+
+def update_norm(reply: Message, sent: dict[str, np.ndarray]) -> float:
+    arrays = next(iter(reply.content.array_records.values()))
+    return float(math.sqrt(sum(float(np.sum((arrays[k].numpy().astype(np.float64) - sent[k]) ** 2)) for k in sent)))
+
+
+def outlying_norms(replies: list[Message], sent: dict[str, np.ndarray], limit: float) -> dict[Message, str]:
+    """The replies whose update (reply minus what was sent) is longer than ``limit`` times the round's median update,
+    with the reason; none with fewer than 3 replies (no median to speak of) or no limit."""
+    if not limit or len(replies) < 3:
+        return {}
+    norms = {reply: update_norm(reply, sent) for reply in replies}
+    median = float(np.median(list(norms.values())))
+    return {reply: f"update norm {norm:.3g} is {norm / median:.0f}x the round's median {median:.3g} (limit {limit:g}x)"
+            for reply, norm in norms.items() if norm > limit * median > 0}
 
 
 class SeededFedAvg(SeededSampling, FedAvg):
@@ -110,6 +160,26 @@ class SeededFedAdam(SeededSampling, FedAdam):
 
 
 class SeededFedProx(SeededSampling, FedProx):
+    pass
+
+
+class SeededFedMedian(SeededSampling, FedMedian):
+    pass
+
+
+class SeededFedTrimmedAvg(SeededSampling, FedTrimmedAvg):
+    pass
+
+
+class SeededKrum(SeededSampling, Krum):
+    pass
+
+
+class SeededMultiKrum(SeededSampling, MultiKrum):
+    pass
+
+
+class SeededBulyan(SeededSampling, Bulyan):
     pass
 
 
@@ -217,7 +287,22 @@ class SeededGroups(SeededSampling, FedAvg):
         return all(np.isfinite(array.numpy()).all() for array in arrays.values() if array.numpy().dtype.kind == "f")
 
 
-STRATEGIES = {"fedavg": SeededFedAvg, "fedavgm": SeededFedAvgM, "fedadam": SeededFedAdam, "fedprox": SeededFedProx}
+STRATEGIES = {"fedavg": SeededFedAvg, "fedavgm": SeededFedAvgM, "fedadam": SeededFedAdam, "fedprox": SeededFedProx,
+              # robust to malicious clients: coordinate-wise median or trimmed mean, Krum's closest update(s), Bulyan
+              "median": SeededFedMedian, "trimmed-mean": SeededFedTrimmedAvg, "krum": SeededKrum, "multikrum": SeededMultiKrum,
+              "bulyan": SeededBulyan}
+ROBUST = ("median", "trimmed-mean", "krum", "multikrum", "bulyan")
+
+
+def robust_options(name: str, clients_per_round: int, assumed_malicious: int) -> dict:
+    """Constructor options of a robust strategy for ``assumed_malicious`` attackers among ``clients_per_round``."""
+    if name in ("krum", "bulyan"):
+        return {"num_malicious_nodes": assumed_malicious}
+    if name == "multikrum":  # average the updates Krum scores best, as many as can be honest
+        return {"num_malicious_nodes": assumed_malicious, "num_nodes_to_select": max(clients_per_round - assumed_malicious, 1)}
+    if name == "trimmed-mean":  # cut the assumed attackers' share off each end
+        return {"beta": min(assumed_malicious / clients_per_round, 0.49)}
+    return {}
 
 
 def seeded_strategy(name: str, clients_per_round: int, seed: int, client_names: dict[int, str], round_offset: int = 0,

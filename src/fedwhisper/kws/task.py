@@ -17,6 +17,7 @@ from fedwhisper.data.partition import speaker_partitioner
 from fedwhisper.data.speech_commands import COMMANDS
 from fedwhisper.errors import FedwhisperError
 from fedwhisper.features.cache import FeatureCache
+from fedwhisper.fl.defences import check_defences
 from fedwhisper.features.encoder import FrozenEncoder
 from fedwhisper.kws import flower_example
 from fedwhisper.kws.data import KwsCorpus, KwsExamples
@@ -51,6 +52,13 @@ class KwsOptions(RunConfigOptions):
     cache_dir: str = ""  # default: $FEDWHISPER_HOME/cache/kws; each client keeps its own sub-folder
     seed: int = 0
     recipe: str = "fedwhisper"  # or "flower-example": Flower's Whisper example's client, for comparison (kws/flower_example.py)
+    strategy: str = "fedavg"  # or a rule robust to malicious clients: median, trimmed-mean, krum, multikrum, bulyan
+    assumed_malicious: int = 2  # attackers per round the robust rules are set for
+    norm_limit: float = 10.0  # an update longer than this many times the round's median is rejected (0: no limit)
+    dp_noise_multiplier: float = 0.0  # > 0: central DP, updates clipped on the clients to --dp-clip, noise added by the server
+    dp_clip: float = 1.0
+    attack: str = "none"  # simulated attackers (fl/attacks.py): sign-flip, scale, random, label-flip
+    attackers: int = 0  # clients partition-00000 .. attackers-1 attack
 
     def __post_init__(self):
         """Ranges, choices and relations, checked wherever options are built (CLI, run config, resumed run): the
@@ -69,6 +77,7 @@ class KwsOptions(RunConfigOptions):
         require(bool(self.keyword_tuple), "keywords", "must name at least one keyword", self.keywords)
         require(self.clients_per_round <= self.num_clients, "clients_per_round",
                 f"must be at most --num-clients ({self.num_clients})", self.clients_per_round)
+        check_defences(self)
 
     @property
     def keyword_tuple(self) -> tuple[str, ...]:
@@ -205,8 +214,10 @@ def head_meta(options: KwsOptions) -> dict:
             "positions": encoder.positions, "d_model": encoder.d_model, "classes": list(corpus_for(options).classes)}
 
 
-def client_update(options: KwsOptions, partition_id: int, state: dict[str, torch.Tensor], round_number: int) -> tuple[dict | None, dict]:
+def client_update(options: KwsOptions, partition_id: int, state: dict[str, torch.Tensor], round_number: int,
+                  flip_labels: bool = False) -> tuple[dict | None, dict]:
     """One client's round: encode its own clips once (cached on its disk), train the head from the cache.
+    ``flip_labels``: a label-flipping attacker's round (every clip trained as the next class).
 
     Returns (new head weights, metrics); weights are None when the client has too few examples to train.
     """
@@ -223,6 +234,8 @@ def client_update(options: KwsOptions, partition_id: int, state: dict[str, torch
     encoded_at = time.perf_counter()
     head = new_head(options)
     head.load_state_dict(state)
+    if flip_labels:
+        labels = (labels + 1) % len(corpus_for(options).classes)
     metrics = train_head(head, features, labels, options.train_options(round_number, partition_id))
     finished = time.perf_counter()
     metrics |= {"encoded-clips": encoded_now, "skipped-clips": skipped, "encode-seconds": encoded_at - started,
