@@ -24,6 +24,7 @@ import distill_bench  # noqa: E402  (benchmarks/distill_bench.py)
 import fl_asr_bench  # noqa: E402  (benchmarks/fl_asr_bench.py)
 import fl_hetero_bench  # noqa: E402  (benchmarks/fl_hetero_bench.py)
 import kws_bench  # noqa: E402  (benchmarks/kws_bench.py)
+import reliability_bench  # noqa: E402  (benchmarks/reliability_bench.py)
 
 from fedwhisper.data.synth_asr import AsrSynthesisOptions, synthesize_audiofolder  # noqa: E402
 from fedwhisper.data.synth_kws import KwsSynthesisOptions, synthesize_speech_commands  # noqa: E402
@@ -274,14 +275,31 @@ def fl_hetero_rows(results: dict) -> list[str]:
     return rows
 
 
+def reliability_rows(results: dict) -> list[str]:
+    rows = []
+    if byzantine := results.get("byzantine"):
+        clean = byzantine["clean"]["fedavg"]["test_accuracy"]
+        for name, row in byzantine["attacked"].items():
+            cells = ", ".join(f"{rule} {r['test_accuracy']:.1%}" for rule, r in row.items())
+            rows.append(f"| KWS, {name} of {byzantine['clients']} clients attacking every round ({byzantine['rounds']} rounds): test "
+                        f"accuracy by rule (clean FedAvg {clean:.1%}) | {cells} |")
+    if dp := results.get("dp"):
+        cells = ", ".join(f"noise {noise}: {r['test_accuracy']:.1%}" + (f" (epsilon {r['epsilon']})" if r["epsilon"] else " (no DP)")
+                          for noise, r in dp["by_noise_multiplier"].items())
+        rows.append(f"| KWS with central DP (clip {dp['clip']}, delta {dp['delta']:g}, {dp['rounds']} rounds, 10 of 10 clients a round): "
+                    f"test accuracy | {cells} |")
+    return rows
+
+
 SUITES = {"foundation": (bench_foundation, foundation_rows),
           "kws": (lambda work: {name: run(work, SMALL) for name, run in kws_bench.PARTS.items()}, kws_rows),
           "asr": (lambda work: {name: run(work, SMALL) for name, run in asr_bench.PARTS.items()}, asr_rows),
           "fl-asr": (lambda work: {name: run(work, SMALL) for name, run in fl_asr_bench.PARTS.items()}, fl_asr_rows),
           "distill": (lambda work: {name: run(work, SMALL) for name, run in distill_bench.PARTS.items()}, distill_rows),
-          "fl-hetero": (lambda work: {name: run(work, SMALL) for name, run in fl_hetero_bench.PARTS.items()}, fl_hetero_rows)}
+          "fl-hetero": (lambda work: {name: run(work, SMALL) for name, run in fl_hetero_bench.PARTS.items()}, fl_hetero_rows),
+          "reliability": (lambda work: {name: run(work, SMALL) for name, run in reliability_bench.PARTS.items()}, reliability_rows)}
 PARTS = {"kws": kws_bench.PARTS, "asr": asr_bench.PARTS, "fl-asr": fl_asr_bench.PARTS, "distill": distill_bench.PARTS,
-         "fl-hetero": fl_hetero_bench.PARTS}  # suites whose parts may run alone
+         "fl-hetero": fl_hetero_bench.PARTS, "reliability": reliability_bench.PARTS}  # suites whose parts may run alone
 
 
 def update_readme() -> None:
