@@ -85,3 +85,32 @@ def test_resume_passes_over_a_damaged_round_checkpoint(tmp_path):
     # round 3 ran again from round 2's arrays, then round 4: every round recorded once
     assert [row["round"] for row in resumed.rows] == [0, 1, 2, 3, 4]
     assert [row["score"] for row in resumed.rows] == [0.0, 2.0, 4.0, 6.0, 8.0]
+
+
+def test_a_node_that_dies_leaves_the_others_training_and_a_late_one_is_asked_its_name():
+    from fedwhisper.fl.strategy import SeededFedAvg
+
+    class Changing:
+        def __init__(self):
+            self.nodes = [1, 2, 3]
+
+        def get_node_ids(self):
+            return list(self.nodes)
+
+    asked = []
+
+    def identify(grid, nodes):
+        asked.extend(nodes)
+        return {n: f"late-{n}" for n in nodes}
+
+    strategy = SeededFedAvg(clients_per_round=3, seed=0, client_names={1: "a", 2: "b", 3: "c"}, min_clients=2, identify=identify)
+    grid = Changing()
+    grid.nodes = [1, 3]  # node 2 died
+    sent = list(strategy.configure_train(1, ArrayRecord({"w": torch.zeros(2)}), ConfigRecord({}), grid))
+    assert sorted(m.metadata.dst_node_id for m in sent) == [1, 3]
+    grid.nodes = [1, 3, 9]  # a node connected late
+    sent = list(strategy.configure_train(2, ArrayRecord({"w": torch.zeros(2)}), ConfigRecord({}), grid))
+    assert asked == [9] and sorted(m.metadata.dst_node_id for m in sent) == [1, 3, 9]
+    grid.nodes = [1]
+    with pytest.raises(RuntimeError, match="at least 2 clients per round, but only 1 are connected"):
+        list(strategy.configure_train(3, ArrayRecord({"w": torch.zeros(2)}), ConfigRecord({}), grid))

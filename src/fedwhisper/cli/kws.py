@@ -72,6 +72,8 @@ def kws_federate(
     dp_clip: Annotated[float | None, typer.Option(help="clients clip their update to this L2 norm (with DP) [1.0]")] = None,
     attack: Annotated[str | None, typer.Option(help="simulate attackers: sign-flip, scale, random, label-flip [none]")] = None,
     attackers: Annotated[int | None, typer.Option(help="clients partition-00000 .. N-1 attack [0]")] = None,
+    min_clients: Annotated[int | None, typer.Option(help="a round goes on with the clients still connected if at least this many [1]")] = None,
+    round_timeout: Annotated[float | None, typer.Option(help="seconds a round waits for its replies [3600]")] = None,
     verbose: Annotated[bool, typer.Option(help="show Flower's and Ray's logs")] = False,
     deploy: Annotated[bool, typer.Option(help="run on a Flower deployment on this machine: a SuperLink and one SuperNode per "
                                               "client as processes, TLS and SuperNode authentication, each node holding only "
@@ -88,7 +90,7 @@ def kws_federate(
         num_clients=num_clients, clients_per_round=clients_per_round, rounds=rounds, local_epochs=local_epochs,
         batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer, cache_dir=str(cache_dir) if cache_dir else None, seed=seed,
         recipe=recipe, strategy=strategy, assumed_malicious=assumed_malicious, norm_limit=norm_limit, dp_noise_multiplier=dp_noise_multiplier,
-        dp_clip=dp_clip, attack=attack, attackers=attackers,
+        dp_clip=dp_clip, attack=attack, attackers=attackers, min_clients=min_clients, round_timeout=round_timeout,
     )
     options = KwsOptions.from_config(config)
     if deploy:

@@ -94,7 +94,7 @@ def federate(grid: Grid, options: KwsOptions, run_dir: str | Path, resume: bool 
                             checkpoint="head", strategy=options.strategy,
                             strategy_options=robust_options(options.strategy, options.clients_per_round, options.assumed_malicious),
                             norm_limit=options.norm_limit, dp_noise_multiplier=options.dp_noise_multiplier, dp_clip=options.dp_clip,
-                            num_clients=options.num_clients)
+                            num_clients=options.num_clients, min_clients=options.min_clients, round_timeout=options.round_timeout)
 
     def record(row: dict) -> None:
         plot_accuracy(run.rows, run.path / "accuracy.png")

@@ -46,6 +46,8 @@ class Federation:
     dp_noise_multiplier: float = 0.0  # > 0: central DP (fl.defences.CentralDp): clients clip to dp_clip, the server adds noise
     dp_clip: float = 1.0
     num_clients: int = 0  # the population clients are drawn from (DP accounting)
+    min_clients: int = 1  # a round with fewer clients connected, or trained, keeps the model (dead nodes: the others go on)
+    round_timeout: float = 3600.0  # seconds a round waits for replies; a node that died replies with an error once the SuperLink notices
 
 
 def identify_clients(grid: Grid, expected: int, timeout: float) -> dict[int, str]:
@@ -56,6 +58,11 @@ def identify_clients(grid: Grid, expected: int, timeout: float) -> dict[int, str
         if time.monotonic() > deadline:
             raise FedwhisperError(f"only {len(nodes)} of {expected} clients connected within {timeout:g} s")
         time.sleep(0.5)
+    return ask_names(grid, nodes, timeout)
+
+
+def ask_names(grid: Grid, nodes: list[int], timeout: float = 120.0) -> dict[int, str]:
+    """The names ``nodes`` give for themselves (``node-ID`` for one that does not answer)."""
     messages = [Message(RecordDict({"config": ConfigRecord({"ask": CLIENT_NAME})}), dst_node_id=node, message_type=MessageType.QUERY)
                 for node in nodes]
     names = {}
@@ -95,12 +102,13 @@ def run_federation(grid: Grid, federation: Federation, run: RunDirectory, option
     if remaining <= 0:
         log.warning("run %s already has %d of %d rounds", run.path, start_round, federation.rounds)
         return run
-    names = identify_clients(grid, federation.clients_per_round, federation.connect_timeout)
+    names = identify_clients(grid, federation.clients_per_round, federation.connect_timeout)  # all expected at the start
     if federation.plan is not None:
         strategy = SeededGroups(federation.clients_per_round, federation.seed, names, start_round, federation.plan)
     else:
         strategy = seeded_strategy(federation.strategy, federation.clients_per_round, federation.seed, names, start_round,
-                                   norm_limit=federation.norm_limit, uniform=federation.dp_noise_multiplier > 0, **federation.strategy_options)
+                                   norm_limit=federation.norm_limit, uniform=federation.dp_noise_multiplier > 0,
+                                   min_clients=federation.min_clients, identify=ask_names, **federation.strategy_options)
     rounds_of = strategy  # what the rounds are run by: the strategy, or the DP wrapper around it
     if federation.dp_noise_multiplier > 0:
         rounds_of = CentralDp(strategy, federation.dp_noise_multiplier, federation.dp_clip, federation.clients_per_round)
@@ -136,7 +144,8 @@ def run_federation(grid: Grid, federation: Federation, run: RunDirectory, option
         return MetricRecord(metrics)
 
     config = ConfigRecord({**federation.train_config, "round-offset": start_round, "seed": federation.seed})
-    rounds_of.start(grid=grid, initial_arrays=ArrayRecord(arrays), num_rounds=remaining, train_config=config, evaluate_fn=evaluate)
+    rounds_of.start(grid=grid, initial_arrays=ArrayRecord(arrays), num_rounds=remaining, train_config=config, evaluate_fn=evaluate,
+                    timeout=federation.round_timeout)
     idle = [row["round"] for row in run.rows if row.get("clients_trained") == 0]
     if idle:
         raise FedwhisperError(f"no client trained in round{'s' if len(idle) > 1 else ''} {', '.join(map(str, idle))}: the model did not "

@@ -42,8 +42,8 @@ class SeededSampling:
     and, in name order, each replying client's metrics."""
 
     def __init__(self, clients_per_round: int, seed: int, client_names: dict[int, str], round_offset: int = 0,
-                 norm_limit: float = 10.0, uniform: bool = False, **kwargs):
-        super().__init__(fraction_train=1.0, min_train_nodes=clients_per_round, min_available_nodes=clients_per_round,
+                 norm_limit: float = 10.0, uniform: bool = False, min_clients: int = 1, identify=None, **kwargs):
+        super().__init__(fraction_train=1.0, min_train_nodes=min_clients, min_available_nodes=min_clients,
                          fraction_evaluate=0.0, weighted_by_key=WEIGHT, **kwargs)
         self.clients_per_round = clients_per_round
         self.seed = seed
@@ -51,6 +51,8 @@ class SeededSampling:
         self.round_offset = round_offset  # a resumed run's rounds continue its numbering: the same clients are drawn
         self.norm_limit = norm_limit  # an update's norm above this many times the round's median is rejected (0: no limit)
         self.uniform = uniform  # every trained client weighs the same (DP: the noise is calibrated to a plain mean)
+        self.min_clients = min_clients  # fewer connected, or fewer trained replies, and the round keeps the model
+        self.identify = identify  # (grid, node ids) -> their names: nodes that connect late are asked before they are sampled
         self.set_aside: list[Message] = []  # error replies a wrapper (fl.defences.CentralDp) took out before this saw them
         self.last_round: dict = {}
         self._sent: dict[str, np.ndarray] = {}
@@ -60,10 +62,15 @@ class SeededSampling:
         return self.client_names.get(node_id, f"node-{node_id}")
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        if self.identify and (newcomers := [n for n in grid.get_node_ids() if n not in self.client_names]):
+            self.client_names.update(self.identify(grid, newcomers))
         nodes = sorted(grid.get_node_ids(), key=self.name_of)
-        if len(nodes) < self.clients_per_round:
-            raise RuntimeError(f"{self.clients_per_round} clients per round, but only {len(nodes)} are connected")
-        chosen = random.Random(round_seed(self.seed, server_round + self.round_offset)).sample(nodes, self.clients_per_round)
+        if len(nodes) < self.min_clients:
+            raise RuntimeError(f"at least {self.min_clients} clients per round, but only {len(nodes)} are connected")
+        if len(nodes) < self.clients_per_round:  # nodes died or have not come back: the round goes on with the others
+            log.warning("round %d: %d clients per round, but only %d are connected; sampling them all",
+                        server_round + self.round_offset, self.clients_per_round, len(nodes))
+        chosen = random.Random(round_seed(self.seed, server_round + self.round_offset)).sample(nodes, min(self.clients_per_round, len(nodes)))
         self._sent = {key: arrays[key].numpy() for key in arrays.keys()}
         self._bytes_down = record_bytes(arrays)
         # the strategy's own configure_train (it keeps its server-optimizer state, FedProx adds its mu) over the chosen
@@ -102,6 +109,9 @@ class SeededSampling:
             log.warning("round %d: %d updates rejected: %s", round_number, len(rejections), "; ".join(sorted(rejections)))
         if not trained:
             log.warning("round %d: no client trained; the model stays as it was", round_number)
+            return None, None
+        if len(trained) < self.min_clients:
+            log.warning("round %d: %d clients trained, fewer than the %d required; the model stays as it was", round_number, len(trained), self.min_clients)
             return None, None
         if self.uniform:
             for reply in trained:

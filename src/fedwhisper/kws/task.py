@@ -59,6 +59,8 @@ class KwsOptions(RunConfigOptions):
     dp_clip: float = 1.0
     attack: str = "none"  # simulated attackers (fl/attacks.py): sign-flip, scale, random, label-flip
     attackers: int = 0  # clients partition-00000 .. attackers-1 attack
+    min_clients: int = 1  # a round goes on with the clients still connected if at least this many; fewer trained: the model stays
+    round_timeout: float = 3600.0  # seconds a round waits for its replies
 
     def __post_init__(self):
         """Ranges, choices and relations, checked wherever options are built (CLI, run config, resumed run): the
@@ -66,7 +68,7 @@ class KwsOptions(RunConfigOptions):
         from fedwhisper.kws.model import HEADS
         from fedwhisper.kws.train import OPTIMIZERS
 
-        for name in ("num_clients", "clients_per_round", "rounds", "local_epochs", "batch_size", "min_client_examples"):
+        for name in ("num_clients", "clients_per_round", "rounds", "local_epochs", "batch_size", "min_client_examples", "min_clients"):
             require(getattr(self, name) >= 1, name, "must be at least 1", getattr(self, name))
         require(self.learning_rate > 0, "learning_rate", "must be positive", self.learning_rate)
         require(0 < self.window_seconds <= 30, "window_seconds", "must be in (0, 30] (Whisper's window)", self.window_seconds)
@@ -78,6 +80,8 @@ class KwsOptions(RunConfigOptions):
         require(self.clients_per_round <= self.num_clients, "clients_per_round",
                 f"must be at most --num-clients ({self.num_clients})", self.clients_per_round)
         check_defences(self)
+        require(self.min_clients <= self.clients_per_round, "min_clients", f"must be at most --clients-per-round ({self.clients_per_round})", self.min_clients)
+        require(self.round_timeout > 0, "round_timeout", "must be positive", self.round_timeout)
 
     @property
     def keyword_tuple(self) -> tuple[str, ...]:
