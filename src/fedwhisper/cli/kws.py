@@ -75,6 +75,8 @@ def kws_federate(
     min_clients: Annotated[int | None, typer.Option(help="a round goes on with the clients still connected if at least this many [1]")] = None,
     round_timeout: Annotated[float | None, typer.Option(help="seconds a round waits for its replies [3600]")] = None,
     verbose: Annotated[bool, typer.Option(help="show Flower's and Ray's logs")] = False,
+    secagg: Annotated[bool, typer.Option(help="secure aggregation (Flower's SecAgg+): the server sees only masked updates; "
+                                              "every client takes part in every round; FedAvg only")] = False,
     deploy: Annotated[bool, typer.Option(help="run on a Flower deployment on this machine: a SuperLink and one SuperNode per "
                                               "client as processes, TLS and SuperNode authentication, each node holding only "
                                               "its client's clips (RUN_DIR/deployment)")] = False,
@@ -93,7 +95,15 @@ def kws_federate(
         dp_clip=dp_clip, attack=attack, attackers=attackers, min_clients=min_clients, round_timeout=round_timeout,
     )
     options = KwsOptions.from_config(config)
-    if deploy:
+    if secagg:
+        from fedwhisper.fl.secure import simulate_secure
+
+        if options.strategy != "fedavg" or options.dp_noise_multiplier or deploy or resume:
+            raise FedwhisperError("--secagg runs FedAvg in the simulation engine, without --strategy, --dp-noise-multiplier, --deploy or --resume")
+        run = simulate_secure(options, run_dir)
+        for row in run.rows:
+            print_round(row)
+    elif deploy:
         run = deploy_run(options, run_dir, resume=bool(resume), on_line=_flower_line(verbose))
         for row in run.rows:
             print_round(row)
