@@ -6,13 +6,14 @@ import urllib.error
 import urllib.request
 
 import pytest
+from safetensors.torch import load_file
 
 from fedwhisper.fl.deploy import make_node_key
-from fedwhisper.fl.kws_app import deployed_run_config, deployment_of
+from fedwhisper.fl.kws_app import deployed_run_config, deployment_of, simulate
 from fedwhisper.kws.task import KwsOptions
 
 
-def test_a_tls_deployment_with_node_auth_trains_and_refuses_strangers(tiny_whisper_dir, tiny_kws_corpus, tmp_path):
+def test_a_tls_deployment_with_node_auth_trains_as_the_simulation_and_refuses_strangers(tiny_whisper_dir, tiny_kws_corpus, tmp_path):
     options = KwsOptions(corpus=str(tiny_kws_corpus), model=str(tiny_whisper_dir), keywords="yes,no,up", num_clients=3,
                          clients_per_round=2, rounds=2, local_epochs=1, cache_dir=str(tmp_path / "server-cache"))
     run_dir = tmp_path / "run"
@@ -31,6 +32,11 @@ def test_a_tls_deployment_with_node_auth_trains_and_refuses_strangers(tiny_whisp
         assert deployment.run(deployed_run_config(options, run_dir), lines.append, timeout=600) == 0, "\n".join(lines[-40:])
     assert [row["round"] for row in json.loads((run_dir / "metrics.json").read_text())] == [0, 1, 2]
     assert all(row["clients_trained"] == 2 for row in json.loads((run_dir / "metrics.json").read_text())[1:])
+    # the same clients, data, seeds and aggregation order as the simulation engine's run: the same head
+    simulated = simulate(options, tmp_path / "simulated")
+    assert [r["clients_trained"] for r in simulated.rows[1:]] == [2, 2]
+    deployed, local = (load_file(str(d / "head-round-002.safetensors")) for d in (run_dir, tmp_path / "simulated"))
+    assert max(float((deployed[k] - local[k]).abs().max()) for k in local) <= 1e-6
     # each SuperNode was given only its own client's clips
     clients = sorted((tmp_path / "deployment" / "clients").glob("partition-*[0-9]"))
     assert len(clients) == 3

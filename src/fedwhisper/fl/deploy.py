@@ -266,7 +266,8 @@ class Deployment:
             argv += ["--auth-supernode-private-key", str(private_key)]
         if max_wait is not None:
             argv += ["--max-wait-time", str(max_wait)]
-        return self.processes.start(name, argv, self.log(name), self.env)
+        # one thread per SuperNode: the simulation engine gives each client one CPU, and the numbers then agree bit for bit
+        return self.processes.start(name, argv, self.log(name), {**self.env, "OMP_NUM_THREADS": "1"})
 
     def online_nodes(self) -> int:
         result = self.flwr("supernode", "list", CONNECTION, "--format", "json")

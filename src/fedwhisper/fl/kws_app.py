@@ -41,11 +41,13 @@ METRICS = ("train_loss", "train_accuracy", "encoded-clips", "skipped-clips", "lo
 
 
 def client_options(run_config: dict, context: Context) -> tuple[KwsOptions, int]:
-    """This client's options and partition: its own corpus directory (deployment) or its simulation partition."""
+    """This client's options and partition: its own corpus directory (deployment; ``partition-id``, if given, seeds
+    its silence crops and training as the simulation's client of that number) or its simulation partition."""
     node = context.node_config
     if "corpus" in node:  # deployment: every training clip of the device's own corpus, its encoder cache beside it
-        options = replace(with_recipe(KwsOptions.from_config(run_config)), corpus=str(node["corpus"]), num_clients=1, clients_per_round=1)
-        return replace(options, cache_dir=str(node.get("cache-dir", options.cache_dir))), 0
+        options = replace(with_recipe(KwsOptions.from_config(run_config)), corpus=str(node["corpus"]), num_clients=1, clients_per_round=1,
+                          min_clients=1)
+        return replace(options, cache_dir=str(node.get("cache-dir", options.cache_dir))), int(node.get("partition-id", 0))
     return with_recipe(KwsOptions.from_config(run_config)), int(context.node_config["partition-id"])
 
 
@@ -118,10 +120,11 @@ def deployment_of(options: KwsOptions, home: Path) -> Iterator[Deployment]:
     clients = write_client_corpora(options, home / "clients")
     with Deployment(home) as deployment:
         deployment.start_superlink()
-        for folder in clients:
+        for partition, folder in enumerate(clients):
             private, public = make_node_key(deployment.home / "keys", folder.name)
             deployment.register(public)
-            deployment.start_supernode(folder.name, private, {"corpus": str(folder), "cache-dir": str(folder.with_suffix(".cache"))})
+            deployment.start_supernode(folder.name, private, {"corpus": str(folder), "cache-dir": str(folder.with_suffix(".cache")),
+                                                              "partition-id": partition})
         deployment.wait_online(len(clients))
         yield deployment
 

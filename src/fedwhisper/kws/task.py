@@ -179,8 +179,11 @@ def client_partitions(options: KwsOptions):
 
 
 def client_examples(options: KwsOptions, partition_id: int) -> KwsExamples:
-    shard = client_partitions(options).load_partition(partition_id)
-    return corpus_for(options).examples(shard, seed=options.seed * 7919 + partition_id)
+    """Client ``partition_id``'s clips and silence crops. A corpus of one client (a device's own, in a deployment) is its
+    whole training split; ``partition_id`` still seeds the crops, so a deployed client is the simulated one."""
+    corpus = corpus_for(options)
+    shard = corpus.splits["train"] if options.num_clients == 1 else client_partitions(options).load_partition(partition_id)
+    return corpus.examples(shard, seed=options.seed * 7919 + partition_id)
 
 
 def write_client_corpora(options: KwsOptions, out: str | Path) -> list[Path]:
