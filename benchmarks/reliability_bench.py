@@ -1,6 +1,7 @@
 """Reliability benchmarks on federated keyword spotting (the demo's 300-speaker corpus, 10 clients of 30 speakers,
 all 10 every round): what k attacking clients do to each aggregation rule, and what central differential
-privacy costs in accuracy for the epsilon it buys. Each part runs alone (`run.py reliability:byzantine`)."""
+privacy costs in accuracy for the epsilon it buys, and a deployment's faults (SuperNodes and the SuperLink killed).
+Each part runs alone (`run.py reliability:byzantine`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from pathlib import Path
 from fedwhisper.data.synth_kws import KwsSynthesisOptions, synthesize_speech_commands
 from fedwhisper.fl.attacks import ATTACKS
 from fedwhisper.fl.defences import DP_DELTA, dp_epsilon
-from fedwhisper.fl.kws_app import simulate
+from fedwhisper.fl.kws_app import deploy, deployed_run_config, deployment_of, simulate
 from fedwhisper.kws.task import KwsOptions
+from fedwhisper.runs import RunDirectory
 
 RULES = ("fedavg", "median", "trimmed-mean", "multikrum")  # bulyan needs 4f + 3 <= 10 (f = 1 only); krum keeps one update
 
@@ -51,10 +53,10 @@ def byzantine(work: Path, small: bool, attackers: tuple[int, ...] = (2,)) -> dic
 
 
 def dp(work: Path, small: bool) -> dict:
-    """The demo's federation (100 clients of 3 speakers, 10 a round, 10 rounds): test accuracy against the noise
-    multiplier (clients clip their update to 1.0, Flower's wrapper adds the noise to the mean), with the epsilon at
-    delta 1e-5 the RDP accountant gives for that sampling over those rounds."""
-    options = _options(work, small, rounds=10, clients=100, per_round=10)
+    """10 clients of 30 speakers, all 10 a round, 10 rounds: test accuracy against the noise multiplier (clients clip
+    their update to 1.0, Flower's wrapper adds the noise to the mean), with the epsilon at delta 1e-5 the RDP
+    accountant gives for that sampling over those rounds."""
+    options = _options(work, small, rounds=10)
     rows = {}
     for noise in (0.0, 0.3, 0.6, 1.0):
         result = _final(replace(options, dp_noise_multiplier=noise, dp_clip=1.0), work / f"dp-{noise}")
@@ -64,4 +66,49 @@ def dp(work: Path, small: bool) -> dict:
             "by_noise_multiplier": rows}
 
 
-PARTS = {"byzantine": byzantine, "dp": dp}
+def _deployed(options: KwsOptions, work: Path, name: str, at_round: int, kill) -> tuple[int, float]:
+    """A deployment of ``options`` whose processes named by ``kill(deployment)`` are stopped once round ``at_round``
+    starts; (flwr run's exit code, wall seconds)."""
+    started = time.perf_counter()
+    with deployment_of(options, work / f"{name}-deployment") as deployment:
+        def watch(line: str) -> None:
+            if f"[ROUND {at_round}/" in line:
+                for process in kill(deployment):
+                    deployment.processes.stop(process)
+
+        code = deployment.run(deployed_run_config(options, work / name), watch)
+    return code, time.perf_counter() - started
+
+
+def faults(work: Path, small: bool) -> dict:
+    """10 SuperNodes over TLS with node authentication (10 rounds, every client every round, a round goes on with at
+    least 5): 3 SuperNodes killed as round 3 starts, against the same federation in the simulation engine (which a
+    deployment reproduces exactly, tests/fl/test_deploy.py); and the SuperLink killed as round 6 starts, then the
+    deployment started again with --resume: its final head against the uninterrupted run's."""
+    from safetensors.torch import load_file
+
+    options = replace(_options(work, small, rounds=10), min_clients=5)
+    started = time.perf_counter()
+    clean = simulate(options, work / "clean")
+    clean_seconds = time.perf_counter() - started
+    code, killed_seconds = _deployed(options, work, "killed", 3, lambda d: [n for n in d.processes.started if n.startswith("partition")][-3:])
+    killed = RunDirectory(work / "killed").rows
+    code_stopped, _ = _deployed(options, work, "resumed", 6, lambda d: ["superlink"])
+    stopped_at = RunDirectory(work / "resumed").last
+    started = time.perf_counter()
+    resumed = deploy(options, work / "resumed", resume=True)
+    resume_seconds = time.perf_counter() - started
+    last = f"head-round-{options.rounds:03d}.safetensors"
+    final, reference = load_file(str(work / "resumed" / last)), load_file(str(work / "clean" / last))
+    return {"clients": 10, "rounds": options.rounds, "min_clients": options.min_clients,
+            "clean": {"test_accuracy": round(clean.rows[-1]["test_accuracy"], 4), "wall_seconds": round(clean_seconds, 1)},
+            "three_killed": {"flwr_run_exit_code": code, "rounds_recorded": killed[-1]["round"], "test_accuracy": round(killed[-1]["test_accuracy"], 4),
+                             "clients_trained": [r.get("clients_trained") for r in killed[1:]], "clients_failed": [r.get("clients_failed") for r in killed[1:]],
+                             "round_seconds": [r["seconds"] for r in killed[1:]], "wall_seconds": round(killed_seconds, 1)},
+            "server_killed": {"flwr_run_exit_code": code_stopped, "rounds_recorded_before_kill": stopped_at,
+                              "resumed_rounds": resumed.last, "resume_wall_seconds": round(resume_seconds, 1),
+                              "final_head_max_abs_diff_vs_uninterrupted": max(float((final[k] - reference[k]).abs().max()) for k in reference),
+                              "test_accuracy": round(resumed.rows[-1]["test_accuracy"], 4)}}
+
+
+PARTS = {"byzantine": byzantine, "dp": dp, "faults": faults}

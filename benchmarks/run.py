@@ -286,7 +286,7 @@ def reliability_rows(results: dict) -> list[str]:
     if dp := results.get("dp"):
         cells = ", ".join(f"noise {noise}: {r['test_accuracy']:.1%}" + (f" (epsilon {r['epsilon']})" if r["epsilon"] else " (no DP)")
                           for noise, r in dp["by_noise_multiplier"].items())
-        rows.append(f"| KWS with central DP (clip {dp['clip']}, delta {dp['delta']:g}, {dp['rounds']} rounds, {dp['per_round']} of {dp['clients']} clients a round): "
+        rows.append(f"| KWS with central DP (clip {dp['clip']}, delta {dp['delta']:g}, {dp['rounds']} rounds, {dp.get('per_round', 10)} of {dp.get('clients', 10)} clients a round): "
                     f"test accuracy | {cells} |")
     return rows
 
