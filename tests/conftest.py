@@ -18,13 +18,22 @@ def runs_in_tmp(tmp_path, monkeypatch):
 FLOWER_PROCESSES = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp", "flwr-clientapp", "flwr-simulation")
 
 
+SESSION = "FEDWHISPER_TEST_SESSION"  # inherited by every process the tests start, and by nothing else on the machine
+os.environ[SESSION] = str(os.getpid())
+
+
 def flower_processes() -> dict[int, str]:
+    """Flower processes started by this test session (not another job's on the same machine)."""
     import psutil
 
     found = {}
     for process in psutil.process_iter(["cmdline"]):
         command = " ".join(process.info["cmdline"] or [])
-        if any(name in command for name in FLOWER_PROCESSES):
+        try:
+            ours = process.environ().get(SESSION) == os.environ[SESSION]
+        except psutil.Error:
+            continue
+        if ours and any(name in command for name in FLOWER_PROCESSES):
             found[process.pid] = command[:160]
     return found
 
