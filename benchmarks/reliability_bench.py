@@ -5,6 +5,7 @@ Each part runs alone (`run.py reliability:byzantine`)."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,8 +28,14 @@ def _options(work: Path, small: bool, rounds: int, clients: int = 10, per_round:
 
 
 def _final(options: KwsOptions, run_dir: Path) -> dict:
+    """The run's final accuracy; a run already complete in ``run_dir`` (an interrupted benchmark, run again) is read."""
     started = time.perf_counter()
-    rows = simulate(options, run_dir).rows
+    done = RunDirectory(run_dir)
+    if done.rows and done.last == options.rounds and done.saved_options() == options.to_config():
+        rows = done.rows
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        rows = simulate(options, run_dir).rows
     last = rows[-1]
     return {"test_accuracy": round(last["test_accuracy"], 4), "validation_accuracy": round(last["validation_accuracy"], 4),
             "updates_rejected": sum(r.get("clients_rejected", 0) for r in rows), "wall_seconds": round(time.perf_counter() - started, 1),
@@ -112,3 +119,4 @@ def faults(work: Path, small: bool) -> dict:
 
 
 PARTS = {"byzantine": byzantine, "dp": dp, "faults": faults}
+RESUMABLE = ("byzantine", "dp")  # their work directories are kept: finished runs are read, not run again

@@ -326,8 +326,9 @@ def main(names: list[str]) -> None:
     for name in names or list(SUITES):
         suite, _, part = name.partition(":")
         work = ROOT / "benchmarks" / "work" / name.replace(":", "-")
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
+        if not (suite == "reliability" and part in reliability_bench.RESUMABLE):
+            shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True, exist_ok=True)
         path = RESULTS / f"{suite}{'-small' if SMALL else ''}.json"
         started = time.perf_counter()
         if part:
