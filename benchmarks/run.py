@@ -283,6 +283,14 @@ def reliability_rows(results: dict) -> list[str]:
             cells = ", ".join(f"{rule} {r['test_accuracy']:.1%}" for rule, r in row.items())
             rows.append(f"| KWS, {name} of {byzantine['clients']} clients attacking every round ({byzantine['rounds']} rounds): test "
                         f"accuracy by rule (clean FedAvg {clean:.1%}) | {cells} |")
+    if faults := results.get("faults"):
+        killed, resumed = faults["three_killed"], faults["server_killed"]
+        rows.append(f"| KWS deployed (SuperLink + {faults['clients']} SuperNodes, TLS, node auth), 3 SuperNodes killed as round 3 starts: "
+                    f"rounds finished, test accuracy vs the same federation uninterrupted | {killed['rounds_recorded']} of {faults['rounds']}, "
+                    f"{killed['test_accuracy']:.2%} vs {faults['clean']['test_accuracy']:.2%} (7 clients a round after the kill) |")
+        rows.append(f"| … SuperLink killed as round {resumed['rounds_recorded_before_kill'] + 1} starts, deployment restarted with --resume: "
+                    f"final head vs uninterrupted | max abs diff {resumed['final_head_max_abs_diff_vs_uninterrupted']:g}, "
+                    f"{resumed['resumed_rounds']} rounds, test {resumed['test_accuracy']:.2%} |")
     if dp := results.get("dp"):
         cells = ", ".join(f"noise {noise}: {r['test_accuracy']:.1%}" + (f" (epsilon {r['epsilon']})" if r["epsilon"] else " (no DP)")
                           for noise, r in dp["by_noise_multiplier"].items())
