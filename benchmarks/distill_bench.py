@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -151,8 +152,6 @@ UNLABELLED_SENTENCES = 2000
 def untranscribed_corpus(work: Path, features: Path, small: bool) -> Path:
     """What a device holds beside its few transcripts: the training speakers of the English corpus reading new
     sentences (none of the corpus's or the flite set's), without transcripts; validation and test speakers left out."""
-    import csv
-
     import asr_bench
 
     from fedwhisper.asr.prepare import load_features
@@ -162,15 +161,20 @@ def untranscribed_corpus(work: Path, features: Path, small: bool) -> Path:
     out = work / "asr-en-untranscribed"
     options = replace(asr_bench.english_espeak_options(small), sentences=200 if small else UNLABELLED_SENTENCES, text=str(text))  # same voices
     synthesize_audiofolder(out, options)
-    held = set(load_features(features)[0]["validation"]["speaker_id"])
-    with open(out / "train" / "metadata.csv", newline="", encoding="utf-8") as stream:
+    return _without_transcripts(out, set(load_features(features)[0]["validation"]["speaker_id"]), work / "untranscribed")
+
+
+def _without_transcripts(corpus: Path, held: set[str], private: Path) -> Path:
+    """A corpus whose metadata points at ``corpus``'s training clips of speakers not in ``held``, without transcripts."""
+    import csv
+
+    with open(corpus / "train" / "metadata.csv", newline="", encoding="utf-8") as stream:
         rows = [row for row in csv.DictReader(stream) if row["speaker_id"] not in held]
-    private = work / "untranscribed"
     (private / "train").mkdir(parents=True, exist_ok=True)
     with open(private / "train" / "metadata.csv", "w", newline="", encoding="utf-8") as stream:
         writer = csv.DictWriter(stream, fieldnames=["file_name", "speaker_id"], extrasaction="ignore")
         writer.writeheader()
-        writer.writerows({**row, "file_name": str(out / "train" / row["file_name"])} for row in rows)
+        writer.writerows({**row, "file_name": str(corpus / "train" / row["file_name"])} for row in rows)
     return private
 
 
@@ -451,4 +455,73 @@ def threads(work: Path, small: bool) -> dict:
     return results
 
 
-PARTS = {"students": students, "serving": serving, "threads": threads}
+SCALE_STEPS = 3000
+
+
+def _distilled(out: Path, labelled: Path, student: str, teacher: str, steps: int):
+    """``distill_run`` into ``out`` with the students' recipe, or its continuation when ``out`` holds a run."""
+    from fedwhisper.asr.train import TrainConfig
+    from fedwhisper.distill import distill_run
+
+    if (out / "options.json").is_file():
+        return distill_run(out, resume=True, progress=False)
+    config = TrainConfig(**STUDENT_TRAINING, max_steps=steps, eval_every=steps // 6, save_every=steps // 6, log_every=max(steps // 30, 1),
+                         eval_clips=None, window="clip")
+    return distill_run(out, labelled=labelled, student=student, teacher=teacher, config=config, progress=False)
+
+
+def scale(work: Path, small: bool) -> dict:
+    """Does more pseudo-labelled audio close the tiny.en student's gap? Every built-in sentence no corpus of the students
+    part reads, read four times by its training speakers in four speaker pairings (readings a-d), labelled by its
+    tiny.en teacher (no transcripts: all labels kept); a student from its student-init trained on its labels + a + b,
+    then continued from that student's best on everything (+ c + d), the same steps each. Needs ``distill:students``'
+    work; resumable: every output is kept (run.py leaves this part's directory in place)."""
+    import asr_bench
+
+    from fedwhisper.asr.prepare import load_features
+    from fedwhisper.data.synth_asr import synthesize_audiofolder
+    from fedwhisper.data.text import load_sentences
+    from fedwhisper.distill import pseudo_label
+
+    students_work = work.parent / "distill-students"
+    home = students_work / "tiny.en"
+    teacher = str(home / "teacher" / "best")
+    used = set()
+    for corpus in ("asr-en-espeak", "asr-en-flite", "asr-en-untranscribed"):
+        for split in ("train", "test"):
+            with open(students_work / corpus / split / "metadata.csv", newline="", encoding="utf-8") as stream:
+                used |= {row["transcription"] for row in csv.DictReader(stream)}
+    fresh = [s for s in load_sentences("en") if s not in used][: 40 if small else None]
+    held = set(load_features(students_work / "features-en")[0]["validation"]["speaker_id"])
+    readings = {"a": fresh, "b": fresh[::-1], "c": fresh[1::2] + fresh[::2], "d": fresh[::-1][1::2] + fresh[::-1][::2]}
+    labelled, started = {}, time.perf_counter()
+    for name, order in readings.items():
+        text = work / f"sentences-{name}.txt"
+        text.write_text("\n".join(order) + "\n", encoding="utf-8")
+        corpus = work / f"corpus-{name}"
+        synthesize_audiofolder(corpus, replace(asr_bench.english_espeak_options(small), sentences=len(order), text=str(text)), workers=2)
+        labelled[name] = work / f"labelled-{name}"
+        pseudo_label(_without_transcripts(corpus, held, work / f"untranscribed-{name}"), teacher, labelled[name], wer_threshold=10.0,
+                     window="clip", progress=False)
+    first = _merged_labels(_merged_labels(home / "labelled-all", labelled["a"], work / "merged-a"), labelled["b"], work / "merged-ab")
+    everything = _merged_labels(_merged_labels(first, labelled["c"], work / "merged-abc"), labelled["d"], work / "merged-abcd")
+    seconds = {"corpora_and_labels": round(time.perf_counter() - started, 1)}
+    steps = 6 if small else SCALE_STEPS
+    held_out = {"held_out_espeak": load_features(students_work / "features-en")[0]["test"],
+                "flite": load_features(students_work / "features-en-flite")[0]["test"]}
+    results = {"fresh_sentences": len(fresh), "steps_per_stage": steps, "student_training": STUDENT_TRAINING, "stages": {}}
+    previous = str(home / "student-init")
+    for stage, labels in (("student", first), ("student-cd", everything)):
+        run = _distilled(work / stage, labels, previous, teacher, steps)
+        previous = str(work / stage / "best")
+        results["stages"][stage] = {"train_clips": len(load_features(labels)[0]["train"]), "best_step": run.best_step,
+                                    "validation_wer": round(run.best_wer, 4),
+                                    "test_wer": {name: asr_bench.wer_of(previous, split, "en", "clip")["wer"] for name, split in held_out.items()}}
+    results["students_part_tiny_en_clips"] = len(load_features(home / "labelled-all")[0]["train"])
+    results["seconds"] = seconds
+    return results
+
+
+PARTS = {"students": students, "serving": serving, "threads": threads, "scale": scale}
+DEFAULT_PARTS = ("students", "serving", "threads")  # scale runs on demand: hours, after students
+RESUMABLE = ("scale",)

@@ -13,7 +13,7 @@ import csv
 import json
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import asr_bench
@@ -189,4 +189,125 @@ def compare(work: Path, small: bool) -> dict:
     return results
 
 
-PARTS = {"compare": compare}
+@dataclass(frozen=True)
+class WeakTierVariant:
+    """One way to update the weakest tier's model in a FedKAD round (``replay_weakest_tier``)."""
+
+    server_kd_steps: int = 8  # the server's distillation from the global model (0: none)
+    kd_learning_rate_scale: float = 1.0
+    client_kd: bool = False  # the weak tier's clients distil from the global model on their own clips instead of plain CE
+    others: str = ""  # what the other tiers' clients of the round add: "", "lora", "full-block" (fedavg-uniform's), "top-block"
+
+
+WEAK_TIER_VARIANTS = {
+    "as-run": WeakTierVariant(),
+    "no-server-kd": WeakTierVariant(server_kd_steps=0),
+    "server-kd-32-steps-half-lr": WeakTierVariant(server_kd_steps=32, kd_learning_rate_scale=0.5),
+    "client-kd-from-global": WeakTierVariant(client_kd=True),
+    "others-lora": WeakTierVariant(others="lora"),
+    "others-lora-no-server-kd": WeakTierVariant(server_kd_steps=0, others="lora"),
+    "others-top-blocks-averaged": WeakTierVariant(server_kd_steps=0, others="top-block"),
+    "others-full-block-no-server-kd": WeakTierVariant(server_kd_steps=0, others="full-block"),
+}
+OTHERS_LORA = {"r": 32, "lora_alpha": 64, "target_modules": r"model\.decoder\.layers\.\d+\.(.*\.)?(q_proj|v_proj|fc1|fc2)"}
+
+
+def _tensor_bytes(state: dict) -> int:
+    return sum(v.numel() * v.element_size() for v in state.values())
+
+
+def replay_weakest_tier(config: dict, run_dir: str, name: str) -> dict:
+    """The weakest tier's model through the 8 rounds of a finished FedKAD run, updated as ``WEAK_TIER_VARIANTS[name]``
+    says, against the run's own global-model trajectory (its saved states): the same number of weak-tier clients per
+    round as the run (and of each other tier, for variants that use them), taken in turn; validation WER each round,
+    test WER at the end, and what the other tiers' clients would upload on top of FedKAD's top blocks."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+
+    from fedwhisper.asr.federated import local_training
+    from fedwhisper.asr.run import load_trainable_state, trainable_state
+    from fedwhisper.distill import DistillLoss, teacher_loss_fn
+
+    torch.set_num_threads(1)
+    variant, options = WEAK_TIER_VARIANTS[name], AsrFederationOptions.from_config(config)
+    run_dir = Path(run_dir)
+    rows = json.loads((run_dir / "metrics.json").read_text())
+    weak, *_, strong = ordered_tiers(options.tiers)
+    tiers = assign_tiers(options.num_clients, options.tiers, options.seed)
+    members = {t: [k for k, tier in enumerate(tiers) if tier == t] for t in set(tiers)}
+    saved = lambda r: load_file(str(run_dir / f"tiers-round-{r:03d}.safetensors"))  # noqa: E731
+    model = hetero.new_model(options, hetero.model_layers(options, weak))
+    load_trainable_state(model, hetero.group_state(saved(0), weak))
+    global_model = hetero.new_model(options, hetero.model_layers(options, strong))
+    proxy = hetero.ProxyBatches(options, global_model)
+    optimizer = hetero.trainable_optimizer(model, options.kd_learning_rate * variant.kd_learning_rate_scale)
+    taken, curve, extra_up = {t: 0 for t in members}, [hetero.validation_wer(options, model)], []
+    for r in range(1, options.rounds + 1):
+        previous = saved(r - 1)
+        load_trainable_state(global_model, hetero.group_state(previous, strong))
+        old = trainable_state(model)
+        loss_fn = teacher_loss_fn(global_model.eval(), DistillLoss()) if variant.client_kd else None
+        deltas = []  # (update of the weak model, examples)
+        for tier in rows[r]["client_tiers"]:
+            client = members[tier][taken[tier] % len(members[tier])]
+            taken[tier] += 1
+            if tier == weak or variant.others == "full-block":
+                trainee = hetero.new_model(options, hetero.model_layers(options, weak))
+                load_trainable_state(trainee, old)
+                arrays, metrics = local_training(trainee, hetero.train_config(options), options, client, r, loss_fn=loss_fn if tier == weak else None)
+                if tier != weak:
+                    extra_up.append(_tensor_bytes(arrays))
+            elif variant.others == "lora":
+                trainee = hetero.new_model(options, hetero.model_layers(options, weak))
+                load_trainable_state(trainee, old)
+                trainee = get_peft_model(trainee.requires_grad_(False), LoraConfig(bias="none", **OTHERS_LORA))
+                adapters, metrics = local_training(trainee, hetero.train_config(options), options, client, r)
+                extra_up.append(_tensor_bytes(adapters))
+                merged = trainee.merge_and_unload().state_dict()
+                arrays = {k: merged[k] for k in old}
+            elif variant.others == "top-block":  # the client's own FedKAD upload, its top block, put in the weak model's place
+                layers = hetero.model_layers(options, tier)
+                trainee = hetero.new_model(options, layers, options.upper_blocks)
+                load_trainable_state(trainee, hetero.group_state(previous, tier))
+                top, metrics = local_training(trainee, hetero.train_config(options), options, client, r)
+                arrays = {k.replace(f"layers.{layers - 1}.", f"layers.{hetero.model_layers(options, weak) - 1}."): v for k, v in top.items()}
+            else:
+                continue
+            deltas.append(({k: arrays[k] - old[k] for k in old}, metrics["num-examples"]))
+        total = sum(w for _, w in deltas)
+        load_trainable_state(model, {k: old[k] + sum(w / total * d[k] for d, w in deltas) for k in old})
+        if variant.server_kd_steps:
+            load_trainable_state(global_model, hetero.group_state(saved(r), strong))
+            first = (r - 1) * variant.server_kd_steps
+            hetero.distil(model, [global_model], [proxy[first + i] for i in range(variant.server_kd_steps)], optimizer)
+        curve.append(hetero.validation_wer(options, model))
+    test = hetero.evaluate_model(options, model, hetero.evaluation_rows(options, "test"))["wer"]
+    return {"validation_wer_curve": curve, "test_wer": test, "extra_upload_bytes_per_other_client": float(np.mean(extra_up)) if extra_up else 0.0}
+
+
+def weakest_tier(work: Path, small: bool) -> dict:
+    """Why FedKAD's weakest tier trails fedavg-uniform's model: ``replay_weakest_tier`` for every variant, two at a time,
+    from the suite's finished FedKAD run in ``benchmarks/work/fl-hetero`` (run ``benchmarks/run.py fl-hetero`` first;
+    this part is not in the suite's default run, which the issue bounds to 45 minutes)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    source = work.parent / "fl-hetero"
+    suite = json.loads((Path(__file__).resolve().parent / "results" / f"fl-hetero{'-small' if small else ''}.json").read_text())["compare"]
+    measured = suite["seconds_per_sample"]["fedkad_top_block"]
+    config = suite["options"] | {"algorithm": "fedkad", "eval_clips": 2 * suite["options"]["eval_clips"],
+                                 "tier_costs": ",".join(f"{k}:{v}" for k, v in measured.items())}
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {name: pool.submit(replay_weakest_tier, config, str(source / "run-fedkad"), name) for name in WEAK_TIER_VARIANTS}
+        replays = {name: future.result() for name, future in futures.items()}
+    full_size = suite["fedavg_full_size_upload_bytes_same_clients"] / sum(suite["fedkad"]["clients_trained"])
+    weak = ordered_tiers(suite["options"]["tiers"])[0]
+    rows = json.loads((source / "run-fedkad" / "metrics.json").read_text())
+    others = sum(tier != weak for row in rows for tier in row.get("client_tiers") or [])
+    return {"variants": {name: asdict(v) for name, v in WEAK_TIER_VARIANTS.items()}, "replays": replays,
+            "fedavg_uniform_test_wer": suite["fedavg-uniform"]["test_wer_by_tier"][weak], "fedkad_test_wer": suite["fedkad"]["test_wer_by_tier"][weak],
+            "full_size_upload_bytes_per_client": full_size, "other_tier_clients": others}
+
+
+PARTS = {"compare": compare, "weakest-tier": weakest_tier}

@@ -225,6 +225,13 @@ def distill_rows(results: dict) -> list[str]:
                         f"({timed['speedup_over_bound']:.0%} of it); end to end per clip {timed['end_to_end_per_clip_speedup']}x |")
         rows.append(f"| … speculative decoding (teacher + student assistant, {spec['clips']} clips, batch 1): same transcripts; speed | "
                     f"{spec['identical_transcripts']}/{spec['clips']}; {spec['speedup']}x |")
+    if (scale := results.get("scale")) and (students := results.get("students")):
+        teacher = students["tiny.en"]["teacher_wer"]
+        cells = "; ".join(f"{stage['train_clips']:,} clips: {stage['test_wer']['held_out_espeak']:.1%} / {stage['test_wer']['flite']:.1%}"
+                          for stage in scale["stages"].values())
+        rows.append(f"| … tiny.en student with more pseudo-labelled audio (the {scale['fresh_sentences']:,} unused sentences read 4 times; "
+                    f"{scale['steps_per_stage']} steps, then {scale['steps_per_stage']} more on all): WER held-out espeak-ng / flite "
+                    f"(teacher {teacher['held_out_espeak']['wer']:.1%} / {teacher['flite']['wer']:.1%}) | {cells} |")
     if threads := results.get("threads"):
         factor, slowdown = threads["real_time_factor"], threads["busy_slowdown"]
         rows.append(f"| `asr evaluate` speed with another process on one core ({threads['model']}, {threads['clips']} clips, 30-s windows, "
@@ -272,6 +279,11 @@ def fl_hetero_rows(results: dict) -> list[str]:
         gaps.append(f"{algorithm} {pi:.1%} vs {other:.1%} ({100 * (pi - other):+.1f})")
     rows.append("| … held-out speakers heard through the Pi-class microphone vs the others (global / shared model; fedmd: a "
                 f"laptop's own) | {'; '.join(gaps)} |")
+    if weakest := results.get("weakest-tier"):
+        cells = "; ".join(f"{name} {r['test_wer']:.1%}" + (f" (+{r['extra_upload_bytes_per_other_client'] / 1e6:.2f} MB up per other client)"
+                                                           if r["extra_upload_bytes_per_other_client"] else "") for name, r in weakest["replays"].items())
+        rows.append(f"| … FedKAD's weakest tier replayed against the run's global model, one change at a time: held-out WER "
+                    f"(fedkad as run {weakest['fedkad_test_wer']:.1%}, fedavg-uniform {weakest['fedavg_uniform_test_wer']:.1%}) | {cells} |")
     return rows
 
 
@@ -306,8 +318,8 @@ SUITES = {"foundation": (bench_foundation, foundation_rows),
           "kws": (lambda work: {name: run(work, SMALL) for name, run in kws_bench.PARTS.items()}, kws_rows),
           "asr": (lambda work: {name: run(work, SMALL) for name, run in asr_bench.PARTS.items()}, asr_rows),
           "fl-asr": (lambda work: {name: run(work, SMALL) for name, run in fl_asr_bench.PARTS.items()}, fl_asr_rows),
-          "distill": (lambda work: {name: run(work, SMALL) for name, run in distill_bench.PARTS.items()}, distill_rows),
-          "fl-hetero": (lambda work: {name: run(work, SMALL) for name, run in fl_hetero_bench.PARTS.items()}, fl_hetero_rows),
+          "distill": (lambda work: {name: distill_bench.PARTS[name](work, SMALL) for name in distill_bench.DEFAULT_PARTS}, distill_rows),
+          "fl-hetero": (lambda work: {"compare": fl_hetero_bench.compare(work, SMALL)}, fl_hetero_rows),  # weakest-tier: on demand, after it
           "reliability": (lambda work: {name: run(work, SMALL) for name, run in reliability_bench.PARTS.items()}, reliability_rows)}
 PARTS = {"kws": kws_bench.PARTS, "asr": asr_bench.PARTS, "fl-asr": fl_asr_bench.PARTS, "distill": distill_bench.PARTS,
          "fl-hetero": fl_hetero_bench.PARTS, "reliability": reliability_bench.PARTS}  # suites whose parts may run alone
@@ -337,7 +349,7 @@ def main(names: list[str]) -> None:
     for name in names or list(SUITES):
         suite, _, part = name.partition(":")
         work = ROOT / "benchmarks" / "work" / name.replace(":", "-")
-        if not (suite == "reliability" and part in reliability_bench.RESUMABLE):
+        if part not in {"reliability": reliability_bench.RESUMABLE, "distill": distill_bench.RESUMABLE}.get(suite, ()):
             shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
         path = RESULTS / f"{suite}{'-small' if SMALL else ''}.json"

@@ -8,7 +8,8 @@ import torch
 from flwr.app import ArrayRecord
 from safetensors.torch import load_file
 
-from fedwhisper.asr.federated import AsrFederationOptions, client_update, full_model_bytes, initial_state, round_learning_rate
+from fedwhisper.asr.federated import (AsrFederationOptions, client_update, full_model_bytes, initial_state, local_training, model_to_train,
+                                      round_learning_rate)
 from fedwhisper.errors import FedwhisperError
 from fedwhisper.fl.asr_app import simulate
 from fedwhisper.fl.strategy import record_bytes
@@ -85,6 +86,18 @@ def test_a_cosine_schedule_anneals_the_clients_learning_rate_over_the_rounds(opt
         return sum(float(((state[k] - start[k]) ** 2).sum()) for k in start) ** 0.5
 
     assert distance("cosine") < 0.3 * distance("constant")  # the last round's steps are a tenth as long
+
+
+def test_a_client_can_train_on_its_own_loss(options):
+    one_step = AsrFederationOptions(**{**options.to_config(), "local_steps": 1})
+
+    def train(loss_fn=None) -> float:
+        model, config = model_to_train(one_step)
+        return local_training(model, config, one_step, 0, 1, loss_fn=loss_fn)[1]["train_loss"]
+
+    calls = []
+    doubled = train(lambda model, inputs: calls.append(inputs["labels"].shape) or 2 * model(**inputs).loss)
+    assert len(calls) == 1 and doubled == pytest.approx(2 * train(), rel=1e-4)
 
 
 def test_a_client_whose_loss_is_not_finite_withholds_its_update(options):

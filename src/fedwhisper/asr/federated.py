@@ -201,9 +201,10 @@ def client_update(options: AsrFederationOptions, partition_id: int, state: dict[
 
 
 def local_training(model, config: TrainConfig, options: AsrFederationOptions, partition_id: int, round_number: int, shard=None,
-                   started: float | None = None, extra_loss=None) -> tuple[dict | None, dict]:
+                   started: float | None = None, extra_loss=None, loss_fn=None) -> tuple[dict | None, dict]:
     """``local_steps`` steps of ``model`` (what it trains already set) on the client's clips, seeded by client and
-    round; (its trainable tensors, or None when the shard is smaller than a batch or the loss is not finite; metrics)."""
+    round, with ``train_on_batches``' ``extra_loss`` / ``loss_fn``; (its trainable tensors, or None when the shard is
+    smaller than a batch or the loss is not finite; metrics)."""
     started = time.perf_counter() if started is None else started
     shard = client_shard(options, partition_id) if shard is None else shard
     if len(shard) < options.batch_size:
@@ -214,7 +215,7 @@ def local_training(model, config: TrainConfig, options: AsrFederationOptions, pa
     with torch.random.fork_rng(devices=[]):  # dropout in the adapters: the same round gives the same update
         torch.manual_seed(options.seed * 1_000_003 + round_number * 1_009 + partition_id)
         result = train_on_batches(model, batches.micro_batches(options.batch_size, options.seed + partition_id, first, options.local_steps),
-                                  config, client_optimizer(model, options, round_number), extra_loss=extra_loss)
+                                  config, client_optimizer(model, options, round_number), extra_loss=extra_loss, loss_fn=loss_fn)
     if not math.isfinite(result["loss"]):
         log.warning("client %d, round %d: loss is %s; the update is withheld", partition_id, round_number, result["loss"])
         return None, {"num-examples": 0, "rejected-nan": 1}
