@@ -166,8 +166,6 @@ def untranscribed_corpus(work: Path, features: Path, small: bool) -> Path:
 
 def _without_transcripts(corpus: Path, held: set[str], private: Path) -> Path:
     """A corpus whose metadata points at ``corpus``'s training clips of speakers not in ``held``, without transcripts."""
-    import csv
-
     with open(corpus / "train" / "metadata.csv", newline="", encoding="utf-8") as stream:
         rows = [row for row in csv.DictReader(stream) if row["speaker_id"] not in held]
     (private / "train").mkdir(parents=True, exist_ok=True)

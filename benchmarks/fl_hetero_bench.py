@@ -159,6 +159,10 @@ def _summary(algorithm: str, run, tested: dict, pi: dict, seconds: float) -> dic
             "final_validation": {k: v for k, v in final.items() if k.startswith("wer")}}
 
 
+def _tensor_bytes(state: dict) -> int:
+    return sum(v.numel() * v.element_size() for v in state.values())
+
+
 def compare(work: Path, small: bool) -> dict:
     started = time.perf_counter()
     base = AsrFederationOptions(model="tiny.en", window="clip", cache_dir=str(work / "cache"), **(SMALL if small else FEDERATION))
@@ -180,7 +184,7 @@ def compare(work: Path, small: bool) -> dict:
         run = simulate(options, run_dir)
         tested = fedmd_test(options, run) if algorithm == "fedmd" else json.loads((run_dir / "test.json").read_text())
         results[algorithm] = _summary(algorithm, run, tested, pi, time.perf_counter() - begun)
-    full_size = sum(v.numel() * v.element_size() for v in hetero.initial_state(replace(base, algorithm="fedavg-large")).values())
+    full_size = _tensor_bytes(hetero.initial_state(replace(base, algorithm="fedavg-large")))
     trained = sum(results["fedkad"]["clients_trained"])
     results["fedavg_full_size_upload_bytes_same_clients"] = trained * full_size  # FedAvg had every fedkad client sent a full-size decoder
     results["fedkad_upload_over_full_size_fedavg"] = round(results["fedkad"]["upload_bytes_total"] / (trained * full_size), 4)
@@ -210,10 +214,6 @@ WEAK_TIER_VARIANTS = {
     "others-full-block-no-server-kd": WeakTierVariant(server_kd_steps=0, others="full-block"),
 }
 OTHERS_LORA = {"r": 32, "lora_alpha": 64, "target_modules": r"model\.decoder\.layers\.\d+\.(.*\.)?(q_proj|v_proj|fc1|fc2)"}
-
-
-def _tensor_bytes(state: dict) -> int:
-    return sum(v.numel() * v.element_size() for v in state.values())
 
 
 def replay_weakest_tier(config: dict, run_dir: str, name: str) -> dict:
