@@ -456,14 +456,15 @@ def threads(work: Path, small: bool) -> dict:
 SCALE_STEPS = 3000
 
 
-def _distilled(out: Path, labelled: Path, student: str, teacher: str, steps: int):
-    """``distill_run`` into ``out`` with the students' recipe, or its continuation when ``out`` holds a run."""
+def _distilled(out: Path, labelled: Path, student: str, teacher: str, steps: int, learning_rate: float):
+    """``distill_run`` into ``out`` with the students' recipe at ``learning_rate``, or its continuation when ``out``
+    holds a run."""
     from fedwhisper.asr.train import TrainConfig
     from fedwhisper.distill import distill_run
 
     if (out / "options.json").is_file():
         return distill_run(out, resume=True, progress=False)
-    config = TrainConfig(**STUDENT_TRAINING, max_steps=steps, eval_every=steps // 6, save_every=steps // 6, log_every=max(steps // 30, 1),
+    config = TrainConfig(**STUDENT_TRAINING | {"learning_rate": learning_rate}, max_steps=steps, eval_every=steps // 6, save_every=steps // 6, log_every=max(steps // 30, 1),
                          eval_clips=None, window="clip")
     return distill_run(out, labelled=labelled, student=student, teacher=teacher, config=config, progress=False)
 
@@ -472,7 +473,8 @@ def scale(work: Path, small: bool) -> dict:
     """Does more pseudo-labelled audio close the tiny.en student's gap? Every built-in sentence no corpus of the students
     part reads, read four times by its training speakers in four speaker pairings (readings a-d), labelled by its
     tiny.en teacher (no transcripts: all labels kept); a student from its student-init trained on its labels + a + b,
-    then continued from that student's best on everything (+ c + d), the same steps each. Needs ``distill:students``'
+    then continued from that student's best on everything (+ c + d), the same steps each, and again at a fifth of the
+    learning rate for half the steps. Needs ``distill:students``'
     work; resumable: every output is kept (run.py leaves this part's directory in place)."""
     import asr_bench
 
@@ -508,13 +510,17 @@ def scale(work: Path, small: bool) -> dict:
     held_out = {"held_out_espeak": load_features(students_work / "features-en")[0]["test"],
                 "flite": load_features(students_work / "features-en-flite")[0]["test"]}
     results = {"fresh_sentences": len(fresh), "steps_per_stage": steps, "student_training": STUDENT_TRAINING, "stages": {}}
-    previous = str(home / "student-init")
-    for stage, labels in (("student", first), ("student-cd", everything)):
-        run = _distilled(work / stage, labels, previous, teacher, steps)
-        previous = str(work / stage / "best")
-        results["stages"][stage] = {"train_clips": len(load_features(labels)[0]["train"]), "best_step": run.best_step,
-                                    "validation_wer": round(run.best_wer, 4),
-                                    "test_wer": {name: asr_bench.wer_of(previous, split, "en", "clip")["wer"] for name, split in held_out.items()}}
+    # (stage, labels, its starting student, steps, learning rate): the third continues stage 1's best on everything
+    # at a fifth of the learning rate, half the steps (the second's restart at the full rate undid part of stage 1)
+    stages = (("student", first, str(home / "student-init"), steps, STUDENT_TRAINING["learning_rate"]),
+              ("student-cd", everything, str(work / "student" / "best"), steps, STUDENT_TRAINING["learning_rate"]),
+              ("student-cd-low-lr", everything, str(work / "student" / "best"), steps // 2, STUDENT_TRAINING["learning_rate"] / 5))
+    for stage, labels, start, stage_steps, learning_rate in stages:
+        run = _distilled(work / stage, labels, start, teacher, stage_steps, learning_rate)
+        best = str(work / stage / "best")
+        results["stages"][stage] = {"train_clips": len(load_features(labels)[0]["train"]), "steps": stage_steps, "learning_rate": learning_rate,
+                                    "best_step": run.best_step, "validation_wer": round(run.best_wer, 4),
+                                    "test_wer": {name: asr_bench.wer_of(best, split, "en", "clip")["wer"] for name, split in held_out.items()}}
     results["students_part_tiny_en_clips"] = len(load_features(home / "labelled-all")[0]["train"])
     results["seconds"] = seconds
     return results

@@ -227,10 +227,11 @@ def distill_rows(results: dict) -> list[str]:
                     f"{spec['identical_transcripts']}/{spec['clips']}; {spec['speedup']}x |")
     if (scale := results.get("scale")) and (students := results.get("students")):
         teacher = students["tiny.en"]["teacher_wer"]
-        cells = "; ".join(f"{stage['train_clips']:,} clips: {stage['test_wer']['held_out_espeak']:.1%} / {stage['test_wer']['flite']:.1%}"
-                          for stage in scale["stages"].values())
+        cells = "; ".join(f"{name} ({stage['train_clips']:,} clips, {stage.get('steps', scale['steps_per_stage'])} steps at lr "
+                          f"{stage.get('learning_rate', 5e-4):g}): {stage['test_wer']['held_out_espeak']:.1%} / {stage['test_wer']['flite']:.1%}"
+                          for name, stage in scale["stages"].items())
         rows.append(f"| … tiny.en student with more pseudo-labelled audio (the {scale['fresh_sentences']:,} unused sentences read 4 times; "
-                    f"{scale['steps_per_stage']} steps, then {scale['steps_per_stage']} more on all): WER held-out espeak-ng / flite "
+                    f"student-cd* continue student's best on all): WER held-out espeak-ng / flite "
                     f"(teacher {teacher['held_out_espeak']['wer']:.1%} / {teacher['flite']['wer']:.1%}) | {cells} |")
     if threads := results.get("threads"):
         factor, slowdown = threads["real_time_factor"], threads["busy_slowdown"]
