@@ -311,3 +311,4 @@ def weakest_tier(work: Path, small: bool) -> dict:
 
 
 PARTS = {"compare": compare, "weakest-tier": weakest_tier}
+DEFAULT_PARTS = ("compare",)  # weakest-tier runs on demand, after it

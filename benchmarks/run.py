@@ -227,9 +227,8 @@ def distill_rows(results: dict) -> list[str]:
                     f"{spec['identical_transcripts']}/{spec['clips']}; {spec['speedup']}x |")
     if (scale := results.get("scale")) and (students := results.get("students")):
         teacher = students["tiny.en"]["teacher_wer"]
-        cells = "; ".join(f"{name} ({stage['train_clips']:,} clips, {stage.get('steps', scale['steps_per_stage'])} steps at lr "
-                          f"{stage.get('learning_rate', 5e-4):g}): {stage['test_wer']['held_out_espeak']:.1%} / {stage['test_wer']['flite']:.1%}"
-                          for name, stage in scale["stages"].items())
+        cells = "; ".join(f"{name} ({stage['train_clips']:,} clips, {stage['steps']} steps at lr {stage['learning_rate']:g}): "
+                          f"{stage['test_wer']['held_out_espeak']:.1%} / {stage['test_wer']['flite']:.1%}" for name, stage in scale["stages"].items())
         rows.append(f"| … tiny.en student with more pseudo-labelled audio (the {scale['fresh_sentences']:,} unused sentences read 4 times; "
                     f"student-cd* continue student's best on all): WER held-out espeak-ng / flite "
                     f"(teacher {teacher['held_out_espeak']['wer']:.1%} / {teacher['flite']['wer']:.1%}) | {cells} |")
@@ -315,15 +314,20 @@ def reliability_rows(results: dict) -> list[str]:
     return rows
 
 
-SUITES = {"foundation": (bench_foundation, foundation_rows),
-          "kws": (lambda work: {name: run(work, SMALL) for name, run in kws_bench.PARTS.items()}, kws_rows),
-          "asr": (lambda work: {name: run(work, SMALL) for name, run in asr_bench.PARTS.items()}, asr_rows),
-          "fl-asr": (lambda work: {name: run(work, SMALL) for name, run in fl_asr_bench.PARTS.items()}, fl_asr_rows),
-          "distill": (lambda work: {name: distill_bench.PARTS[name](work, SMALL) for name in distill_bench.DEFAULT_PARTS}, distill_rows),
-          "fl-hetero": (lambda work: {"compare": fl_hetero_bench.compare(work, SMALL)}, fl_hetero_rows),  # weakest-tier: on demand, after it
-          "reliability": (lambda work: {name: run(work, SMALL) for name, run in reliability_bench.PARTS.items()}, reliability_rows)}
-PARTS = {"kws": kws_bench.PARTS, "asr": asr_bench.PARTS, "fl-asr": fl_asr_bench.PARTS, "distill": distill_bench.PARTS,
-         "fl-hetero": fl_hetero_bench.PARTS, "reliability": reliability_bench.PARTS}  # suites whose parts may run alone
+MODULES = {"kws": kws_bench, "asr": asr_bench, "fl-asr": fl_asr_bench, "distill": distill_bench, "fl-hetero": fl_hetero_bench,
+           "reliability": reliability_bench}  # suites whose parts may run alone
+
+
+def _parts(module):
+    """A suite that runs its module's parts; a module may name the ``DEFAULT_PARTS`` a whole-suite run takes (the others
+    run on demand) and the ``RESUMABLE`` parts whose work directory is kept."""
+    return lambda work: {name: run(work, SMALL) for name, run in module.PARTS.items() if name in getattr(module, "DEFAULT_PARTS", module.PARTS)}
+
+
+SUITES = {"foundation": (bench_foundation, foundation_rows), "kws": (_parts(kws_bench), kws_rows), "asr": (_parts(asr_bench), asr_rows),
+          "fl-asr": (_parts(fl_asr_bench), fl_asr_rows), "distill": (_parts(distill_bench), distill_rows),
+          "fl-hetero": (_parts(fl_hetero_bench), fl_hetero_rows), "reliability": (_parts(reliability_bench), reliability_rows)}
+PARTS = {suite: module.PARTS for suite, module in MODULES.items()}
 
 
 def update_readme() -> None:
@@ -350,7 +354,7 @@ def main(names: list[str]) -> None:
     for name in names or list(SUITES):
         suite, _, part = name.partition(":")
         work = ROOT / "benchmarks" / "work" / name.replace(":", "-")
-        if part not in {"reliability": reliability_bench.RESUMABLE, "distill": distill_bench.RESUMABLE}.get(suite, ()):
+        if part not in getattr(MODULES.get(suite), "RESUMABLE", ()):
             shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
         path = RESULTS / f"{suite}{'-small' if SMALL else ''}.json"
