@@ -197,23 +197,20 @@ def compare(work: Path, small: bool) -> dict:
 class WeakTierVariant:
     """One way to update the weakest tier's model in a FedKAD round (``replay_weakest_tier``)."""
 
-    server_kd_steps: int = 8  # the server's distillation from the global model (0: none)
-    kd_learning_rate_scale: float = 1.0
-    client_kd: bool = False  # the weak tier's clients distil from the global model on their own clips instead of plain CE
-    others: str = ""  # what the other tiers' clients of the round add: "", "lora", "full-block" (fedavg-uniform's), "top-block"
+    server_kd_steps: int = 0  # the server's distillation from the global model (0: none)
+    # what the other tiers' clients of the round add: "" (nothing), "nested" (their top block, trained over their stack and
+    # as the weak model: FedKAD as run), "top-block" (the same without nesting), "full-block" (fedavg-uniform's update)
+    others: str = "nested"
 
 
 WEAK_TIER_VARIANTS = {
     "as-run": WeakTierVariant(),
-    "no-server-kd": WeakTierVariant(server_kd_steps=0),
-    "server-kd-32-steps-half-lr": WeakTierVariant(server_kd_steps=32, kd_learning_rate_scale=0.5),
-    "client-kd-from-global": WeakTierVariant(client_kd=True),
-    "others-lora": WeakTierVariant(others="lora"),
-    "others-lora-no-server-kd": WeakTierVariant(server_kd_steps=0, others="lora"),
-    "others-top-blocks-averaged": WeakTierVariant(server_kd_steps=0, others="top-block"),
-    "others-full-block-no-server-kd": WeakTierVariant(server_kd_steps=0, others="full-block"),
+    "as-run-plus-server-kd": WeakTierVariant(server_kd_steps=8),
+    "weak-clients-only-server-kd": WeakTierVariant(server_kd_steps=8, others=""),  # FedKAD before nesting
+    "weak-clients-only": WeakTierVariant(others=""),
+    "others-top-blocks-without-nesting": WeakTierVariant(others="top-block"),
+    "others-full-block": WeakTierVariant(others="full-block"),
 }
-OTHERS_LORA = {"r": 32, "lora_alpha": 64, "target_modules": r"model\.decoder\.layers\.\d+\.(.*\.)?(q_proj|v_proj|fc1|fc2)"}
 
 
 def replay_weakest_tier(config: dict, run_dir: str, name: str) -> dict:
@@ -222,12 +219,10 @@ def replay_weakest_tier(config: dict, run_dir: str, name: str) -> dict:
     round as the run (and of each other tier, for variants that use them), taken in turn; validation WER each round,
     test WER at the end, and what the other tiers' clients would upload on top of FedKAD's top blocks."""
     import torch
-    from peft import LoraConfig, get_peft_model
     from safetensors.torch import load_file
 
     from fedwhisper.asr.federated import local_training
     from fedwhisper.asr.run import load_trainable_state, trainable_state
-    from fedwhisper.distill import DistillLoss, teacher_loss_fn
 
     torch.set_num_threads(1)
     variant, options = WEAK_TIER_VARIANTS[name], AsrFederationOptions.from_config(config)
@@ -241,13 +236,12 @@ def replay_weakest_tier(config: dict, run_dir: str, name: str) -> dict:
     load_trainable_state(model, hetero.group_state(saved(0), weak))
     global_model = hetero.new_model(options, hetero.model_layers(options, strong))
     proxy = hetero.ProxyBatches(options, global_model)
-    optimizer = hetero.trainable_optimizer(model, options.kd_learning_rate * variant.kd_learning_rate_scale)
+    optimizer = hetero.trainable_optimizer(model, options.kd_learning_rate)
     taken, curve, extra_up = {t: 0 for t in members}, [hetero.validation_wer(options, model)], []
     for r in range(1, options.rounds + 1):
         previous = saved(r - 1)
         load_trainable_state(global_model, hetero.group_state(previous, strong))
         old = trainable_state(model)
-        loss_fn = teacher_loss_fn(global_model.eval(), DistillLoss()) if variant.client_kd else None
         deltas = []  # (update of the weak model, examples)
         for tier in rows[r]["client_tiers"]:
             client = members[tier][taken[tier] % len(members[tier])]
@@ -255,23 +249,20 @@ def replay_weakest_tier(config: dict, run_dir: str, name: str) -> dict:
             if tier == weak or variant.others == "full-block":
                 trainee = hetero.new_model(options, hetero.model_layers(options, weak))
                 load_trainable_state(trainee, old)
-                arrays, metrics = local_training(trainee, hetero.train_config(options), options, client, r, loss_fn=loss_fn if tier == weak else None)
+                arrays, metrics = local_training(trainee, hetero.train_config(options), options, client, r)
                 if tier != weak:
                     extra_up.append(_tensor_bytes(arrays))
-            elif variant.others == "lora":
-                trainee = hetero.new_model(options, hetero.model_layers(options, weak))
-                load_trainable_state(trainee, old)
-                trainee = get_peft_model(trainee.requires_grad_(False), LoraConfig(bias="none", **OTHERS_LORA))
-                adapters, metrics = local_training(trainee, hetero.train_config(options), options, client, r)
-                extra_up.append(_tensor_bytes(adapters))
-                merged = trainee.merge_and_unload().state_dict()
-                arrays = {k: merged[k] for k in old}
-            elif variant.others == "top-block":  # the client's own FedKAD upload, its top block, put in the weak model's place
-                layers = hetero.model_layers(options, tier)
+            elif variant.others in ("nested", "top-block"):  # the client's FedKAD upload, its top block, in the weak model's place
+                layers, weak_top = hetero.model_layers(options, tier), hetero.model_layers(options, weak) - 1
                 trainee = hetero.new_model(options, layers, options.upper_blocks)
-                load_trainable_state(trainee, hetero.group_state(previous, tier))
-                top, metrics = local_training(trainee, hetero.train_config(options), options, client, r)
-                arrays = {k.replace(f"layers.{layers - 1}.", f"layers.{hetero.model_layers(options, weak) - 1}."): v for k, v in top.items()}
+                mine = hetero.group_state(previous, tier)
+                if variant.others == "nested":  # the shared top block is the weak model's
+                    shared = hetero.uploaded_keys(options, weak, old)
+                    mine |= {k.replace(f"layers.{weak_top}.", f"layers.{layers - 1}."): v for k, v in old.items() if k in shared}
+                load_trainable_state(trainee, mine)
+                loss = hetero.nested_loss(options, trainee) if variant.others == "nested" else None
+                top, metrics = local_training(trainee, hetero.train_config(options), options, client, r, loss_fn=loss)
+                arrays = {k.replace(f"layers.{layers - 1}.", f"layers.{weak_top}."): v for k, v in top.items()}
             else:
                 continue
             deltas.append(({k: arrays[k] - old[k] for k in old}, metrics["num-examples"]))
@@ -287,14 +278,14 @@ def replay_weakest_tier(config: dict, run_dir: str, name: str) -> dict:
 
 
 def weakest_tier(work: Path, small: bool) -> dict:
-    """Why FedKAD's weakest tier trails fedavg-uniform's model: ``replay_weakest_tier`` for every variant, two at a time,
-    from the suite's finished FedKAD run in ``benchmarks/work/fl-hetero`` (run ``benchmarks/run.py fl-hetero`` first;
-    this part is not in the suite's default run, which the issue bounds to 45 minutes)."""
+    """What moves FedKAD's weakest tier against fedavg-uniform's model: ``replay_weakest_tier`` for every variant, two at a time,
+    from the FedKAD run of the suite's last ``compare`` (run ``benchmarks/run.py fl-hetero`` first; this part is not in
+    the suite's default run, which the issue bounds to 45 minutes)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    source = work.parent / "fl-hetero"
     suite = json.loads((Path(__file__).resolve().parent / "results" / f"fl-hetero{'-small' if small else ''}.json").read_text())["compare"]
+    source = Path(suite["options"]["features"]).parent  # that part's work directory
     measured = suite["seconds_per_sample"]["fedkad_top_block"]
     config = suite["options"] | {"algorithm": "fedkad", "eval_clips": 2 * suite["options"]["eval_clips"],
                                  "tier_costs": ",".join(f"{k}:{v}" for k, v in measured.items())}

@@ -11,6 +11,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedwhisper.asr import hetero
 from fedwhisper.asr.federated import AsrFederationOptions
+from fedwhisper.asr.run import load_trainable_state, trainable_state
 from fedwhisper.asr.tiers import assign_tiers, parse_tiers, simulated_seconds
 from fedwhisper.errors import FedwhisperError
 from fedwhisper.fl.asr_app import simulate
@@ -98,6 +99,9 @@ def test_a_fedkad_round_sends_only_model_blocks_and_whitelisted_metrics(options,
     from flwr.app import ArrayRecord, ConfigRecord
 
     state = hetero.initial_state(fedkad)
+    # the shared top block starts as the weakest tier's starting model's, which works alone
+    weakest = hetero.initial_tier_state(fedkad, hetero.model_layers(fedkad, "pi"))
+    assert all(torch.equal(value, state[f"pi/{key}"]) for key, value in weakest.items())
     messages = list(strategy.configure_train(1, ArrayRecord(state), ConfigRecord({"round-offset": 0, "seed": 0}), grid))
     replies = grid.send_and_receive(messages)
     new_state, _ = strategy.aggregate_train(1, replies)
@@ -122,5 +126,35 @@ def test_a_fedkad_round_sends_only_model_blocks_and_whitelisted_metrics(options,
         lengths = {len(ids) for ids in shard["labels"]} | {len(f) for f in shard["input_features"]}
         lengths |= {int(round(d * 16_000)) for d in shard["duration"]}
         assert not any(set(value.shape) & lengths - set(parameters[key].shape) for key, value in up.items())
-    for key, value in new_state.to_torch_state_dict().items():
+    merged = new_state.to_torch_state_dict()
+    for key, value in merged.items():
         assert torch.isfinite(value).all(), key
+    # the top block and final norm are one part shared by the tiers: the Pi's one block is the laptop's top block
+    laptop_top = hetero.model_layers(fedkad, "laptop") - 1
+    for key, value in hetero.group_state(merged, "pi").items():
+        assert torch.equal(value, merged[f"laptop/{key.replace('layers.0.', f'layers.{laptop_top}.')}"]), key
+
+
+def test_a_deeper_client_trains_its_top_block_also_as_the_weakest_tiers_model(options):
+    fedkad = AsrFederationOptions(**{**options.to_config(), "algorithm": "fedkad"})
+    laptop = hetero.new_model(fedkad, hetero.model_layers(fedkad, "laptop"), fedkad.upper_blocks)
+    pi = hetero.new_model(fedkad, hetero.model_layers(fedkad, "pi"))
+    top = len(laptop.model.decoder.layers) - 1
+    assert hetero.is_nested(fedkad, top + 1) and not hetero.is_nested(fedkad, 1)
+    load_trainable_state(pi, {k.replace(f"layers.{top}.", "layers.0."): v for k, v in trainable_state(laptop).items()})
+    torch.manual_seed(0)
+    inputs = {"encoder_outputs": (torch.randn(2, 30, laptop.config.d_model),), "labels": torch.randint(0, 50, (2, 6))}
+    # the sub-network computes what the Pi model with the laptop's top block computes
+    view = hetero.sub_network(fedkad, laptop)
+    assert torch.allclose(view(**inputs, use_cache=False).logits, pi(**inputs, use_cache=False).logits, atol=1e-5)
+    # and its cross-entropy's gradient reaches the laptop's top block, on top of the laptop's own
+    laptop.zero_grad()
+    hetero.nested_loss(fedkad, laptop)(laptop, inputs).backward()
+    nested = {k: p.grad.clone() for k, p in laptop.named_parameters() if p.requires_grad}
+    laptop.zero_grad()
+    laptop(**inputs).loss.backward()
+    pi(**inputs).loss.backward()
+    pi_grads = {k.replace("layers.0.", f"layers.{top}."): p.grad for k, p in pi.named_parameters() if p.grad is not None}
+    for key, parameter in laptop.named_parameters():
+        if parameter.requires_grad:
+            assert torch.allclose(nested[key], parameter.grad + pi_grads[key], atol=1e-5), key

@@ -3,9 +3,10 @@ algorithms over the same clients, data and evaluation (the Flower glue is ``fl.h
 
 - ``fedavg-uniform``: every client trains the weakest tier's model, FedAvg over all;
 - ``fedavg-large``: only clients whose device can hold and train the full-size model in time take part;
-- ``fedkad``: each tier trains the top decoder blocks of its own model; the server averages them within each tier, then
-  the blocks every tier took from the same teacher layer across tiers, distils the tiers into the global model and
-  the global model back into each tier on its public proxy corpus (``docs/FEDKAD.md``);
+- ``fedkad``: each tier trains the top decoder blocks of its own model, a deeper tier also as the weakest tier's
+  sub-network of its model (depth-nested), so the server can average the top blocks across every tier; it then distils
+  the tiers into the global model and the global model back into each tier's own lower blocks on its public proxy
+  corpus (``docs/FEDKAD.md``);
 - ``fedmd`` (Li & Wang 2019): clients keep their own tier models; each round they send top-k logits on a public
   sample, the server averages them into a consensus, clients digest it and revisit their own data.
 
@@ -82,6 +83,33 @@ def new_model(options: AsrFederationOptions, layers: int, upper: int | None = No
     return whisper
 
 
+def sub_network(options: AsrFederationOptions, model):
+    """The weakest tier's model inside a deeper tier's ``model``: the same block modules (gradients reach them) at
+    the evenly spaced places the student initialisation would keep, top block last, the others skipped; the same
+    final norm."""
+    weakest = model_layers(options, ordered_tiers(options.tiers)[0])
+    view = new_model(options, weakest)
+    blocks = model.model.decoder.layers
+    view.model.decoder.layers = torch.nn.ModuleList(blocks[i] for i in layer_map(len(blocks), weakest))
+    view.model.decoder.layer_norm = model.model.decoder.layer_norm
+    return view
+
+
+def nested_loss(options: AsrFederationOptions, model):
+    """fedkad's client loss for a tier deeper than the weakest: cross-entropy of its model plus that of its weakest-tier
+    sub-network, so the top block it sends works over its own stack and in the weakest tier's model."""
+    view = sub_network(options, model)
+
+    def loss_fn(whisper, inputs: dict) -> torch.Tensor:
+        return whisper(**inputs).loss + view(**inputs, use_cache=False).loss
+
+    return loss_fn
+
+
+def is_nested(options: AsrFederationOptions, layers: int) -> bool:
+    return options.algorithm == "fedkad" and layers > model_layers(options, ordered_tiers(options.tiers)[0])
+
+
 def train_config(options: AsrFederationOptions):
     return replace(client_train_config(options), mode="decoder-only")
 
@@ -108,7 +136,8 @@ def group_layers(options: AsrFederationOptions, group: str) -> int:
 def initial_state(options: AsrFederationOptions) -> dict[str, torch.Tensor]:
     if options.algorithm == "fedmd":  # no consensus before the first round
         return {"consensus/topk-ids": torch.zeros(0, options.top_k, dtype=torch.int64), "consensus/topk-logprobs": torch.zeros(0, options.top_k)}
-    return {k: v for g in groups(options) for k, v in prefixed(g, initial_tier_state(options, group_layers(options, g))).items()}
+    state = {k: v for g in groups(options) for k, v in prefixed(g, initial_tier_state(options, group_layers(options, g))).items()}
+    return shared_top(options, state) if options.algorithm == "fedkad" else state
 
 
 # --- a client's round ------------------------------------------------------------------------------------------------
@@ -119,9 +148,11 @@ def client_round(options: AsrFederationOptions, partition_id: int, tier: str, st
     if options.algorithm == "fedmd":
         return fedmd_round(options, partition_id, tier, state, round_number, shard, started)
     upper = options.upper_blocks if options.algorithm == "fedkad" else None
-    model = new_model(options, model_layers(options, tier), upper)
+    layers = model_layers(options, tier)
+    model = new_model(options, layers, upper)
     load_trainable_state(model, state)
-    return local_training(model, train_config(options), options, partition_id, round_number, shard, started)
+    loss_fn = nested_loss(options, model) if is_nested(options, layers) else None
+    return local_training(model, train_config(options), options, partition_id, round_number, shard, started, loss_fn=loss_fn)
 
 
 def fedmd_round(options: AsrFederationOptions, partition_id: int, tier: str, consensus: dict, round_number: int, shard, started: float):
@@ -287,9 +318,7 @@ class TierPlan:
         if self.options.algorithm == "fedmd":
             return set(CONSENSUS)
         if self.options.algorithm == "fedkad":
-            layers = model_layers(self.options, assignment.tier)
-            top = layers - min(self.options.upper_blocks, layers)
-            return {k for k in sent if not (m := _BLOCK.match(k)) or int(m.group(1)) >= top}
+            return uploaded_keys(self.options, assignment.tier, sent)
         return sent
 
     def aggregate(self, round_number: int, replies: list, state: dict) -> dict:
@@ -303,36 +332,55 @@ class TierPlan:
         return self.distiller(round_number, self._fedkad_average(replies, weights, dict(state)))
 
     def _fedkad_average(self, replies: list, weights: list[float], state: dict) -> dict:
-        """Within each tier, the weighted mean of its clients' blocks; then each part across the tiers that trained it
-        this round and hold it in the same place (the same teacher layers below it and at it), weighted by the examples
-        behind each tier's mean. A block over a different stack was trained on different inputs: averaging it with
-        another tier's would mix two functions, so with tiers of different depths knowledge crosses by distillation."""
+        """Within each tier, the weighted mean of its clients' top blocks; then each top block and the final norm across
+        the tiers that trained it this round, by teacher layer, weighted by the examples behind each tier's mean, and
+        copied into every tier that sends it. Averaging a block across tiers is sound because every deeper client
+        trained it over its own stack and in the weakest tier's sub-network (``nested_loss``); without that it would mix
+        two functions."""
         by_tier: dict[str, tuple[list, list]] = {}
         for (_, assignment, arrays, _), weight in zip(replies, weights):
             by_tier.setdefault(assignment.tier, ([], []))
             by_tier[assignment.tier][0].append(arrays)
             by_tier[assignment.tier][1].append(weight)
         origins: dict[str, list[tuple[torch.Tensor, float]]] = {}  # teacher layer + parameter -> (tier mean, examples)
-        teacher = teacher_layers(self.options)
         for tier, (states, tier_weights) in by_tier.items():
-            mapping = layer_map(teacher, model_layers(self.options, tier))
             for key, value in weighted_mean(states, tier_weights).items():
-                state[f"{tier}/{key}"] = value
-                origins.setdefault(_origin(key, mapping), []).append((value, sum(tier_weights)))
-        for tier in by_tier:
-            mapping = layer_map(teacher, model_layers(self.options, tier))
-            for key in by_tier[tier][0][0]:
-                if len(shared := origins[_origin(key, mapping)]) > 1:
+                origins.setdefault(origin(self.options, tier, key), []).append((value, sum(tier_weights)))
+        for tier in groups(self.options):
+            for key in uploaded_keys(self.options, tier, group_state(state, tier)):
+                if shared := origins.get(origin(self.options, tier, key)):
                     total = sum(w for _, w in shared)
                     state[f"{tier}/{key}"] = sum(w / total * v for v, w in shared)
         return state
 
 
-def _origin(key: str, mapping: list[int]) -> str:
-    """Where a decoder parameter sits: the teacher layers of its block and of every block below it (all of them for
-    the final norm), and its name within the block."""
+def uploaded_keys(options: AsrFederationOptions, tier: str, keys) -> set[str]:
+    """What a fedkad client of ``tier`` trains and sends: its model's top ``upper_blocks`` blocks and final norm."""
+    top = model_layers(options, tier) - options.upper_blocks
+    return {k for k in keys if not (m := _BLOCK.match(k)) or int(m.group(1)) >= top}
+
+
+def origin(options: AsrFederationOptions, tier: str, key: str) -> str:
+    """Where a decoder parameter of ``tier``'s model sits: the teacher layer of its block and its name within the block
+    (the final norm is the same in every tier)."""
     found = _BLOCK.match(key)
-    return f"{mapping}/{key}" if not found else f"{mapping[: int(found.group(1)) + 1]}/{key[found.end():]}"
+    if not found:
+        return key
+    return f"{layer_map(teacher_layers(options), model_layers(options, tier))[int(found.group(1))]}/{key[found.end():]}"
+
+
+def shared_top(options: AsrFederationOptions, state: dict) -> dict:
+    """The server state with every tier's uploaded blocks and final norm set from the weakest tier holding the same
+    teacher layer: fedkad's tiers share them from the start (the weakest tier's, distilled to work alone)."""
+    shared = dict(state)
+    for tier in reversed(groups(options)):  # the weakest last, so its blocks win
+        own = group_state(state, tier)
+        places = {origin(options, tier, key): own[key] for key in uploaded_keys(options, tier, own)}
+        for other in groups(options):
+            for key in uploaded_keys(options, other, group_state(state, other)):
+                if (value := places.get(origin(options, other, key))) is not None:
+                    shared[f"{other}/{key}"] = value
+    return shared
 
 
 class ProxyBatches:
@@ -380,14 +428,20 @@ def distil(student, teachers: list, batches: list[dict], optimizer: torch.optim.
 class ServerDistillation:
     """fedkad's server step on the public proxy corpus (labelled, voices and sentences no client has): the global
     model (the strongest tier's) learns from the tiers' models, then every other tier from the global model,
-    ``server_steps`` batches each (``distil``). Each model keeps its AdamW state from round to round (the server is one
-    long process; a resumed run starts them afresh)."""
+    ``server_steps`` batches each (``distil``). Only each tier's own lower blocks learn here: the top blocks and final
+    norm are shared by the tiers and averaged from the clients' updates. Each model keeps its AdamW state from round to
+    round (the server is one long process; a resumed run starts them afresh)."""
 
     def __init__(self, options: AsrFederationOptions):
         self.options = options
         self.tiers = groups(options)
         self.models = {tier: new_model(options, model_layers(options, tier)) for tier in self.tiers}
-        self.optimizers = {tier: trainable_optimizer(model, options.kd_learning_rate) for tier, model in self.models.items()}
+        for tier, model in self.models.items():
+            for name, parameter in model.named_parameters():
+                if name in uploaded_keys(options, tier, [name]):
+                    parameter.requires_grad_(False)
+        self.optimizers = {tier: trainable_optimizer(model, options.kd_learning_rate) for tier, model in self.models.items()
+                           if any(p.requires_grad for p in model.parameters())}
         self.proxy = ProxyBatches(options, self.models[self.tiers[0]])
 
     def __call__(self, round_number: int, state: dict) -> dict:
@@ -396,10 +450,11 @@ class ServerDistillation:
         first = (round_number - 1) * self.options.server_steps
         steps = [self.proxy[first + i] for i in range(self.options.server_steps)]
         *others, top = self.tiers
-        distil(self.models[top], [self.models[t] for t in self.tiers], steps, self.optimizers[top])
-        for tier in others:
-            distil(self.models[tier], [self.models[top]], steps, self.optimizers[tier])
-        return {k: v for tier, model in self.models.items() for k, v in prefixed(tier, trainable_state(model)).items()}
+        learners = [(top, [self.models[t] for t in self.tiers])] + [(tier, [self.models[top]]) for tier in others]
+        for tier, teachers in learners:
+            if tier in self.optimizers:
+                distil(self.models[tier], teachers, steps, self.optimizers[tier])
+        return state | {k: v for tier in self.optimizers for k, v in prefixed(tier, trainable_state(self.models[tier])).items()}
 
 
 def initial_tier_state(options: AsrFederationOptions, layers: int) -> dict[str, torch.Tensor]:
@@ -484,7 +539,8 @@ def round_row(stats: dict, plan: TierPlan) -> dict:
 
 
 def measure_costs(options: AsrFederationOptions) -> dict[int, float]:
-    """Seconds per training sample on this machine of each model the run's clients train, on client 0's clips."""
+    """Seconds per training sample on this machine of each model the run's clients train (with fedkad's nested loss),
+    on client 0's clips."""
     from fedwhisper.asr.train import batches_for
 
     upper = options.upper_blocks if options.algorithm == "fedkad" else None
@@ -493,7 +549,8 @@ def measure_costs(options: AsrFederationOptions) -> dict[int, float]:
     for layers in sorted({model_layers(options, tier) for tier in ordered_tiers(options.tiers)}):
         model = new_model(options, layers, upper)
         batches = batches_for(model, shard, train_config(options), options.cache_root / "costs", progress=False)
-        costs[layers] = measure_cost(model, batches, replace(train_config(options), batch_size=min(options.batch_size, len(shard))))
+        config = replace(train_config(options), batch_size=min(options.batch_size, len(shard)))
+        costs[layers] = measure_cost(model, batches, config, loss_fn=nested_loss(options, model) if is_nested(options, layers) else None)
     return costs
 
 

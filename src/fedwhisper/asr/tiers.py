@@ -101,14 +101,14 @@ def simulated_seconds(tier: str, seconds_per_sample: float, samples: int, seed: 
     return seconds_per_sample * samples / profile.compute_factor * slowdown
 
 
-def measure_cost(model, batches, config, steps: int = 6) -> float:
+def measure_cost(model, batches, config, steps: int = 6, loss_fn=None) -> float:
     """Seconds per training sample of ``model`` (its trainable part set; its weights barely move) on this machine,
-    after one warm-up step."""
+    after one warm-up step; ``loss_fn`` as in ``train_on_batches``."""
     from fedwhisper.asr.train import train_on_batches
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-12)
     stream = batches.micro_batches(config.batch_size, config.seed, 0, steps + 1)
-    train_on_batches(model, [next(stream)], config, optimizer)
+    train_on_batches(model, [next(stream)], config, optimizer, loss_fn=loss_fn)
     started = time.perf_counter()
-    result = train_on_batches(model, stream, config, optimizer)
+    result = train_on_batches(model, stream, config, optimizer, loss_fn=loss_fn)
     return (time.perf_counter() - started) / max(result["samples"], 1)
