@@ -437,9 +437,9 @@ class ServerDistillation:
         self.tiers = groups(options)
         self.models = {tier: new_model(options, model_layers(options, tier)) for tier in self.tiers}
         for tier, model in self.models.items():
-            for name, parameter in model.named_parameters():
-                if name in uploaded_keys(options, tier, [name]):
-                    parameter.requires_grad_(False)
+            parameters = dict(model.named_parameters())
+            for name in uploaded_keys(options, tier, parameters):
+                parameters[name].requires_grad_(False)
         self.optimizers = {tier: trainable_optimizer(model, options.kd_learning_rate) for tier, model in self.models.items()
                            if any(p.requires_grad for p in model.parameters())}
         self.proxy = ProxyBatches(options, self.models[self.tiers[0]])
