@@ -240,7 +240,6 @@ def replay_weakest_tier(config: dict, run_dir: str, name: str) -> dict:
     taken, curve, extra_up = {t: 0 for t in members}, [hetero.validation_wer(options, model)], []
     for r in range(1, options.rounds + 1):
         previous = saved(r - 1)
-        load_trainable_state(global_model, hetero.group_state(previous, strong))
         old = trainable_state(model)
         deltas = []  # (update of the weak model, examples)
         for tier in rows[r]["client_tiers"]:
