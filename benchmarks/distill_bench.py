@@ -475,7 +475,7 @@ def scale(work: Path, small: bool) -> dict:
     part reads, read four times by its training speakers in four speaker pairings (readings a-d), labelled by its
     tiny.en teacher (no transcripts: all labels kept); a student from its student-init trained on its labels + a + b,
     then continued from that student's best on everything (+ c + d), the same steps each, and again at a fifth of the
-    learning rate for half the steps; and one run from student-init on everything for twice the steps. Needs
+    learning rate for half the steps; and one run from student-init on everything for twice, then three times, the steps. Needs
     ``distill:students``' work; resumable: every output is kept (run.py leaves this part's directory in place)."""
     import asr_bench
 
@@ -513,12 +513,14 @@ def scale(work: Path, small: bool) -> dict:
     results = {"fresh_sentences": len(fresh), "steps_per_stage": steps, "student_training": STUDENT_TRAINING, "stages": {}}
     # (stage, labels, its starting student, steps, learning rate): the third continues stage 1's best on
     # everything at a fifth of the learning rate, half the steps (the second's restart at the full rate undid part of
-    # stage 1); the fourth trains once, from student-init, on everything for twice the steps
+    # stage 1); the fourth trains once, from student-init, on everything for twice the steps; the fifth for three
+    # times (the fourth's validation loss still fell at its last step)
     rate = STUDENT_TRAINING["learning_rate"]
     stages = (("student", first, str(home / "student-init"), steps, rate),
               ("student-cd", everything, str(work / "student" / "best"), steps, rate),
               ("student-cd-low-lr", everything, str(work / "student" / "best"), steps // 2, rate / 5),
-              ("student-abcd", everything, str(home / "student-init"), 2 * steps, rate))
+              ("student-abcd", everything, str(home / "student-init"), 2 * steps, rate),
+              ("student-abcd-long", everything, str(home / "student-init"), 3 * steps, rate))
     for stage, labels, start, stage_steps, learning_rate in stages:
         run = _distilled(work / stage, labels, start, teacher, stage_steps, learning_rate)
         best = str(work / stage / "best")

@@ -230,7 +230,7 @@ def distill_rows(results: dict) -> list[str]:
         cells = "; ".join(f"{name} ({stage['train_clips']:,} clips, {stage['steps']} steps at lr {stage['learning_rate']:g}): "
                           f"{stage['test_wer']['held_out_espeak']:.1%} / {stage['test_wer']['flite']:.1%}" for name, stage in scale["stages"].items())
         rows.append(f"| … tiny.en student with more pseudo-labelled audio (the {scale['fresh_sentences']:,} unused sentences read 4 times; "
-                    f"student-cd* continue student's best on all, student-abcd starts afresh on all): WER held-out espeak-ng / flite "
+                    f"student-cd* continue student's best on all, student-abcd* start afresh on all): WER held-out espeak-ng / flite "
                     f"(teacher {teacher['held_out_espeak']['wer']:.1%} / {teacher['flite']['wer']:.1%}) | {cells} |")
     if threads := results.get("threads"):
         factor, slowdown = threads["real_time_factor"], threads["busy_slowdown"]
