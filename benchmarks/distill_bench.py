@@ -459,34 +459,27 @@ SCALE_STEPS = 3000
 
 def _distilled(out: Path, labelled: Path, student: str, teacher: str, steps: int, learning_rate: float):
     """``distill_run`` into ``out`` with the students' recipe at ``learning_rate``, or its continuation when ``out``
-    holds a run."""
+    holds a run (checkpoints at least every 500 steps: a base run spans sessions)."""
     from fedwhisper.asr.train import TrainConfig
     from fedwhisper.distill import distill_run
 
     if (out / "options.json").is_file():
         return distill_run(out, resume=True, progress=False)
-    config = TrainConfig(**STUDENT_TRAINING | {"learning_rate": learning_rate}, max_steps=steps, eval_every=steps // 6, save_every=steps // 6, log_every=max(steps // 30, 1),
-                         eval_clips=None, window="clip")
+    config = TrainConfig(**STUDENT_TRAINING | {"learning_rate": learning_rate}, max_steps=steps, eval_every=steps // 6,
+                         save_every=min(steps // 6, 500), log_every=max(steps // 30, 1), eval_clips=None, window="clip")
     return distill_run(out, labelled=labelled, student=student, teacher=teacher, config=config, progress=False)
 
 
-def scale(work: Path, small: bool) -> dict:
-    """Does more pseudo-labelled audio close the tiny.en student's gap? Every built-in sentence no corpus of the students
-    part reads, read four times by its training speakers in four speaker pairings (readings a-d), labelled by its
-    tiny.en teacher (no transcripts: all labels kept); a student from its student-init trained on its labels + a + b,
-    then continued from that student's best on everything (+ c + d), the same steps each, and again at a fifth of the
-    learning rate for half the steps; and one run from student-init on everything for twice, then three times, the steps. Needs
-    ``distill:students``' work; resumable: every output is kept (run.py leaves this part's directory in place)."""
+def _readings(work: Path, small: bool) -> tuple[list[str], dict[str, Path]]:
+    """Every built-in sentence no corpus of the students part reads, read four times by its training speakers in four
+    speaker pairings (readings a-d), as corpora in ``work`` without transcripts; the sentences and those corpora."""
     import asr_bench
 
     from fedwhisper.asr.prepare import load_features
     from fedwhisper.data.synth_asr import synthesize_audiofolder
     from fedwhisper.data.text import load_sentences
-    from fedwhisper.distill import pseudo_label
 
     students_work = work.parent / "distill-students"
-    home = students_work / "tiny.en"
-    teacher = str(home / "teacher" / "best")
     used = set()
     for corpus in ("asr-en-espeak", "asr-en-flite", "asr-en-untranscribed"):
         for split in ("train", "test"):
@@ -495,43 +488,93 @@ def scale(work: Path, small: bool) -> dict:
     fresh = [s for s in load_sentences("en") if s not in used][: 40 if small else None]
     held = set(load_features(students_work / "features-en")[0]["validation"]["speaker_id"])
     readings = {"a": fresh, "b": fresh[::-1], "c": fresh[1::2] + fresh[::2], "d": fresh[::-1][1::2] + fresh[::-1][::2]}
-    labelled, started = {}, time.perf_counter()
+    untranscribed = {}
     for name, order in readings.items():
         text = work / f"sentences-{name}.txt"
         text.write_text("\n".join(order) + "\n", encoding="utf-8")
         corpus = work / f"corpus-{name}"
         synthesize_audiofolder(corpus, replace(asr_bench.english_espeak_options(small), sentences=len(order), text=str(text)), workers=2)
+        untranscribed[name] = _without_transcripts(corpus, held, work / f"untranscribed-{name}")
+    return fresh, untranscribed
+
+
+def _scaled(work: Path, model: str, untranscribed: dict[str, Path]) -> tuple[Path, Path]:
+    """Readings a+b, then a-d, labelled by ``model``'s teacher from the students part (no transcripts: all labels
+    kept) and added to its labels there: the two training sets."""
+    from fedwhisper.distill import pseudo_label
+
+    home = work.parent / "distill-students" / model
+    labelled = {}
+    for name, source in untranscribed.items():
         labelled[name] = work / f"labelled-{name}"
-        pseudo_label(_without_transcripts(corpus, held, work / f"untranscribed-{name}"), teacher, labelled[name], wer_threshold=10.0,
-                     window="clip", progress=False)
+        pseudo_label(source, str(home / "teacher" / "best"), labelled[name], wer_threshold=10.0, window="clip", progress=False)
     first = _merged_labels(_merged_labels(home / "labelled-all", labelled["a"], work / "merged-a"), labelled["b"], work / "merged-ab")
-    everything = _merged_labels(_merged_labels(first, labelled["c"], work / "merged-abc"), labelled["d"], work / "merged-abcd")
-    seconds = {"corpora_and_labels": round(time.perf_counter() - started, 1)}
-    steps = 6 if small else SCALE_STEPS
+    return first, _merged_labels(_merged_labels(first, labelled["c"], work / "merged-abc"), labelled["d"], work / "merged-abcd")
+
+
+def _stage_results(work: Path, model: str, stages: tuple) -> dict:
+    """Train each (stage, labels, its starting student, steps, learning rate) with ``model``'s teacher; each stage's
+    clips, best step and validation WER, and its best's test WER on the held-out espeak-ng and flite clips."""
+    import asr_bench
+
+    from fedwhisper.asr.prepare import load_features
+
+    students_work = work.parent / "distill-students"
     held_out = {"held_out_espeak": load_features(students_work / "features-en")[0]["test"],
                 "flite": load_features(students_work / "features-en-flite")[0]["test"]}
-    results = {"fresh_sentences": len(fresh), "steps_per_stage": steps, "student_training": STUDENT_TRAINING, "stages": {}}
-    # (stage, labels, its starting student, steps, learning rate): the third continues stage 1's best on
-    # everything at a fifth of the learning rate, half the steps (the second's restart at the full rate undid part of
-    # stage 1); the fourth trains once, from student-init, on everything for twice the steps; the fifth for three
-    # times (the fourth's validation loss still fell at its last step)
+    results = {}
+    for stage, labels, start, stage_steps, learning_rate in stages:
+        run = _distilled(work / stage, labels, start, str(students_work / model / "teacher" / "best"), stage_steps, learning_rate)
+        best = str(work / stage / "best")
+        results[stage] = {"train_clips": len(load_features(labels)[0]["train"]), "steps": stage_steps, "learning_rate": learning_rate,
+                          "best_step": run.best_step, "validation_wer": round(run.best_wer, 4),
+                          "test_wer": {name: asr_bench.wer_of(best, split, "en", "clip")["wer"] for name, split in held_out.items()}}
+    return results
+
+
+def scale(work: Path, small: bool) -> dict:
+    """Does more pseudo-labelled audio close the tiny.en student's gap? The readings a-d labelled by its tiny.en teacher;
+    a student from its student-init trained on its labels + a + b, then continued from that student's best on
+    everything (+ c + d), the same steps each, and again at a fifth of the learning rate for half the steps; and one run
+    from student-init on everything for twice, then three times, the steps. Needs ``distill:students``' work;
+    resumable: every output is kept (run.py leaves this part's directory in place)."""
+    from fedwhisper.asr.prepare import load_features
+
+    home = work.parent / "distill-students" / "tiny.en"
+    started = time.perf_counter()
+    fresh, untranscribed = _readings(work, small)
+    first, everything = _scaled(work, "tiny.en", untranscribed)
+    seconds = {"corpora_and_labels": round(time.perf_counter() - started, 1)}
+    steps = 6 if small else SCALE_STEPS
+    # the third continues stage 1's best on everything at a fifth of the learning rate, half the steps (the second's
+    # restart at the full rate undid part of stage 1); the fourth trains once, from student-init, on everything for
+    # twice the steps; the fifth for three times (the fourth's validation loss still fell at its last step)
     rate = STUDENT_TRAINING["learning_rate"]
     stages = (("student", first, str(home / "student-init"), steps, rate),
               ("student-cd", everything, str(work / "student" / "best"), steps, rate),
               ("student-cd-low-lr", everything, str(work / "student" / "best"), steps // 2, rate / 5),
               ("student-abcd", everything, str(home / "student-init"), 2 * steps, rate),
               ("student-abcd-long", everything, str(home / "student-init"), 3 * steps, rate))
-    for stage, labels, start, stage_steps, learning_rate in stages:
-        run = _distilled(work / stage, labels, start, teacher, stage_steps, learning_rate)
-        best = str(work / stage / "best")
-        results["stages"][stage] = {"train_clips": len(load_features(labels)[0]["train"]), "steps": stage_steps, "learning_rate": learning_rate,
-                                    "best_step": run.best_step, "validation_wer": round(run.best_wer, 4),
-                                    "test_wer": {name: asr_bench.wer_of(best, split, "en", "clip")["wer"] for name, split in held_out.items()}}
-    results["students_part_tiny_en_clips"] = len(load_features(home / "labelled-all")[0]["train"])
-    results["seconds"] = seconds
-    return results
+    return {"fresh_sentences": len(fresh), "steps_per_stage": steps, "student_training": STUDENT_TRAINING,
+            "stages": _stage_results(work, "tiny.en", stages),
+            "students_part_tiny_en_clips": len(load_features(home / "labelled-all")[0]["train"]), "seconds": seconds}
 
 
-PARTS = {"students": students, "serving": serving, "threads": threads, "scale": scale}
-DEFAULT_PARTS = ("students", "serving", "threads")  # scale runs on demand: hours, after students
-RESUMABLE = ("scale",)
+def scale_base(work: Path, small: bool) -> dict:
+    """The same for base, with the recipe that brought tiny.en's student within +2 points: the readings a-d (made in
+    ``distill:scale``'s directory, reused if there) labelled by the base teacher, and one run from base's student-init
+    on everything for three times the tiny.en stages' steps. Hours (labels at ~3 clips/s, training at ~3.5 samples/s):
+    every output is kept, labels 256 clips and training 500 steps at a time, so a rerun continues."""
+    started = time.perf_counter()
+    fresh, untranscribed = _readings(work.parent / "distill-scale", small)
+    _, everything = _scaled(work, "base", untranscribed)
+    seconds = {"labels": round(time.perf_counter() - started, 1)}
+    steps = 3 * (6 if small else SCALE_STEPS)
+    init = str(work.parent / "distill-students" / "base" / "student-init")
+    stages = (("student-abcd-long", everything, init, steps, STUDENT_TRAINING["learning_rate"]),)
+    return {"fresh_sentences": len(fresh), "student_training": STUDENT_TRAINING, "stages": _stage_results(work, "base", stages), "seconds": seconds}
+
+
+PARTS = {"students": students, "serving": serving, "threads": threads, "scale": scale, "scale-base": scale_base}
+DEFAULT_PARTS = ("students", "serving", "threads")  # the scale parts run on demand: hours, after students
+RESUMABLE = ("scale", "scale-base")
