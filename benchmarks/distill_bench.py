@@ -177,17 +177,22 @@ def _without_transcripts(corpus: Path, held: set[str], private: Path) -> Path:
     return private
 
 
-def _merged_labels(labelled: Path, extra: Path, out: Path) -> Path:
-    """``labelled`` with every clip of ``extra`` (pseudo-labelled untranscribed audio) added to its training split."""
+def _merged_labels(labelled: Path, extras: list[Path], out: Path) -> Path:
+    """``labelled`` with every clip of each of ``extras`` (pseudo-labelled untranscribed audio) added to its training
+    split, in order; kept when ``out`` holds a finished merge (its manifest is written last)."""
     import datasets
 
     from fedwhisper.asr.prepare import MANIFEST, load_features
 
+    if (out / MANIFEST).is_file():
+        return out
     dataset, manifest = load_features(labelled)
-    more = load_features(extra)[0]
-    columns = [c for c in dataset["train"].column_names if c in more["train"].column_names]
-    train = datasets.concatenate_datasets([dataset["train"].select_columns(columns),
-                                           *(more[split].select_columns(columns).cast(dataset["train"].select_columns(columns).features) for split in more)])
+    train = dataset["train"]
+    for extra in extras:
+        more = load_features(extra)[0]
+        columns = [c for c in train.column_names if c in more["train"].column_names]
+        train = datasets.concatenate_datasets([train.select_columns(columns),
+                                               *(more[split].select_columns(columns).cast(train.select_columns(columns).features) for split in more)])
     for name, rows in (dataset | {"train": train}).items():
         rows.save_to_disk(str(out / name))
     (out / "dataset_dict.json").write_text(json.dumps({"splits": list(dataset)}))
@@ -219,7 +224,7 @@ def _student_pipeline(work: Path, model: str, features: str, untranscribed: str,
     started = time.perf_counter()
     report = pseudo_label(features, teacher, home / "labelled", wer_threshold=10.0, window="clip", progress=False)
     extra = pseudo_label(untranscribed, teacher, home / "labelled-untranscribed", wer_threshold=10.0, window="clip", progress=False)
-    labelled = _merged_labels(home / "labelled", home / "labelled-untranscribed", home / "labelled-all")
+    labelled = _merged_labels(home / "labelled", [home / "labelled-untranscribed"], home / "labelled-all")
     seconds["pseudo_labels"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -508,8 +513,8 @@ def _scaled(work: Path, model: str, untranscribed: dict[str, Path]) -> tuple[Pat
     for name, source in untranscribed.items():
         labelled[name] = work / f"labelled-{name}"
         pseudo_label(source, str(home / "teacher" / "best"), labelled[name], wer_threshold=10.0, window="clip", progress=False)
-    first = _merged_labels(_merged_labels(home / "labelled-all", labelled["a"], work / "merged-a"), labelled["b"], work / "merged-ab")
-    return first, _merged_labels(_merged_labels(first, labelled["c"], work / "merged-abc"), labelled["d"], work / "merged-abcd")
+    first = _merged_labels(home / "labelled-all", [labelled["a"], labelled["b"]], work / "merged-ab")
+    return first, _merged_labels(first, [labelled["c"], labelled["d"]], work / "merged-abcd")
 
 
 def _stage_results(work: Path, model: str, stages: tuple) -> dict:
