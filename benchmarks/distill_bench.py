@@ -4,6 +4,9 @@
   students, WER teacher vs student on held-out and flite voices, per-clip encoder/decoder latency beside the
   multiply-add bound, and speculative decoding (the teacher with its student as assistant).
 - ``serving``: CPU serving on a long recording: transformers vs our CTranslate2 exports vs faster-whisper.
+- ``threads``: `asr evaluate` speed quiet and with another process on one core, before and after the OpenMP fix.
+- ``encoder-cache``: a clip-window distillation step with the frozen encoder run every step vs its outputs cached.
+- ``scale`` / ``scale-base`` (on demand, hours): more pseudo-labelled audio for the students.
 """
 
 from __future__ import annotations
@@ -580,6 +583,54 @@ def scale_base(work: Path, small: bool) -> dict:
     return {"fresh_sentences": len(fresh), "student_training": STUDENT_TRAINING, "stages": _stage_results(work, "base", stages), "seconds": seconds}
 
 
-PARTS = {"students": students, "serving": serving, "threads": threads, "scale": scale, "scale-base": scale_base}
-DEFAULT_PARTS = ("students", "serving", "threads")  # the scale parts run on demand: hours, after students
+def encoder_cache(work: Path, small: bool) -> dict:
+    """A distillation step on clip windows, its frozen encoder run on every batch (mixed windows, as before the cache
+    took clip windows) against its outputs computed once (batches of one window each): samples per second of each, in
+    one run, and what computing the cache costs; the packaged tiny.en and base as teachers (speed does not depend on
+    the weights), each with its 2-decoder-layer student, 2 threads."""
+    from fedwhisper.asr.batches import AsrBatches
+    from fedwhisper.asr.prepare import PrepareOptions, load_features, prepare_features
+    from fedwhisper.asr.train import TrainConfig, apply_mode, batches_for, make_optimizer, train_on_batches
+    from fedwhisper.data.synth_asr import AsrSynthesisOptions, synthesize_audiofolder
+    from fedwhisper.distill import DistillLoss, make_student, teacher_loss_fn
+    from fedwhisper.models.registry import load_whisper
+
+    corpus = work / "asr-en"
+    synthesize_audiofolder(corpus, AsrSynthesisOptions(sentences=60 if small else 240, speakers=12, test_speakers=2))
+    steps, batch = (2, 8) if small else (12, 8)
+    results = {"batch_size": batch, "steps": steps, "threads": torch.get_num_threads()}
+    for model in ("tiny.en", "base"):
+        features = work / f"features-{model}"
+        prepare_features(corpus, model, features, PrepareOptions(validation_speakers=1))
+        train = load_features(features)[0]["train"]
+        clips = train.select(range(min(len(train), 24 if small else 160)))
+        teacher, _ = load_whisper(model)
+        teacher.requires_grad_(False)
+        student = make_student(model, work / f"student-{model}", decoder_layers=2)
+        loss_fn = teacher_loss_fn(teacher, DistillLoss())
+        entry = {"clips": len(clips), "clip_seconds_mean": round(float(np.mean(clips["duration"])), 2)}
+        for name in ("every_step", "cached"):
+            config = TrainConfig(**STUDENT_TRAINING, max_steps=steps, window="clip")
+            whisper = apply_mode(load_whisper(str(student))[0], config)
+            started = time.perf_counter()
+            batches = (AsrBatches(clips, whisper.config.decoder_start_token_id, window="clip") if name == "every_step"
+                       else batches_for(whisper, clips, config, work / "cache", progress=False))
+            prepared = time.perf_counter() - started
+            optimizer, scheduler = make_optimizer(whisper, config, steps + 1)
+            train_on_batches(whisper, batches.micro_batches(batch, 0, 0, 1), config, optimizer, scheduler, loss_fn=loss_fn)  # warm-up
+            started = time.perf_counter()
+            result = train_on_batches(whisper, batches.micro_batches(batch, 0, 1, steps), config, optimizer, scheduler, loss_fn=loss_fn)
+            seconds = time.perf_counter() - started
+            entry[name] = {"samples_per_second": round(result["samples"] / seconds, 3), "seconds": round(seconds, 1)}
+            if name == "cached":
+                entry[name]["cache_seconds_per_clip"] = round(prepared / len(clips), 4)
+        entry["cached_over_every_step"] = round(entry["cached"]["samples_per_second"] / entry["every_step"]["samples_per_second"], 2)
+        saved = 1 / entry["every_step"]["samples_per_second"] - 1 / entry["cached"]["samples_per_second"]  # seconds a sample
+        entry["cache_pays_off_after_epochs"] = round(entry["cached"]["cache_seconds_per_clip"] / saved, 2) if saved > 0 else None
+        results[model] = entry
+    return results
+
+
+PARTS = {"students": students, "serving": serving, "threads": threads, "encoder-cache": encoder_cache, "scale": scale, "scale-base": scale_base}
+DEFAULT_PARTS = ("students", "serving", "threads", "encoder-cache")  # the scale parts run on demand: hours, after students
 RESUMABLE = ("scale", "scale-base")

@@ -225,6 +225,13 @@ def distill_rows(results: dict) -> list[str]:
                         f"({timed['speedup_over_bound']:.0%} of it); end to end per clip {timed['end_to_end_per_clip_speedup']}x |")
         rows.append(f"| … speculative decoding (teacher + student assistant, {spec['clips']} clips, batch 1): same transcripts; speed | "
                     f"{spec['identical_transcripts']}/{spec['clips']}; {spec['speedup']}x |")
+    if cache := results.get("encoder-cache"):
+        cells = "; ".join(f"{model} {cache[model]['every_step']['samples_per_second']:.1f} → {cache[model]['cached']['samples_per_second']:.1f} "
+                          f"(**{cache[model]['cached_over_every_step']}x**; the cache costs {cache[model]['cache_seconds_per_clip']} s a clip, "
+                          f"repaid within {cache[model]['cache_pays_off_after_epochs']} epochs)" for model in ("tiny.en", "base"))
+        rows.append(f"| distillation step on clip windows ({cache['base']['clips']} clips of {cache['base']['clip_seconds_mean']} s mean, batch "
+                    f"{cache['batch_size']}, {cache['threads']} threads): samples/s with the frozen encoder run every step → its outputs "
+                    f"cached (batches of one window) | {cells} |")
     if (scale := results.get("scale")) and (students := results.get("students")):
         teacher = students["tiny.en"]["teacher_wer"]
         cells = "; ".join(f"{name} ({stage['train_clips']:,} clips, {stage['steps']} steps at lr {stage['learning_rate']:g}): "

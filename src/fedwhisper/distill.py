@@ -211,8 +211,8 @@ def distill_run(out: str | os.PathLike, *, labelled: str | os.PathLike | None = 
                 teacher: str | None = None, config=None, loss: DistillLoss = DistillLoss(), resume: bool = False, progress: bool = True):
     """What `distill train` does: train ``student`` on ``labelled`` features against ``teacher`` into run directory
     ``out`` (the layout of `asr train`: checkpoints, exact resume, best/ by WER, curves), or (``resume``) continue it.
-    The student's encoder trains only if it differs from the teacher's; otherwise it is frozen and its outputs (on
-    30-s windows: cached once; on clip windows, ``config.window``: computed each step, cheaply) feed both decoders."""
+    The student's encoder trains only if it differs from the teacher's; otherwise it is frozen and its outputs, on
+    ``config.window``, are computed once (the encoder-output cache) and feed both decoders."""
     from fedwhisper.asr.prepare import load_features
     from fedwhisper.asr.run import TrainingRun
     from fedwhisper.asr.train import TrainConfig, fine_tune, interruption_kept

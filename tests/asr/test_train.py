@@ -78,7 +78,7 @@ def test_a_clip_window_runs_the_encoder_on_the_clips_length_and_trains(tiny_asr_
                          lora_targets=r"model\.(encoder|decoder)\.layers\.\d+\.(.*\.)?(q_proj|v_proj)")
     peft_model = apply_mode(model, config)
     batches = batches_for(peft_model, train, config, progress=False)
-    assert batches.encoder_outputs is None  # adapters in the encoder, and 30-s stored outputs do not fit a clip window
+    assert batches.encoder_outputs is None  # adapters in the encoder: its outputs change every step
     inputs = model_inputs(peft_model, batches.batch([0, 1, 2, 3]))
     assert inputs["encoder_outputs"][0].shape[1] == clip.shape[-1] // 2  # encoder positions of the clip, not 1500
     encoder_adapters = [p for n, p in peft_model.named_parameters() if "encoder" in n and "lora_B" in n]
@@ -86,6 +86,39 @@ def test_a_clip_window_runs_the_encoder_on_the_clips_length_and_trains(tiny_asr_
     result = train_on_batches(peft_model, batches.micro_batches(4, 0, 0, 2), config, optimizer)
     assert result["steps"] == 2 and np.isfinite(result["loss"])
     assert any(p.abs().sum() > 0 for p in encoder_adapters)  # gradients reached the encoder through the sliced window
+
+
+def test_frozen_encoder_outputs_on_clip_windows_are_cached_per_window_and_batched_window_by_window(tiny_asr_model, tiny_features, tmp_path):
+    from fedwhisper.asr.batches import AsrBatches, whole_encoder
+    from fedwhisper.asr.evaluate import evaluate_batches
+    from fedwhisper.transcribe import DecodingOptions
+
+    train = load_features(tiny_features)[0]["train"]
+    model, processor = load_whisper(str(tiny_asr_model))
+    cached = batches_for(model, train, TrainConfig(mode="decoder-only", window="clip"), tmp_path, progress=False)
+    windows = [log_mel_batch(train, [i], "clip").shape[-1] for i in range(len(train))]
+    assert len(set(windows)) > 1  # clips of several windows, so a batch has to choose one
+    assert cached.encoder_outputs.positions().tolist() == [w // 2 for w in windows]
+    seen = []
+    for indices, batch in cached.in_order(4):
+        assert len({windows[i] for i in indices}) == 1
+        with torch.inference_mode():
+            direct = whole_encoder(model.model.encoder, log_mel_batch(train, indices, "clip"))
+        torch.testing.assert_close(batch["encoder_outputs"][0], direct, atol=2e-2, rtol=1e-2)  # float16 storage
+        seen += indices
+    assert sorted(seen) == list(range(len(train)))
+    per_epoch = cached.batches_per_epoch(4)
+    epoch = list(cached.micro_batches(4, 0, 0, per_epoch))
+    assert sum(len(batch["labels"]) for batch in epoch) == len(train)  # every clip once, in batches of one window each
+    resumed = list(cached.micro_batches(4, 0, per_epoch - 2, 3))  # micro-batch k is the same batch in every run
+    torch.testing.assert_close(resumed[0]["labels"], epoch[-2]["labels"])
+
+    # evaluation over the window-by-window order gives each row its own hypothesis
+    options = DecodingOptions(max_new_tokens=6, batch_size=4)
+    grouped = evaluate_batches(model, processor.tokenizer, cached, options)["rows"]
+    alone = evaluate_batches(model, processor.tokenizer, AsrBatches(train, model.config.decoder_start_token_id, window="clip"),
+                             DecodingOptions(max_new_tokens=6, batch_size=1))["rows"]
+    assert [row["hypothesis"] for row in grouped] == [row["hypothesis"] for row in alone]
 
 
 def _train_args(features, model, out, steps):

@@ -31,12 +31,14 @@ def evaluate_batches(model, tokenizer, batches: AsrBatches, options: DecodingOpt
     references = dataset["transcription"]
     columns = {name: dataset[name] for name in ("path", "speaker_id") if name in dataset.column_names}
     seconds = dataset["duration"] if "duration" in dataset.column_names else None
-    hypotheses, loss_sum, tokens = [], 0.0, 0
+    hypotheses, loss_sum, tokens = [""] * len(dataset), 0.0, 0
     steps = batches.in_order(options.batch_size)
     for indices, batch in tqdm(steps, total=-(-len(batches) // options.batch_size), desc="evaluate", unit="batch", disable=not progress):
         capped = options if seconds is None else replace(options, max_new_tokens=token_cap(max(seconds[i] for i in indices), options.max_new_tokens))
         if on_ctranslate2:
-            hypotheses += decode_features(model, tokenizer, batch["input_features"].numpy(), options, capped.max_new_tokens)
+            decoded = decode_features(model, tokenizer, batch["input_features"].numpy(), options, capped.max_new_tokens)
+            for i, text in zip(indices, decoded):
+                hypotheses[i] = text
             continue
         with torch.inference_mode():
             inputs = model_inputs(model, batch)
@@ -46,7 +48,8 @@ def evaluate_batches(model, tokenizer, batches: AsrBatches, options: DecodingOpt
         labels = inputs["labels"]
         loss_sum += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), labels, ignore_index=IGNORE_INDEX, reduction="sum"))
         tokens += int((labels != IGNORE_INDEX).sum())
-        hypotheses += decode_batch(model, tokenizer, inputs, capped, assistant)
+        for i, text in zip(indices, decode_batch(model, tokenizer, inputs, capped, assistant)):
+            hypotheses[i] = text
     if was_training:
         model.train()
     language = options.language or "en"

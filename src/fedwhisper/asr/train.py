@@ -76,7 +76,7 @@ class TrainConfig:
     @property
     def cached_encoder_layers(self) -> int | None | bool:
         """What of the encoder is computed once: None for all of it, N for its bottom N blocks, False for nothing."""
-        if self.spec_augment or self.window == "clip":  # stored outputs are of 30-s windows
+        if self.spec_augment:  # masked log-mels: new encoder outputs every step
             return False
         if self.mode == "lora" and any(re.fullmatch(self.lora_targets, f"model.encoder.layers.0.{name}") for name in _ENCODER_PROJECTIONS):
             return False  # adapters inside the encoder: its outputs change every step
@@ -180,7 +180,7 @@ def batches_for(model, dataset, config: TrainConfig, cache_root: Path | None = N
     cache = None
     layers = config.cached_encoder_layers
     if layers is not False:
-        cache = EncoderOutputCache(cache_root or encoder_cache_root(), whisper.model.encoder, dataset, layers)
+        cache = EncoderOutputCache(cache_root or encoder_cache_root(), whisper.model.encoder, dataset, layers, config.window)
         cache.compute(progress=progress)
     return AsrBatches(dataset, whisper.config.decoder_start_token_id, cache, config.window)
 

@@ -87,6 +87,10 @@ class FeatureCache:
         self._chunks[chunk] = np.load(self._chunk_path(chunk), mmap_mode="r")
         self._where.update((key, (chunk, row)) for row, key in enumerate(keys))
 
+    def row_shape(self, key: str) -> tuple[int, ...]:
+        """The shape of ``key``'s stored row (KeyError if not stored)."""
+        return self._chunks[self._where[key][0]].shape[1:]
+
     def rows(self, keys: Sequence[str]) -> np.ndarray:
         """The stored rows of ``keys``, in order (KeyError for a key not stored)."""
         return np.stack([self._chunks[chunk][row] for chunk, row in (self._where[key] for key in keys)])
