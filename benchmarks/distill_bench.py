@@ -203,49 +203,57 @@ def _merged_labels(labelled: Path, extras: list[Path], out: Path) -> Path:
     return out
 
 
-def _student_pipeline(work: Path, model: str, features: str, untranscribed: str, steps: dict) -> dict:
-    """Teacher fine-tune → greedy pseudo-labels of the training split (10 % WER filter) and of the untranscribed audio
-    (all kept) → 2-decoder-layer student distilled on them; all on clip windows (the teacher's), in ``work / model``."""
+def _teacher_and_labels(work: Path, model: str, features: str, untranscribed: str, teacher_steps: int, backend: str = "transformers") -> dict:
+    """Teacher fine-tune → greedy pseudo-labels (on ``backend``) of the training split (10 % WER filter) and of the
+    untranscribed audio (all kept), merged in ``work / model / labelled-all``; all on clip windows (the teacher's)."""
     from fedwhisper.asr.federated import AsrFederationOptions, client_train_config
     from fedwhisper.asr.prepare import load_features
-    from fedwhisper.asr.train import TrainConfig, fine_tune
-    from fedwhisper.distill import distill_run, make_student, pseudo_label
+    from fedwhisper.asr.train import fine_tune
+    from fedwhisper.distill import pseudo_label
     from fedwhisper.models.registry import load_whisper
 
     home, seconds = work / model, {}
     dataset = load_features(features)[0]
     started = time.perf_counter()
     options = AsrFederationOptions(features=features, model=model, mode="lora", window="clip")
-    teacher_steps = steps["teacher_steps"]
     config = replace(client_train_config(options), max_steps=teacher_steps, eval_every=teacher_steps, save_every=teacher_steps,
                      log_every=max(teacher_steps // 10, 1), eval_clips=60)
-    whisper, processor = load_whisper(model)
-    tuned = fine_tune(whisper, processor, dataset["train"], config, eval_set=dataset["validation"], run_dir=home / "teacher", progress=False)
+    tuned = fine_tune(*load_whisper(model), dataset["train"], config, eval_set=dataset["validation"], run_dir=home / "teacher",
+                      resume=(home / "teacher" / "options.json").is_file(), progress=False)  # scale-base reruns continue
     teacher = str(home / "teacher" / "best")
     seconds["teacher"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    report = pseudo_label(features, teacher, home / "labelled", wer_threshold=10.0, window="clip", progress=False)
-    extra = pseudo_label(untranscribed, teacher, home / "labelled-untranscribed", wer_threshold=10.0, window="clip", progress=False)
-    labelled = _merged_labels(home / "labelled", [home / "labelled-untranscribed"], home / "labelled-all")
+    report = pseudo_label(features, teacher, home / "labelled", wer_threshold=10.0, window="clip", progress=False, backend=backend)
+    extra = pseudo_label(untranscribed, teacher, home / "labelled-untranscribed", wer_threshold=10.0, window="clip", progress=False, backend=backend)
+    _merged_labels(home / "labelled", [home / "labelled-untranscribed"], home / "labelled-all")
     seconds["pseudo_labels"] = time.perf_counter() - started
+    kept = report["splits"]["train"]
+    return {"teacher": teacher, "teacher_steps": teacher_steps, "teacher_validation_wer": round(tuned.best_wer, 4), "labels_backend": backend,
+            "labels_kept": kept["kept"], "labels_dropped": kept["dropped"],
+            "untranscribed_labels": sum(entry["kept"] for entry in extra["splits"].values()), "seconds": seconds}
 
+
+def _student_pipeline(work: Path, model: str, features: str, untranscribed: str, steps: dict) -> dict:
+    """``_teacher_and_labels``, then a 2-decoder-layer student distilled on the labels, in ``work / model``."""
+    from fedwhisper.asr.train import TrainConfig
+    from fedwhisper.distill import distill_run, make_student
+
+    home = work / model
+    entry = _teacher_and_labels(work, model, features, untranscribed, steps["teacher_steps"])
     started = time.perf_counter()
-    make_student(teacher, home / "student-init", decoder_layers=2)
+    make_student(entry["teacher"], home / "student-init", decoder_layers=2)
     student_steps = steps["student_steps"]
     config = TrainConfig(**STUDENT_TRAINING, max_steps=student_steps, eval_every=student_steps // 6, save_every=student_steps,
                          log_every=max(student_steps // 12, 1), eval_clips=None, window="clip")
-    distilled = distill_run(home / "student", labelled=labelled, student=str(home / "student-init"), teacher=teacher, config=config,
-                            progress=False)
-    seconds["student"] = time.perf_counter() - started
-    kept = report["splits"]["train"]
-    untranscribed_kept = sum(entry["kept"] for entry in extra["splits"].values())
-    return {"teacher": teacher, "student": str(home / "student" / "best"), "teacher_steps": teacher_steps,
-            "teacher_validation_wer": round(tuned.best_wer, 4), "labels_kept": kept["kept"], "labels_dropped": kept["dropped"],
-            "untranscribed_labels": untranscribed_kept, "student_training": STUDENT_TRAINING, "student_steps": student_steps,
-            "student_best_step": distilled.best_step, "student_validation_wer": round(distilled.best_wer, 4),
-            "student_curve": [{k: r[k] for k in ("step", "eval_wer")} for r in distilled.metrics if r.get("eval_wer") is not None],
-            "student_train_samples_per_second": round(distilled.samples_per_second, 2), "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+    distilled = distill_run(home / "student", labelled=home / "labelled-all", student=str(home / "student-init"), teacher=entry["teacher"],
+                            config=config, progress=False)
+    entry["seconds"]["student"] = time.perf_counter() - started
+    return entry | {"student": str(home / "student" / "best"), "student_training": STUDENT_TRAINING, "student_steps": student_steps,
+                    "student_best_step": distilled.best_step, "student_validation_wer": round(distilled.best_wer, 4),
+                    "student_curve": [{k: r[k] for k in ("step", "eval_wer")} for r in distilled.metrics if r.get("eval_wer") is not None],
+                    "student_train_samples_per_second": round(distilled.samples_per_second, 2),
+                    "seconds": {k: round(v, 1) for k, v in entry["seconds"].items()}}
 
 
 def decoder_macs_per_token(config, tokens: float, frames: float) -> float:
@@ -378,6 +386,20 @@ def _speculative(teacher: str, student: str, clips, max_clips: int) -> dict:
             "differing": [{"alone": a, "assisted": b} for a, b in zip(texts["alone"], texts["assisted"]) if a != b][:5]}
 
 
+def _students_corpora(work: Path, small: bool) -> tuple[dict, Path]:
+    """The English corpus prepared for tiny.en and for base ({model: (features, flite features)}) and the untranscribed
+    audio of its training speakers."""
+    import asr_bench
+
+    from fedwhisper.asr.prepare import PrepareOptions, prepare_features
+
+    features, flite, _ = asr_bench.english_features(work, small)
+    prepare_features(work / "asr-en-espeak", "base", work / "features-en-base", PrepareOptions(num_proc=2, validation_speakers=2 if small else 4))
+    prepare_features(work / "asr-en-flite", "base", work / "features-en-flite-base", PrepareOptions(num_proc=2, validation_speakers=0))
+    sets = {"tiny.en": (features, flite), "base": (work / "features-en-base", work / "features-en-flite-base")}
+    return sets, untranscribed_corpus(work, features, small)
+
+
 def students(work: Path, small: bool) -> dict:
     """Distil-Whisper on the English corpus (the ASR suite's): for tiny.en and base, a teacher fine-tuned on the
     training speakers, its pseudo-labels of their transcribed and untranscribed audio, a 2-decoder-layer student; WER of both on held-out espeak-ng speakers and on
@@ -386,14 +408,10 @@ def students(work: Path, small: bool) -> dict:
     import asr_bench
     from fl_asr_bench import _in_parallel
 
-    from fedwhisper.asr.prepare import PrepareOptions, load_features, prepare_features
+    from fedwhisper.asr.prepare import load_features
 
     started = time.perf_counter()
-    features, flite, _ = asr_bench.english_features(work, small)
-    prepare_features(work / "asr-en-espeak", "base", work / "features-en-base", PrepareOptions(num_proc=2, validation_speakers=2 if small else 4))
-    prepare_features(work / "asr-en-flite", "base", work / "features-en-flite-base", PrepareOptions(num_proc=2, validation_speakers=0))
-    sets = {"tiny.en": (features, flite), "base": (work / "features-en-base", work / "features-en-flite-base")}
-    untranscribed = untranscribed_corpus(work, features, small)
+    sets, untranscribed = _students_corpora(work, small)
     results = {"seconds": {"corpus_and_features": round(time.perf_counter() - started, 1)}}
     recipes = {m: ({"teacher_steps": 4, "student_steps": 6} if small else r) for m, r in STUDENT_RECIPES.items()}
     started = time.perf_counter()
@@ -478,16 +496,16 @@ def _distilled(out: Path, labelled: Path, student: str, teacher: str, steps: int
     return distill_run(out, labelled=labelled, student=student, teacher=teacher, config=config, progress=False)
 
 
-def _readings(work: Path, small: bool) -> tuple[list[str], dict[str, Path]]:
-    """Every built-in sentence no corpus of the students part reads, read four times by its training speakers in four
-    speaker pairings (readings a-d), as corpora in ``work`` without transcripts; the sentences and those corpora."""
+def _readings(work: Path, small: bool, students_work: Path) -> tuple[list[str], dict[str, Path]]:
+    """Every built-in sentence no corpus of the students part (in ``students_work``) reads, read four times by its
+    training speakers in four speaker pairings (readings a-d), as corpora in ``work`` without transcripts; the
+    sentences and those corpora."""
     import asr_bench
 
     from fedwhisper.asr.prepare import load_features
     from fedwhisper.data.synth_asr import synthesize_audiofolder
     from fedwhisper.data.text import load_sentences
 
-    students_work = work.parent / "distill-students"
     used = set()
     for corpus in ("asr-en-espeak", "asr-en-flite", "asr-en-untranscribed"):
         for split in ("train", "test"):
@@ -506,36 +524,33 @@ def _readings(work: Path, small: bool) -> tuple[list[str], dict[str, Path]]:
     return fresh, untranscribed
 
 
-def _scaled(work: Path, model: str, untranscribed: dict[str, Path]) -> tuple[Path, Path]:
-    """Readings a+b, then a-d, labelled by ``model``'s teacher from the students part (no transcripts: all labels
-    kept) and added to its labels there: the two training sets."""
+def _scaled(work: Path, home: Path, untranscribed: dict[str, Path], backend: str = "transformers") -> tuple[Path, Path]:
+    """Readings a+b, then a-d, labelled (on ``backend``) by the teacher in ``home`` (no transcripts: all labels kept)
+    and added to its labels there: the two training sets."""
     from fedwhisper.distill import pseudo_label
 
-    home = work.parent / "distill-students" / model
     labelled = {}
     for name, source in untranscribed.items():
         labelled[name] = work / f"labelled-{name}"
-        pseudo_label(source, str(home / "teacher" / "best"), labelled[name], wer_threshold=10.0, window="clip", progress=False)
+        pseudo_label(source, str(home / "teacher" / "best"), labelled[name], wer_threshold=10.0, window="clip", progress=False, backend=backend)
     first = _merged_labels(home / "labelled-all", [labelled["a"], labelled["b"]], work / "merged-ab")
     return first, _merged_labels(first, [labelled["c"], labelled["d"]], work / "merged-abcd")
 
 
-def _stage_results(work: Path, model: str, stages: tuple) -> dict:
-    """Train each (stage, labels, its starting student, steps, learning rate) with ``model``'s teacher; each stage's
-    clips, best step and validation WER, and its best's test WER on the held-out espeak-ng and flite clips."""
+def _stage_results(work: Path, teacher: str, held_out: dict, stages: tuple) -> dict:
+    """Train each (stage, labels, its starting student, steps, learning rate) with ``teacher``; each stage's clips,
+    best step and validation WER, and its best's test WER on each ``held_out`` split."""
     import asr_bench
 
     from fedwhisper.asr.prepare import load_features
 
-    students_work = work.parent / "distill-students"
-    held_out = {"held_out_espeak": load_features(students_work / "features-en")[0]["test"],
-                "flite": load_features(students_work / "features-en-flite")[0]["test"]}
     results = {}
     for stage, labels, start, stage_steps, learning_rate in stages:
-        run = _distilled(work / stage, labels, start, str(students_work / model / "teacher" / "best"), stage_steps, learning_rate)
+        run = _distilled(work / stage, labels, start, teacher, stage_steps, learning_rate)
         best = str(work / stage / "best")
         results[stage] = {"train_clips": len(load_features(labels)[0]["train"]), "steps": stage_steps, "learning_rate": learning_rate,
                           "best_step": run.best_step, "validation_wer": round(run.best_wer, 4),
+                          "train_samples_per_second": round(run.samples_per_second, 2),
                           "test_wer": {name: asr_bench.wer_of(best, split, "en", "clip")["wer"] for name, split in held_out.items()}}
     return results
 
@@ -548,10 +563,11 @@ def scale(work: Path, small: bool) -> dict:
     resumable: every output is kept (run.py leaves this part's directory in place)."""
     from fedwhisper.asr.prepare import load_features
 
-    home = work.parent / "distill-students" / "tiny.en"
+    students_work = work.parent / "distill-students"
+    home = students_work / "tiny.en"
     started = time.perf_counter()
-    fresh, untranscribed = _readings(work, small)
-    first, everything = _scaled(work, "tiny.en", untranscribed)
+    fresh, untranscribed = _readings(work, small, students_work)
+    first, everything = _scaled(work, home, untranscribed)
     seconds = {"corpora_and_labels": round(time.perf_counter() - started, 1)}
     steps = 6 if small else SCALE_STEPS
     # the third continues stage 1's best on everything at a fifth of the learning rate, half the steps (the second's
@@ -564,23 +580,83 @@ def scale(work: Path, small: bool) -> dict:
               ("student-abcd", everything, str(home / "student-init"), 2 * steps, rate),
               ("student-abcd-long", everything, str(home / "student-init"), 3 * steps, rate))
     return {"fresh_sentences": len(fresh), "steps_per_stage": steps, "student_training": STUDENT_TRAINING,
-            "stages": _stage_results(work, "tiny.en", stages),
+            "stages": _stage_results(work, str(home / "teacher" / "best"), _held_out(students_work, "tiny.en"), stages),
             "students_part_tiny_en_clips": len(load_features(home / "labelled-all")[0]["train"]), "seconds": seconds}
 
 
+def _held_out(students_work: Path, model: str) -> dict:
+    """The held-out espeak-ng and flite test clips, prepared for ``model``."""
+    from fedwhisper.asr.prepare import load_features
+
+    suffix = "" if model == "tiny.en" else f"-{model}"
+    return {"held_out_espeak": load_features(students_work / f"features-en{suffix}")[0]["test"],
+            "flite": load_features(students_work / f"features-en-flite{suffix}")[0]["test"]}
+
+
 def scale_base(work: Path, small: bool) -> dict:
-    """The same for base, with the recipe that brought tiny.en's student within +2 points: the readings a-d (made in
-    ``distill:scale``'s directory, reused if there) labelled by the base teacher, and one run from base's student-init
-    on everything for three times the tiny.en stages' steps. Hours (labels at ~3 clips/s, training at ~3.5 samples/s):
-    every output is kept, labels 256 clips and training 500 steps at a time, so a rerun continues."""
+    """The same for base, with the recipe that brought tiny.en's student within +2 points, self-contained so that it
+    fits one session on a fresh 2-core machine: the students part's corpora, base teacher and labels made here, then
+    the readings a-d, every label by the teacher's int8 CTranslate2 export (~2x faster than transformers; agreement
+    with transformers' labels measured on 256 clips), and one run from student-init on everything for three times the
+    tiny.en stages' steps, the shared encoder's outputs cached; teacher and student tested on the same clips. Resumable:
+    every output is kept (labels 256 clips and training 500 steps at a time), so a rerun continues."""
+    import asr_bench
+
+    from fedwhisper.distill import make_student
+
+    seconds, started = {}, time.perf_counter()
+    sets, untranscribed = _students_corpora(work, small)
+    seconds["corpora"] = time.perf_counter() - started
+    teacher_steps = 4 if small else STUDENT_RECIPES["base"]["teacher_steps"]
+    entry = _teacher_and_labels(work, "base", str(sets["base"][0]), str(untranscribed), teacher_steps, backend="ctranslate2")
+    seconds |= entry.pop("seconds")
     started = time.perf_counter()
-    fresh, untranscribed = _readings(work.parent / "distill-scale", small)
-    _, everything = _scaled(work, "base", untranscribed)
-    seconds = {"labels": round(time.perf_counter() - started, 1)}
+    agreement = _label_agreement(work, entry["teacher"], 24 if small else 256)
+    seconds["label_agreement"] = time.perf_counter() - started
+    started = time.perf_counter()
+    fresh, readings = _readings(work, small, work)
+    seconds["readings"] = time.perf_counter() - started
+    started = time.perf_counter()
+    _, everything = _scaled(work, work / "base", readings, backend="ctranslate2")
+    seconds["readings_labels"] = time.perf_counter() - started
+    init = make_student(entry["teacher"], work / "base" / "student-init", decoder_layers=2)
+    held_out = _held_out(work, "base")
+    started = time.perf_counter()
+    entry["teacher_wer"] = {name: asr_bench.wer_of(entry["teacher"], split, "en", "clip")["wer"] for name, split in held_out.items()}
+    seconds["teacher_tests"] = time.perf_counter() - started
     steps = 3 * (6 if small else SCALE_STEPS)
-    init = str(work.parent / "distill-students" / "base" / "student-init")
-    stages = (("student-abcd-long", everything, init, steps, STUDENT_TRAINING["learning_rate"]),)
-    return {"fresh_sentences": len(fresh), "student_training": STUDENT_TRAINING, "stages": _stage_results(work, "base", stages), "seconds": seconds}
+    started = time.perf_counter()
+    stages = _stage_results(work, entry["teacher"], held_out, (("student-abcd-long", everything, str(init), steps, STUDENT_TRAINING["learning_rate"]),))
+    seconds["student"] = time.perf_counter() - started
+    stage = stages["student-abcd-long"]
+    stage["student_minus_teacher_points"] = {name: round(100 * (stage["test_wer"][name] - entry["teacher_wer"][name]), 2) for name in held_out}
+    return entry | {"fresh_sentences": len(fresh), "label_agreement": agreement, "student_training": STUDENT_TRAINING, "stages": stages,
+                    "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+
+
+def _label_agreement(work: Path, teacher: str, clips: int) -> dict:
+    """The teacher's labels of the first ``clips`` untranscribed clips on transformers and on the ctranslate2 backend:
+    how many are the same text (normalised), and each backend's clips per second."""
+    from fedwhisper.asr.prepare import MANIFEST, load_features
+    from fedwhisper.distill import pseudo_label
+    from fedwhisper.metrics import normalizer
+
+    prepared = work / "base" / "labelled-untranscribed" / ".labels" / "features"  # what pseudo_label prepared of the corpus
+    subset = work / "agreement" / "features"
+    if not (subset / MANIFEST).is_file():
+        load_features(prepared)[0]["train"].select(range(clips)).save_to_disk(str(subset / "train"))
+        (subset / "dataset_dict.json").write_text(json.dumps({"splits": ["train"]}))
+        (subset / MANIFEST).write_text((prepared / MANIFEST).read_text())
+    texts, speed = {}, {}
+    for backend in ("transformers", "ctranslate2"):
+        out = work / "agreement" / backend
+        started = time.perf_counter()
+        pseudo_label(subset, teacher, out, wer_threshold=None, window="clip", progress=False, backend=backend)
+        speed[backend] = round(clips / (time.perf_counter() - started), 2)
+        texts[backend] = load_features(out)[0]["train"]["transcription"]
+    normalise = normalizer("en")
+    same = sum(normalise(a) == normalise(b) for a, b in zip(texts["transformers"], texts["ctranslate2"]))
+    return {"clips": clips, "same_text": same, "clips_per_second": speed}
 
 
 def encoder_cache(work: Path, small: bool) -> dict:

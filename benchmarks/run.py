@@ -239,12 +239,15 @@ def distill_rows(results: dict) -> list[str]:
         rows.append(f"| … tiny.en student with more pseudo-labelled audio (the {scale['fresh_sentences']:,} unused sentences read 4 times; "
                     f"student-cd* continue student's best on all, student-abcd* start afresh on all): WER held-out espeak-ng / flite "
                     f"(teacher {teacher['held_out_espeak']['wer']:.1%} / {teacher['flite']['wer']:.1%}) | {cells} |")
-    if (scale := results.get("scale-base")) and (students := results.get("students")):
-        teacher, stage = students["base"]["teacher_wer"], scale["stages"]["student-abcd-long"]
-        rows.append(f"| … base student the same way (its teacher's labels of the same readings, one run from student-init, "
-                    f"{stage['train_clips']:,} clips, {stage['steps']} steps at lr {stage['learning_rate']:g}): WER held-out espeak-ng / flite "
-                    f"(teacher {teacher['held_out_espeak']['wer']:.1%} / {teacher['flite']['wer']:.1%}) | "
-                    f"{stage['test_wer']['held_out_espeak']:.1%} / {stage['test_wer']['flite']:.1%} |")
+    if scale := results.get("scale-base"):
+        teacher, stage, agreement = scale["teacher_wer"], scale["stages"]["student-abcd-long"], scale["label_agreement"]
+        speed = agreement["clips_per_second"]
+        rows.append(f"| … base the same way, self-contained (its own teacher, {scale['teacher_steps']} LoRA steps; every label by the teacher's "
+                    f"int8 CTranslate2 export: {agreement['same_text']}/{agreement['clips']} the same text as transformers', "
+                    f"{speed['ctranslate2']} vs {speed['transformers']} clips/s; one run from student-init, {stage['train_clips']:,} clips, "
+                    f"{stage['steps']} steps at lr {stage['learning_rate']:g}, encoder outputs cached; {sum(scale['seconds'].values()) / 3600:.1f} h): "
+                    f"WER held-out espeak-ng / flite, teacher → student | {teacher['held_out_espeak']:.1%} → **{stage['test_wer']['held_out_espeak']:.1%}** / "
+                    f"{teacher['flite']:.1%} → {stage['test_wer']['flite']:.1%} |")
     if threads := results.get("threads"):
         factor, slowdown = threads["real_time_factor"], threads["busy_slowdown"]
         rows.append(f"| `asr evaluate` speed with another process on one core ({threads['model']}, {threads['clips']} clips, 30-s windows, "

@@ -113,7 +113,8 @@ def teacher_loss_fn(teacher, weights: DistillLoss):
 
 
 def pseudo_label(source: str | os.PathLike, teacher: str, out: str | os.PathLike, wer_threshold: float | None = 10.0,
-                 batch_size: int = 16, chunk_rows: int = 256, progress: bool = True, window: str = "full", language: str = "en") -> dict:
+                 batch_size: int = 16, chunk_rows: int = 256, progress: bool = True, window: str = "full", language: str = "en",
+                 backend: str = "transformers") -> dict:
     """Prepared features whose training labels are ``teacher``'s greedy transcripts (on ``window``: full, Whisper's
     30 s, or clip, for a teacher trained on clip windows; tokens capped by the clip's length), written to ``out`` with
     the same layout. ``source`` is prepared features, or a corpus (prepared in ``out`` first for the teacher, in
@@ -121,20 +122,24 @@ def pseudo_label(source: str | os.PathLike, teacher: str, out: str | os.PathLike
     its reference exceeds ``wer_threshold`` % is dropped (None: all kept; a clip without a reference is always kept);
     the report counts and lists what was dropped. Other splits keep their references, so the student is chosen and
     tested against real text; a split with no reference at all takes the teacher's labels too. Rows are decoded
-    ``chunk_rows`` at a time and each chunk is saved at once, so a rerun continues where an interrupted one stopped."""
+    ``chunk_rows`` at a time and each chunk is saved at once, so a rerun continues where an interrupted one stopped.
+    ``backend`` ctranslate2 decodes with faster-whisper on the teacher's int8 CTranslate2 export (made on first use)."""
     import datasets
 
     from fedwhisper.asr.batches import WINDOWS
     from fedwhisper.asr.prepare import MANIFEST, REPORT, PrepareOptions, label_ids, load_features, prepare_features
-    from fedwhisper.models.registry import load_whisper
+    from fedwhisper.backends import check_backend, load_ctranslate2
+    from fedwhisper.models.export import ctranslate2_model_dir
+    from fedwhisper.models.registry import load_processor, load_whisper
 
+    check_backend(backend)
     if wer_threshold is not None and wer_threshold < 0:
         raise FedwhisperError(f"--wer-threshold must be at least 0 (got {wer_threshold})")
     if window not in WINDOWS:
         raise FedwhisperError(f"--window must be one of {', '.join(WINDOWS)} (got {window!r})")
     out = Path(out)
     work = out / ".labels"
-    job = {"features": str(Path(source).resolve()), "teacher": str(teacher), "wer_threshold": wer_threshold, "window": window}
+    job = {"features": str(Path(source).resolve()), "teacher": str(teacher), "wer_threshold": wer_threshold, "window": window, "backend": backend}
     if (work / "job.json").is_file() and json.loads((work / "job.json").read_text()) != job:
         raise FedwhisperError(f"{out} holds labels of other inputs; choose a new directory or delete it")
     features = Path(source)
@@ -142,14 +147,14 @@ def pseudo_label(source: str | os.PathLike, teacher: str, out: str | os.PathLike
         features = work / "features"
         prepare_features(source, teacher, features, PrepareOptions(language=language, keep_untranscribed=True))
     dataset, manifest = load_features(features)
-    whisper, processor = load_whisper(teacher)
+    whisper, processor = (load_ctranslate2(ctranslate2_model_dir(teacher)), load_processor(teacher)) if backend == "ctranslate2" else load_whisper(teacher)
     if len(processor.tokenizer) != manifest["vocab_size"]:
         raise FedwhisperError(f"{source} was prepared with another tokenizer ({manifest['model']}); prepare it again for {teacher}")
     if "train" not in dataset:
         raise FedwhisperError(f"{source} has no train split to label")
     work.mkdir(parents=True, exist_ok=True)
     write_json(work / "job.json", job)
-    report = {"teacher": str(teacher), "wer_threshold": wer_threshold, "window": window, "splits": {}}
+    report = {"teacher": str(teacher), "wer_threshold": wer_threshold, "window": window, "backend": backend, "splits": {}}
     labelled = dict(dataset)
     for name, split in dataset.items():
         if name != "train" and any(text.strip() for text in split["transcription"]):
@@ -184,10 +189,11 @@ def _teacher_labels(whisper, processor, split, manifest: dict, chunks: Path, bat
 
     from fedwhisper.asr.batches import AsrBatches
     from fedwhisper.asr.evaluate import evaluate_batches
-    from fedwhisper.transcribe import DecodingOptions, is_multilingual
+    from fedwhisper.transcribe import DecodingOptions
 
     language, task = manifest["options"]["language"], manifest["options"]["task"]
-    options = DecodingOptions(language=language if is_multilingual(whisper) else None, task=task, batch_size=batch_size)
+    options = DecodingOptions(language=language if manifest["multilingual"] else None, task=task, batch_size=batch_size)
+    start_token = processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
     chunks.mkdir(parents=True, exist_ok=True)
     hypotheses, wers = [], []
     with tqdm(total=len(split), desc=f"pseudo-label {chunks.name}", unit="clip", disable=not progress) as bar:
@@ -196,7 +202,7 @@ def _teacher_labels(whisper, processor, split, manifest: dict, chunks: Path, bat
                 saved = chunks / f"{index:05d}.json"
                 rows = split.select(range(start, min(start + chunk_rows, len(split))))
                 if not saved.is_file():
-                    result = evaluate_batches(whisper, processor.tokenizer, AsrBatches(rows, whisper.config.decoder_start_token_id, window=window), options)
+                    result = evaluate_batches(whisper, processor.tokenizer, AsrBatches(rows, start_token, window=window), options)
                     write_json(saved, [[row["hypothesis"], row["wer"]] for row in result["rows"]])
                 chunk = json.loads(saved.read_text())
                 hypotheses += [h for h, _ in chunk]

@@ -110,6 +110,26 @@ def test_pseudo_labels_are_the_teachers_greedy_text_filtered_by_wer_and_resumabl
     assert calls == [] and len(load_features(tmp_path / "all")[0]["train"]) == len(labelled["train"])
 
 
+def test_pseudo_labels_on_the_ctranslate2_backend_are_faster_whispers_text_of_the_teachers_export(tiny_asr_model, small_features, tmp_path):
+    from fedwhisper import distill
+    from fedwhisper.asr.evaluate import evaluate_data
+    from fedwhisper.asr.prepare import load_features
+    from fedwhisper.transcribe import DecodingOptions
+
+    report = distill.pseudo_label(small_features, str(tiny_asr_model), tmp_path / "ct2", wer_threshold=None, progress=False, window="clip",
+                                  backend="ctranslate2")
+    assert report["backend"] == "ctranslate2"
+    labelled = load_features(tmp_path / "ct2")[0]["train"]
+    same_batches = DecodingOptions(batch_size=16)  # a batch's token cap follows its longest clip: the same batches as the labels'
+    decoded = evaluate_data(small_features, str(tiny_asr_model), "train", same_batches, window="clip", backend="ctranslate2", progress=False)["rows"]
+    kept = [row["hypothesis"] for row in decoded if row["hypothesis"].strip()]
+    assert labelled["transcription"] == kept and len(kept) + report["splits"]["train"]["dropped"] == 12
+    with pytest.raises(FedwhisperError, match="holds labels of other inputs"):  # a rerun cannot mix the backends' labels
+        distill.pseudo_label(small_features, str(tiny_asr_model), tmp_path / "ct2", wer_threshold=None, progress=False, window="clip")
+    with pytest.raises(FedwhisperError, match="--backend must be one of"):
+        distill.pseudo_label(small_features, str(tiny_asr_model), tmp_path / "other", backend="onnx")
+
+
 def test_distillation_trains_the_students_decoder_and_resumes_exactly(tiny_asr_model, student_dir, small_features, tmp_path, monkeypatch):
     from fedwhisper import distill
     from fedwhisper.asr import evaluate, train

@@ -39,13 +39,14 @@ def distill_label(
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     window: Annotated[str, typer.Option(help="encoder window: full (Whisper's 30 s) or clip (for a teacher trained on clip windows)")] = "full",
     language: Annotated[str, typer.Option(help="a corpus's language (features carry their own)")] = "en",
+    backend: Annotated[str, typer.Option(help="transformers, or ctranslate2: faster-whisper on the teacher's int8 export (faster on a CPU)")] = "transformers",
 ) -> None:
     """Greedy pseudo-labels from the teacher for every training clip; labels far from their reference dropped and
     reported, clips without a reference all kept. Validation and test keep their references (a split with none takes
     the teacher's labels too). Saved chunk by chunk: run the same command again after an interruption and it continues."""
     from fedwhisper.distill import LABELS_REPORT, pseudo_label
 
-    report = pseudo_label(source, teacher, out, wer_threshold, batch_size, window=window, language=language)
+    report = pseudo_label(source, teacher, out, wer_threshold, batch_size, window=window, language=language, backend=backend)
     for split, row in report["splits"].items():
         console.print(f"{split}: {row['kept']} kept, {row['dropped']} dropped ({row['without_reference']} without a reference)")
     console.print(f"labelled features in {out}; dropped clips listed in {out / LABELS_REPORT}")
