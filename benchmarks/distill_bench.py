@@ -427,7 +427,20 @@ def students(work: Path, small: bool) -> dict:
         entry["latency"] = _latency(pipeline["teacher"], pipeline["student"], held_out["held_out_espeak"], 10 if small else 60)
         entry["speculative"] = _speculative(pipeline["teacher"], pipeline["student"], held_out["held_out_espeak"], 10 if small else 60)
         results[model] = entry
+    results["evaluate_speed"] = _evaluate_speeds(results["tiny.en"]["teacher"], sets["tiny.en"][0], 16 if small else 64)
     return results
+
+
+def _evaluate_speeds(model: str, features: Path, clips: int) -> dict:
+    """`asr evaluate` of a clip-trained model on the same held-out clips, one run: as the command ran before this work
+    (transformers; 30-s windows by default, or asked for clip windows) and now by default on the ctranslate2 backend
+    (the model's clip windows, its int8 export made once outside the timing)."""
+    _evaluate_speed(CLI_NOW, features, 2, "ctranslate2", False, model, None)
+    factor = {"transformers_before_full": _evaluate_speed(CLI_BEFORE, features, clips, "transformers", False, model, "full"),
+              "transformers_before_clip": _evaluate_speed(CLI_BEFORE, features, clips, "transformers", False, model, "clip"),
+              "ctranslate2_now_default": _evaluate_speed(CLI_NOW, features, clips, "ctranslate2", False, model, None)}
+    return {"model": "the tiny.en teacher", "clips": clips, "real_time_factor": factor,
+            "ctranslate2_over_before": {w: round(factor["ctranslate2_now_default"] / factor[f"transformers_before_{w}"], 2) for w in ("full", "clip")}}
 
 
 # `fedwhisper` exactly as installed, and the same command as it ran before its OpenMP default: torch loaded first, so
@@ -436,15 +449,15 @@ CLI_NOW = ["-c", "from fedwhisper.cli import app; app()"]
 CLI_BEFORE = ["-c", "import torch; from fedwhisper.cli import app; app()"]
 
 
-def _evaluate_speed(command: list[str], features: Path, clips: int, backend: str, busy: bool) -> float:
-    """Real-time factor `asr evaluate` prints for ``clips`` held-out clips on 30-s windows (tiny.en), optionally while
-    another process keeps one core busy."""
+def _evaluate_speed(command: list[str], features: Path, clips: int, backend: str, busy: bool, model: str = "tiny.en", window: str | None = "full") -> float:
+    """Real-time factor `asr evaluate` prints for ``clips`` test clips of ``model`` on ``window`` (None: the model's
+    default, its training window), optionally while another process keeps one core busy."""
     import re
 
     competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
-        done = subprocess.run([sys.executable, *command, "asr", "evaluate", str(features), "--model", "tiny.en", "--limit", str(clips),
-                               "--window", "full", "--backend", backend, "--csv", str(features.parent / "speed.csv"), "--overwrite"],
+        done = subprocess.run([sys.executable, *command, "asr", "evaluate", str(features), "--model", model, "--limit", str(clips),
+                               *(["--window", window] if window else []), "--backend", backend, "--csv", str(features.parent / "speed.csv"), "--overwrite"],
                               capture_output=True, text=True, check=False, env=os.environ | {"COLUMNS": "200"})
     finally:
         if competitor:

@@ -225,6 +225,12 @@ def distill_rows(results: dict) -> list[str]:
                         f"({timed['speedup_over_bound']:.0%} of it); end to end per clip {timed['end_to_end_per_clip_speedup']}x |")
         rows.append(f"| … speculative decoding (teacher + student assistant, {spec['clips']} clips, batch 1): same transcripts; speed | "
                     f"{spec['identical_transcripts']}/{spec['clips']}; {spec['speedup']}x |")
+    if speed := (results.get("students") or {}).get("evaluate_speed"):
+        factor, ratio = speed["real_time_factor"], speed["ctranslate2_over_before"]
+        rows.append(f"| `asr evaluate` of {speed['model']} (clip-trained) on {speed['clips']} held-out clips, one run: real time factor before this "
+                    f"work (transformers, 30-s default / --window clip) vs now (--backend ctranslate2, its clip windows) | "
+                    f"{factor['transformers_before_full']:.1f}x / {factor['transformers_before_clip']:.1f}x vs {factor['ctranslate2_now_default']:.1f}x "
+                    f"(**{ratio['full']}x** / {ratio['clip']}x faster) |")
     if cache := results.get("encoder-cache"):
         cells = "; ".join(f"{model} {cache[model]['every_step']['samples_per_second']:.1f} → {cache[model]['cached']['samples_per_second']:.1f} "
                           f"(**{cache[model]['cached_over_every_step']}x**; the cache costs {cache[model]['cache_seconds_per_clip']} s a clip, "
