@@ -5,7 +5,8 @@
   multiply-add bound, and speculative decoding (the teacher with its student as assistant).
 - ``serving``: CPU serving on a long recording: transformers vs our CTranslate2 exports vs faster-whisper.
 - ``threads``: `asr evaluate` speed quiet and with another process on one core, before and after the OpenMP fix.
-- ``encoder-cache``: a clip-window distillation step with the frozen encoder run every step vs its outputs cached.
+- ``encoder-cache``: a clip-window distillation step with the frozen encoder run every step vs its outputs cached;
+  ``encoder-cache-accuracy`` (on demand, after students): the same student trained both ways, tested.
 - ``scale`` / ``scale-base`` (on demand, hours): more pseudo-labelled audio for the students.
 """
 
@@ -592,8 +593,12 @@ def scale(work: Path, small: bool) -> dict:
               ("student-cd-low-lr", everything, str(work / "student" / "best"), steps // 2, rate / 5),
               ("student-abcd", everything, str(home / "student-init"), 2 * steps, rate),
               ("student-abcd-long", everything, str(home / "student-init"), 3 * steps, rate))
+    import asr_bench
+
+    teacher, held_out = str(home / "teacher" / "best"), _held_out(students_work, "tiny.en")
     return {"fresh_sentences": len(fresh), "steps_per_stage": steps, "student_training": STUDENT_TRAINING,
-            "stages": _stage_results(work, str(home / "teacher" / "best"), _held_out(students_work, "tiny.en"), stages),
+            "teacher_wer": {name: asr_bench.wer_of(teacher, split, "en", "clip")["wer"] for name, split in held_out.items()},
+            "stages": _stage_results(work, teacher, held_out, stages),
             "students_part_tiny_en_clips": len(load_features(home / "labelled-all")[0]["train"]), "seconds": seconds}
 
 
@@ -720,6 +725,41 @@ def encoder_cache(work: Path, small: bool) -> dict:
     return results
 
 
-PARTS = {"students": students, "serving": serving, "threads": threads, "encoder-cache": encoder_cache, "scale": scale, "scale-base": scale_base}
-DEFAULT_PARTS = ("students", "serving", "threads", "encoder-cache")  # the scale parts run on demand: hours, after students
+def _student_on(cached: bool, home: Path, out: Path, held_out, steps: int) -> dict:
+    """The students part's tiny.en student recipe from ``home``'s student-init, labels and teacher, with the shared
+    encoder's clip-window outputs cached or (as before the cache took clip windows) run on every batch; the final
+    model's validation and held-out WER."""
+    import asr_bench
+
+    from fedwhisper.asr import train
+    from fedwhisper.asr.train import TrainConfig
+    from fedwhisper.distill import distill_run
+
+    if not cached:
+        train.TrainConfig.cached_encoder_layers = property(lambda self: False)  # this worker process only
+    config = TrainConfig(**STUDENT_TRAINING, max_steps=steps, eval_every=steps, save_every=steps, log_every=max(steps // 6, 1), eval_clips=None,
+                         window="clip")
+    run = distill_run(out, labelled=home / "labelled-all", student=str(home / "student-init"), teacher=str(home / "teacher" / "best"),
+                      config=config, progress=False)
+    return {"validation_wer": round(run.best_wer, 4), "test_wer": asr_bench.wer_of(str(out / "best"), held_out, "en", "clip")["wer"],
+            "samples_per_second": round(run.samples_per_second, 2)}
+
+
+def encoder_cache_accuracy(work: Path, small: bool) -> dict:
+    """Does training on cached clip-window outputs (each clip at its own window, batches of one window) change the
+    student? The students part's tiny.en student recipe twice from the same student-init, labels and teacher, cached
+    and run-every-step, side by side on one thread each; both final models tested. Needs ``distill:students``' work."""
+    from fl_asr_bench import _in_parallel
+
+    students_work = work.parent / "distill-students"
+    steps = 6 if small else STUDENT_RECIPES["tiny.en"]["student_steps"]
+    held_out = _held_out(students_work, "tiny.en")["held_out_espeak"]
+    arms = _in_parallel(*((_student_on, cached, students_work / "tiny.en", work / name, held_out, steps)
+                          for name, cached in (("cached", True), ("every-step", False))))
+    return {"model": "tiny.en", "steps": steps, "cached": arms[0][0], "every_step": arms[1][0]}
+
+
+PARTS = {"students": students, "serving": serving, "threads": threads, "encoder-cache": encoder_cache,
+         "encoder-cache-accuracy": encoder_cache_accuracy, "scale": scale, "scale-base": scale_base}
+DEFAULT_PARTS = ("students", "serving", "threads", "encoder-cache")  # the others run on demand, after students (scale: hours)
 RESUMABLE = ("scale", "scale-base")

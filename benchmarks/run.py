@@ -233,18 +233,24 @@ def distill_rows(results: dict) -> list[str]:
                     f"(**{ratio['full']}x** / {ratio['clip']}x faster) |")
     if cache := results.get("encoder-cache"):
         cells = "; ".join(f"{model} {cache[model]['every_step']['samples_per_second']:.1f} → {cache[model]['cached']['samples_per_second']:.1f} "
-                          f"(**{cache[model]['cached_over_every_step']}x**; the cache costs {cache[model]['cache_seconds_per_clip']} s a clip, "
+                          f"(**{cache[model]['cached_over_every_step']}x**; the cache costs {cache[model]['cached']['cache_seconds_per_clip']} s a clip, "
                           f"repaid within {cache[model]['cache_pays_off_after_epochs']} epochs)" for model in ("tiny.en", "base"))
         rows.append(f"| distillation step on clip windows ({cache['base']['clips']} clips of {cache['base']['clip_seconds_mean']} s mean, batch "
                     f"{cache['batch_size']}, {cache['threads']} threads): samples/s with the frozen encoder run every step → its outputs "
                     f"cached (batches of one window) | {cells} |")
-    if (scale := results.get("scale")) and (students := results.get("students")):
-        teacher = students["tiny.en"]["teacher_wer"]
+    if accuracy := results.get("encoder-cache-accuracy"):
+        cached, every = accuracy["cached"], accuracy["every_step"]
+        rows.append(f"| … the students part's {accuracy['model']} student ({accuracy['steps']} steps, same start, labels and teacher) trained on "
+                    f"cached outputs vs the encoder run every step: final model's held-out WER (validation); samples/s on 1 thread | "
+                    f"{cached['test_wer']:.1%} ({cached['validation_wer']:.1%}) vs {every['test_wer']:.1%} ({every['validation_wer']:.1%}); "
+                    f"{cached['samples_per_second']} vs {every['samples_per_second']} |")
+    if scale := results.get("scale"):
+        teacher = scale["teacher_wer"]  # the students part's teacher of that run
         cells = "; ".join(f"{name} ({stage['train_clips']:,} clips, {stage['steps']} steps at lr {stage['learning_rate']:g}): "
                           f"{stage['test_wer']['held_out_espeak']:.1%} / {stage['test_wer']['flite']:.1%}" for name, stage in scale["stages"].items())
         rows.append(f"| … tiny.en student with more pseudo-labelled audio (the {scale['fresh_sentences']:,} unused sentences read 4 times; "
                     f"student-cd* continue student's best on all, student-abcd* start afresh on all): WER held-out espeak-ng / flite "
-                    f"(teacher {teacher['held_out_espeak']['wer']:.1%} / {teacher['flite']['wer']:.1%}) | {cells} |")
+                    f"(teacher {teacher['held_out_espeak']:.1%} / {teacher['flite']:.1%}) | {cells} |")
     if scale := results.get("scale-base"):
         teacher, stage, agreement = scale["teacher_wer"], scale["stages"]["student-abcd-long"], scale["label_agreement"]
         speed = agreement["clips_per_second"]
