@@ -614,7 +614,7 @@ def _held_out(students_work: Path, model: str) -> dict:
 def scale_base(work: Path, small: bool) -> dict:
     """The same for base, with the recipe that brought tiny.en's student within +2 points, self-contained so that it
     fits one session on a fresh 2-core machine: the students part's corpora, base teacher and labels made here, then
-    the readings a-d, every label by the teacher's int8 CTranslate2 export (~2x faster than transformers; agreement
+    the readings a-d, every label by the teacher's int8 CTranslate2 export (~1.6x faster than transformers; agreement
     with transformers' labels measured on 256 clips), and one run from student-init on everything for three times the
     tiny.en stages' steps, the shared encoder's outputs cached; teacher and student tested on the same clips. Resumable:
     every output is kept (labels 256 clips and training 500 steps at a time), so a rerun continues."""
