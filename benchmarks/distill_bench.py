@@ -562,9 +562,10 @@ def _stage_results(work: Path, teacher: str, held_out: dict, stages: tuple) -> d
     for stage, labels, start, stage_steps, learning_rate in stages:
         run = _distilled(work / stage, labels, start, teacher, stage_steps, learning_rate)
         best = str(work / stage / "best")
+        logged = [row["samples_per_second"] for row in run.metrics if row.get("samples_per_second")]  # all runs', as a rerun may resume
         results[stage] = {"train_clips": len(load_features(labels)[0]["train"]), "steps": stage_steps, "learning_rate": learning_rate,
                           "best_step": run.best_step, "validation_wer": round(run.best_wer, 4),
-                          "train_samples_per_second": round(run.samples_per_second, 2),
+                          "train_samples_per_second": round(sum(logged) / len(logged), 2),
                           "test_wer": {name: asr_bench.wer_of(best, split, "en", "clip")["wer"] for name, split in held_out.items()}}
     return results
 
@@ -649,16 +650,21 @@ def scale_base(work: Path, small: bool) -> dict:
     stage = stages["student-abcd-long"]
     stage["student_minus_teacher_points"] = {name: round(100 * (stage["test_wer"][name] - entry["teacher_wer"][name]), 2) for name in held_out}
     return entry | {"fresh_sentences": len(fresh), "label_agreement": agreement, "student_training": STUDENT_TRAINING, "stages": stages,
-                    "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+                    "seconds": {k: round(v, 1) for k, v in seconds.items()},
+                    "seconds_of": "the run that finished this part: a stage an earlier run finished is read back in ~0 s"}
 
 
 def _label_agreement(work: Path, teacher: str, clips: int) -> dict:
     """The teacher's labels of the first ``clips`` untranscribed clips on transformers and on the ctranslate2 backend:
-    how many are the same text (normalised), and each backend's clips per second."""
+    how many are the same text (normalised), and each backend's clips per second; kept in ``work / agreement``, as a
+    resumed run's labelling would time reading finished labels back."""
     from fedwhisper.asr.prepare import MANIFEST, load_features
     from fedwhisper.distill import pseudo_label
     from fedwhisper.metrics import normalizer
 
+    measured = work / "agreement" / "result.json"
+    if measured.is_file():
+        return json.loads(measured.read_text())
     prepared = work / "base" / "labelled-untranscribed" / ".labels" / "features"  # what pseudo_label prepared of the corpus
     subset = work / "agreement" / "features"
     if not (subset / MANIFEST).is_file():
@@ -674,7 +680,9 @@ def _label_agreement(work: Path, teacher: str, clips: int) -> dict:
         texts[backend] = load_features(out)[0]["train"]["transcription"]
     normalise = normalizer("en")
     same = sum(normalise(a) == normalise(b) for a, b in zip(texts["transformers"], texts["ctranslate2"]))
-    return {"clips": clips, "same_text": same, "clips_per_second": speed}
+    result = {"clips": clips, "same_text": same, "clips_per_second": speed}
+    measured.write_text(json.dumps(result))
+    return result
 
 
 def encoder_cache(work: Path, small: bool) -> dict:

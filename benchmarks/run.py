@@ -257,7 +257,7 @@ def distill_rows(results: dict) -> list[str]:
         rows.append(f"| … base the same way, self-contained (its own teacher, {scale['teacher_steps']} LoRA steps; every label by the teacher's "
                     f"int8 CTranslate2 export: {agreement['same_text']}/{agreement['clips']} the same text as transformers', "
                     f"{speed['ctranslate2']} vs {speed['transformers']} clips/s; one run from student-init, {stage['train_clips']:,} clips, "
-                    f"{stage['steps']} steps at lr {stage['learning_rate']:g}, encoder outputs cached; {sum(scale['seconds'].values()) / 3600:.1f} h): "
+                    f"{stage['steps']} steps at lr {stage['learning_rate']:g}, encoder outputs cached): "
                     f"WER held-out espeak-ng / flite, teacher → student | {teacher['held_out_espeak']:.1%} → **{stage['test_wer']['held_out_espeak']:.1%}** / "
                     f"{teacher['flite']:.1%} → {stage['test_wer']['flite']:.1%} |")
     if threads := results.get("threads"):
@@ -382,6 +382,7 @@ def main(names: list[str]) -> None:
     for name in names or list(SUITES):
         suite, _, part = name.partition(":")
         work = ROOT / "benchmarks" / "work" / name.replace(":", "-")
+        resumed = part in getattr(MODULES.get(suite), "RESUMABLE", ()) and work.is_dir() and any(work.iterdir())
         if part not in getattr(MODULES.get(suite), "RESUMABLE", ()):
             shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
@@ -394,7 +395,8 @@ def main(names: list[str]) -> None:
             previous = json.loads(path.read_text()) if path.is_file() else {}
             results = {name: previous.get(name) for name in PARTS[suite]} | {part: result}
             seconds = previous.get("machine", {}).get("parts_seconds", {})
-            results["machine"] = {"parts_seconds": seconds | {part: round(time.perf_counter() - started, 1)}}
+            spent = time.perf_counter() - started + (seconds.get(part, 0) if resumed else 0)  # a resumed part's runs add up
+            results["machine"] = {"parts_seconds": seconds | {part: round(spent, 1)}}
         else:
             results = SUITES[suite][0](work)
             results["machine"] = {"seconds": round(time.perf_counter() - started, 1)}
