@@ -252,14 +252,16 @@ def distill_rows(results: dict) -> list[str]:
                     f"student-cd* continue student's best on all, student-abcd* start afresh on all): WER held-out espeak-ng / flite "
                     f"(teacher {teacher['held_out_espeak']:.1%} / {teacher['flite']:.1%}) | {cells} |")
     if scale := results.get("scale-base"):
-        teacher, stage, agreement = scale["teacher_wer"], scale["stages"]["student-abcd-long"], scale["label_agreement"]
-        speed = agreement["clips_per_second"]
+        teacher, agreement = scale["teacher_wer"], scale["label_agreement"]
+        speed, clips = agreement["clips_per_second"], scale["stages"]["student-abcd-long"]["train_clips"]
+        cells = "; ".join(f"{name} ({stage['decoder_layers']} decoder layers, {stage['steps']} steps at lr {stage['learning_rate']:g}, "
+                          f"best step {stage['best_step']}): "
+                          f"**{stage['test_wer']['held_out_espeak']:.1%}** / {stage['test_wer']['flite']:.1%}" for name, stage in scale["stages"].items())
         rows.append(f"| … base the same way, self-contained (its own teacher, {scale['teacher_steps']} LoRA steps; every label by the teacher's "
                     f"int8 CTranslate2 export: {agreement['same_text']}/{agreement['clips']} the same text as transformers', "
-                    f"{speed['ctranslate2']} vs {speed['transformers']} clips/s; one run from student-init, {stage['train_clips']:,} clips, "
-                    f"{stage['steps']} steps at lr {stage['learning_rate']:g}, encoder outputs cached): "
-                    f"WER held-out espeak-ng / flite, teacher → student | {teacher['held_out_espeak']:.1%} → **{stage['test_wer']['held_out_espeak']:.1%}** / "
-                    f"{teacher['flite']:.1%} → {stage['test_wer']['flite']:.1%} |")
+                    f"{speed['ctranslate2']} vs {speed['transformers']} clips/s; students from student-init on {clips:,} clips, encoder outputs "
+                    f"cached): WER held-out espeak-ng / flite "
+                    f"(teacher {teacher['held_out_espeak']:.1%} / {teacher['flite']:.1%}) | {cells} |")
     if threads := results.get("threads"):
         factor, slowdown = threads["real_time_factor"], threads["busy_slowdown"]
         rows.append(f"| `asr evaluate` speed with another process on one core ({threads['model']}, {threads['clips']} clips, 30-s windows, "
