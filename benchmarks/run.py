@@ -384,8 +384,9 @@ def main(names: list[str]) -> None:
     for name in names or list(SUITES):
         suite, _, part = name.partition(":")
         work = ROOT / "benchmarks" / "work" / name.replace(":", "-")
-        resumed = part in getattr(MODULES.get(suite), "RESUMABLE", ()) and work.is_dir() and any(work.iterdir())
-        if part not in getattr(MODULES.get(suite), "RESUMABLE", ()):
+        resumable = part in getattr(MODULES.get(suite), "RESUMABLE", ())
+        resumed = resumable and work.is_dir() and any(work.iterdir())
+        if not resumable:
             shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
         path = RESULTS / f"{suite}{'-small' if SMALL else ''}.json"
