@@ -206,6 +206,14 @@ def fl_asr_rows(results: dict) -> list[str]:
     return rows
 
 
+def _latency_rows(latency: dict, student: str) -> list[str]:
+    return [f"| … decoder time per token on {backend}, teacher / {student} ({latency['clips']} clips, batch 1); multiply-add bound | "
+            f"{timed['teacher']['decoder_ms_per_token']} / {timed['student']['decoder_ms_per_token']} ms = "
+            f"**{timed['decoder_per_token_speedup']}x**; bound {timed['multiply_add_bound']}x "
+            f"({timed['speedup_over_bound']:.0%} of it); end to end per clip {timed['end_to_end_per_clip_speedup']}x |"
+            for backend, timed in ((b, latency[b]) for b in ("transformers", "ctranslate2"))]
+
+
 def distill_rows(results: dict) -> list[str]:
     rows = []
     for model in ("tiny.en", "base"):
@@ -218,11 +226,7 @@ def distill_rows(results: dict) -> list[str]:
                     f"clips ({entry['labels_dropped']} dropped by the 10 % filter) + {entry['untranscribed_labels']} of untranscribed ones): "
                     f"WER held-out espeak-ng / flite | {t['held_out_espeak']['wer']:.1%} → **{s['held_out_espeak']['wer']:.1%}** / "
                     f"{t['flite']['wer']:.1%} → {s['flite']['wer']:.1%} |")
-        for backend, timed in ((b, latency[b]) for b in ("transformers", "ctranslate2")):
-            rows.append(f"| … decoder time per token on {backend}, teacher / student ({latency['clips']} clips, batch 1); multiply-add bound | "
-                        f"{timed['teacher']['decoder_ms_per_token']} / {timed['student']['decoder_ms_per_token']} ms = "
-                        f"**{timed['decoder_per_token_speedup']}x**; bound {timed['multiply_add_bound']}x "
-                        f"({timed['speedup_over_bound']:.0%} of it); end to end per clip {timed['end_to_end_per_clip_speedup']}x |")
+        rows += _latency_rows(latency, "student")
         rows.append(f"| … speculative decoding (teacher + student assistant, {spec['clips']} clips, batch 1): same transcripts; speed | "
                     f"{spec['identical_transcripts']}/{spec['clips']}; {spec['speedup']}x |")
     if speed := (results.get("students") or {}).get("evaluate_speed"):
@@ -262,6 +266,8 @@ def distill_rows(results: dict) -> list[str]:
                     f"{speed['ctranslate2']} vs {speed['transformers']} clips/s; students from student-init on {clips:,} clips, encoder outputs "
                     f"cached): WER held-out espeak-ng / flite "
                     f"(teacher {teacher['held_out_espeak']:.1%} / {teacher['flite']:.1%}) | {cells} |")
+        if latency := scale.get("latency_3_layers"):
+            rows += _latency_rows(latency, "base 3-layer student")
     if threads := results.get("threads"):
         factor, slowdown = threads["real_time_factor"], threads["busy_slowdown"]
         rows.append(f"| `asr evaluate` speed with another process on one core ({threads['model']}, {threads['clips']} clips, 30-s windows, "
