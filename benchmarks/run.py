@@ -257,14 +257,14 @@ def distill_rows(results: dict) -> list[str]:
                     f"(teacher {teacher['held_out_espeak']:.1%} / {teacher['flite']:.1%}) | {cells} |")
     if scale := results.get("scale-base"):
         teacher, agreement = scale["teacher_wer"], scale["label_agreement"]
-        speed, clips = agreement["clips_per_second"], scale["stages"]["student-abcd-long"]["train_clips"]
-        cells = "; ".join(f"{name} ({stage['decoder_layers']} decoder layers, {stage['steps']} steps at lr {stage['learning_rate']:g}, "
+        speed = agreement["clips_per_second"]
+        wordnet = "; student-wordnet adds WordNet's example sentences, read once" if "student-wordnet" in scale["stages"] else ""
+        cells = "; ".join(f"{name} ({stage['decoder_layers']} decoder layers, {stage['train_clips']:,} clips, {stage['steps']} steps at lr {stage['learning_rate']:g}, "
                           f"best step {stage['best_step']}): "
                           f"**{stage['test_wer']['held_out_espeak']:.1%}** / {stage['test_wer']['flite']:.1%}" for name, stage in scale["stages"].items())
         rows.append(f"| … base the same way, self-contained (its own teacher, {scale['teacher_steps']} LoRA steps; every label by the teacher's "
                     f"int8 CTranslate2 export: {agreement['same_text']}/{agreement['clips']} the same text as transformers', "
-                    f"{speed['ctranslate2']} vs {speed['transformers']} clips/s; students from student-init on {clips:,} clips, encoder outputs "
-                    f"cached): WER held-out espeak-ng / flite "
+                    f"{speed['ctranslate2']} vs {speed['transformers']} clips/s; students from student-init, encoder outputs cached{wordnet}): WER held-out espeak-ng / flite "
                     f"(teacher {teacher['held_out_espeak']:.1%} / {teacher['flite']:.1%}) | {cells} |")
         if latency := scale.get("latency_3_layers"):
             rows += _latency_rows(latency, "base 3-layer student")

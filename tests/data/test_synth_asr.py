@@ -5,7 +5,7 @@ import pytest
 from fedwhisper.audio import load_audio
 from fedwhisper.data.corpus import load_corpus
 from fedwhisper.data.synth_asr import AsrSynthesisOptions, synthesize_audiofolder
-from fedwhisper.data.text import load_sentences
+from fedwhisper.data.text import english_sentences, load_sentences, wordnet_sentences
 from fedwhisper.errors import FedwhisperError
 
 
@@ -14,6 +14,12 @@ def test_built_in_text_sources_have_thousands_of_distinct_sentences(language):
     sentences = load_sentences(language)
     assert len(sentences) >= 2000 and len(set(sentences)) == len(sentences)
     assert all(4 <= len(s.split()) <= 16 and s[-1] in ".?!" for s in sentences)
+
+
+def test_wordnet_adds_tens_of_thousands_of_english_sentences_the_fortunes_lack():
+    sentences = wordnet_sentences()
+    assert len(sentences) >= 30_000 and len(set(sentences) - set(english_sentences())) >= 30_000
+    assert all(4 <= len(s.split()) <= 16 and s[0].isupper() and s[-1] in ".?!" and '"' not in s for s in sentences)
 
 
 @pytest.mark.parametrize("language", ["en", "sv"])

@@ -1,7 +1,8 @@
 """Natural sentences for ASR synthesis, from text that ships with an installed package.
 
-English: Debian's ``fortunes`` package (quotations and sayings). Swedish: the ``journal-digital`` PyPI
-package (transcripts of Swedish newsreel speech, CC BY-NC 4.0). ``--text FILE`` (one sentence a line) replaces both.
+English: Debian's ``fortunes`` package (quotations and sayings); more English, everyday usage, in WordNet's example
+sentences (Debian's ``wordnet-base``, ``wordnet_sentences``). Swedish: the ``journal-digital`` PyPI package (transcripts
+of Swedish newsreel speech, CC BY-NC 4.0). ``--text FILE`` (one sentence a line) replaces both.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from fedwhisper.errors import FedwhisperError
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
+WORDNET_DIR = Path("/usr/share/wordnet")
 _LETTERS = {"en": "A-Za-z", "sv": "A-Za-zÅÄÖåäöÉé"}
 MIN_WORDS, MAX_WORDS = 4, 16
 
@@ -45,6 +47,22 @@ def english_sentences() -> list[str]:
         for entry in path.read_text(encoding="utf-8", errors="replace").split("\n%\n"):
             entries.append(entry.split("\t\t--")[0].split(" -- ")[0])  # drop attributions
     return _clean(entries, "en")
+
+
+def wordnet_sentences() -> list[str]:
+    """WordNet 3.0's usage examples (the quoted parts of its glosses, ~3x the fortunes' sentences), capitalised and
+    ended with a full stop where WordNet leaves them bare."""
+    files = sorted(WORDNET_DIR.glob("data.*"))
+    if not files:
+        raise TextSourceError(f"no WordNet text source: install the Debian package 'wordnet-base' ({WORDNET_DIR})")
+    examples = []
+    for path in files:
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if "|" in line and not line.startswith("  "):  # a synset line; the licence header is indented
+                for quoted in re.findall(r'"([^"]+)"', line.split("|", 1)[1]):
+                    text = quoted.strip()
+                    examples.append(text[:1].upper() + text[1:] + ("" if text[-1:] in ".?!" else "."))
+    return [s for s in _clean(examples, "en") if s[0].isupper()]  # not the tail of an example cut at an abbreviation
 
 
 def swedish_sentences() -> list[str]:
