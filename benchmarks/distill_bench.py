@@ -159,14 +159,20 @@ def untranscribed_corpus(work: Path, features: Path, small: bool) -> Path:
     sentences (none of the corpus's or the flite set's), without transcripts; validation and test speakers left out."""
     import asr_bench
 
-    from fedwhisper.asr.prepare import load_features
     from fedwhisper.data.synth_asr import synthesize_audiofolder
 
     text = asr_bench.unused_sentences(work, "untranscribed-sentences.txt")
     out = work / "asr-en-untranscribed"
     options = replace(asr_bench.english_espeak_options(small), sentences=200 if small else UNLABELLED_SENTENCES, text=str(text))  # same voices
     synthesize_audiofolder(out, options)
-    return _without_transcripts(out, set(load_features(features)[0]["validation"]["speaker_id"]), work / "untranscribed")
+    return _without_transcripts(out, _validation_speakers(features), work / "untranscribed")
+
+
+def _validation_speakers(features: Path) -> set[str]:
+    """The speakers of prepared ``features``' validation split: their audio never becomes training data."""
+    from fedwhisper.asr.prepare import load_features
+
+    return set(load_features(features)[0]["validation"]["speaker_id"])
 
 
 def _without_transcripts(corpus: Path, held: set[str], private: Path) -> Path:
@@ -516,7 +522,6 @@ def _readings(work: Path, small: bool, students_work: Path) -> tuple[list[str], 
     sentences and those corpora."""
     import asr_bench
 
-    from fedwhisper.asr.prepare import load_features
     from fedwhisper.data.synth_asr import synthesize_audiofolder
     from fedwhisper.data.text import load_sentences
 
@@ -526,7 +531,7 @@ def _readings(work: Path, small: bool, students_work: Path) -> tuple[list[str], 
             with open(students_work / corpus / split / "metadata.csv", newline="", encoding="utf-8") as stream:
                 used |= {row["transcription"] for row in csv.DictReader(stream)}
     fresh = [s for s in load_sentences("en") if s not in used][: 40 if small else None]
-    held = set(load_features(students_work / "features-en")[0]["validation"]["speaker_id"])
+    held = _validation_speakers(students_work / "features-en")
     readings = {"a": fresh, "b": fresh[::-1], "c": fresh[1::2] + fresh[::2], "d": fresh[::-1][1::2] + fresh[::-1][::2]}
     untranscribed = {}
     for name, order in readings.items():
@@ -642,7 +647,6 @@ def scale_base(work: Path, small: bool) -> dict:
     Resumable: every output is kept (labels 256 clips and training 500 steps at a time), so a rerun continues."""
     import asr_bench
 
-    from fedwhisper.asr.prepare import load_features
     from fedwhisper.distill import make_student, pseudo_label
 
     seconds, started = {}, time.perf_counter()
@@ -677,7 +681,7 @@ def scale_base(work: Path, small: bool) -> dict:
     latency = _latency(entry["teacher"], str(work / "student-3-layers-long" / "best"), held_out["held_out_espeak"], 10 if small else 60)
     seconds["latency_3_layers"] = time.perf_counter() - started
     started = time.perf_counter()
-    wordnet_sentences, wordnet = _wordnet_reading(work, small, set(load_features(sets["tiny.en"][0])[0]["validation"]["speaker_id"]))
+    wordnet_sentences, wordnet = _wordnet_reading(work, small, _validation_speakers(sets["tiny.en"][0]))
     pseudo_label(wordnet, entry["teacher"], work / "labelled-wordnet", wer_threshold=10.0, window="clip", progress=False, backend="ctranslate2")
     with_wordnet = _merged_labels(everything, [work / "labelled-wordnet"], work / "merged-abcd-wordnet")
     seconds["wordnet_reading_and_labels"] = time.perf_counter() - started
