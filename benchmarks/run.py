@@ -258,7 +258,7 @@ def distill_rows(results: dict) -> list[str]:
     if scale := results.get("scale-base"):
         teacher, agreement = scale["teacher_wer"], scale["label_agreement"]
         speed = agreement["clips_per_second"]
-        wordnet = "; student-wordnet adds WordNet's example sentences, read once" if "student-wordnet" in scale["stages"] else ""
+        wordnet = "; student-wordnet* add WordNet's example sentences, read once, student-wordnet-low-lr continuing student-wordnet's best" if "student-wordnet" in scale["stages"] else ""
         cells = "; ".join(f"{name} ({stage['decoder_layers']} decoder layers, {stage['train_clips']:,} clips, {stage['steps']} steps at lr {stage['learning_rate']:g}, "
                           f"best step {stage['best_step']}): "
                           f"**{stage['test_wer']['held_out_espeak']:.1%}** / {stage['test_wer']['flite']:.1%}" for name, stage in scale["stages"].items())
