@@ -644,7 +644,7 @@ def scale_base(work: Path, small: bool) -> dict:
     the 3-layer student's latency beside its multiply-add bound; then, as the 3-layer students stayed +2.7-2.9 points
     behind with the errors of a weaker language model on sentences never heard, a 2-layer student on everything plus
     WordNet's ~33k example sentences read once (4x the distinct text), and its best continued at a fifth of
-    the learning rate for half the steps. Teacher and students tested on the same clips.
+    the learning rate for half the steps, and that 2-layer student's latency. Teacher and students tested on the same clips.
     Resumable: every output is kept (labels 256 clips and training 500 steps at a time), so a rerun continues."""
     import asr_bench
 
@@ -692,12 +692,15 @@ def scale_base(work: Path, small: bool) -> dict:
                                                                 ("student-wordnet-low-lr", with_wordnet, str(work / "student-wordnet" / "best"),
                                                                  steps // 2, rate / 5)))
     seconds["student_wordnet"] = time.perf_counter() - started
+    started = time.perf_counter()
+    latency_2_layers = _latency(entry["teacher"], str(work / "student-wordnet-low-lr" / "best"), held_out["held_out_espeak"], 10 if small else 60)
+    seconds["latency_2_layers"] = time.perf_counter() - started
     for stage, layers in zip(stages.values(), (2, 3, 3, 2, 2)):
         stage["decoder_layers"] = layers
         stage["student_minus_teacher_points"] = {name: round(100 * (stage["test_wer"][name] - entry["teacher_wer"][name]), 2) for name in held_out}
     return entry | {"fresh_sentences": len(fresh), "wordnet_sentences": wordnet_sentences, "label_agreement": agreement,
                     "student_training": STUDENT_TRAINING, "stages": stages,
-                    "latency_3_layers": latency,
+                    "latency_3_layers": latency, "latency_2_layers": latency_2_layers,
                     "seconds": {k: round(v, 1) for k, v in seconds.items()},
                     "seconds_of": "the run that finished this part: a stage an earlier run finished is read back in ~0 s"}
 

@@ -210,7 +210,7 @@ def _latency_rows(latency: dict, student: str) -> list[str]:
     return [f"| … decoder time per token on {backend}, teacher / {student} ({latency['clips']} clips, batch 1); multiply-add bound | "
             f"{timed['teacher']['decoder_ms_per_token']} / {timed['student']['decoder_ms_per_token']} ms = "
             f"**{timed['decoder_per_token_speedup']}x**; bound {timed['multiply_add_bound']}x "
-            f"({timed['speedup_over_bound']:.0%} of it); end to end per clip {timed['end_to_end_per_clip_speedup']}x |"
+            f"({timed['speedup_over_bound']:.1%} of it); end to end per clip {timed['end_to_end_per_clip_speedup']}x |"
             for backend, timed in ((b, latency[b]) for b in ("transformers", "ctranslate2"))]
 
 
@@ -266,8 +266,9 @@ def distill_rows(results: dict) -> list[str]:
                     f"int8 CTranslate2 export: {agreement['same_text']}/{agreement['clips']} the same text as transformers', "
                     f"{speed['ctranslate2']} vs {speed['transformers']} clips/s; students from student-init, encoder outputs cached{wordnet}): WER held-out espeak-ng / flite "
                     f"(teacher {teacher['held_out_espeak']:.1%} / {teacher['flite']:.1%}) | {cells} |")
-        if latency := scale.get("latency_3_layers"):
-            rows += _latency_rows(latency, "base 3-layer student")
+        for key, student in (("latency_3_layers", "base 3-layer student"), ("latency_2_layers", "base 2-layer student-wordnet-low-lr")):
+            if latency := scale.get(key):
+                rows += _latency_rows(latency, student)
     if threads := results.get("threads"):
         factor, slowdown = threads["real_time_factor"], threads["busy_slowdown"]
         rows.append(f"| `asr evaluate` speed with another process on one core ({threads['model']}, {threads['clips']} clips, 30-s windows, "
