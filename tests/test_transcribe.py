@@ -83,3 +83,27 @@ def test_temperature_fallback_reaches_generate_and_is_reproducible(tiny_asr_mode
     first = transcriber(audio, fallback, timestamps=False).text
     assert calls[0]["temperature"] == WHISPER_TEMPERATURES and calls[0]["compression_ratio_threshold"] == 1.35
     assert transcriber(audio, fallback, timestamps=False).text == first
+
+
+@pytest.mark.parametrize("timestamps", [False, True])
+def test_suppression_masks_built_once_suppress_what_transformers_suppresses(tiny_asr_model, timestamps):
+    # generation_kwargs swaps transformers' suppression processors (they rebuild the vocabulary masks every step) for
+    # ours: every step's scores and the tokens must stay exactly what transformers' own processors give
+    import torch
+
+    from fedwhisper.models.registry import load_whisper
+    from fedwhisper.transcribe import DecodingOptions, generation_kwargs
+
+    model, _ = load_whisper(str(tiny_asr_model))
+    features = torch.from_numpy(np.random.default_rng(2).normal(0, 1, (2, 80, 3000)).astype(np.float32))
+    common = {"max_new_tokens": 6, "return_dict_in_generate": True, "output_scores": True, "return_timestamps": timestamps}
+    with torch.inference_mode():
+        theirs = model.generate(features, num_beams=1, do_sample=False, force_unique_generate_call=True, **common)
+        ours = model.generate(features, **(generation_kwargs(model, DecodingOptions()) | common))
+    assert torch.equal(theirs.sequences, ours.sequences)
+    begin, suppressed = model.generation_config.begin_suppress_tokens, model.generation_config.suppress_tokens
+    for step, (a, b) in enumerate(zip(theirs.scores, ours.scores, strict=True)):
+        assert torch.equal(a, b), step
+        assert torch.isinf(b[:, suppressed]).all()
+        if step == 0 or not timestamps:  # the timestamp rules mask more tokens at later steps
+            assert torch.isinf(b[:, begin]).all() == (step == 0)
