@@ -281,7 +281,7 @@ def _latency(teacher: str, student: str, clips, max_clips: int) -> dict:
 
     from fedwhisper.asr.batches import AsrBatches, model_inputs
     from fedwhisper.models.registry import load_whisper
-    from fedwhisper.transcribe import DecodingOptions, generation_kwargs, token_cap
+    from fedwhisper.transcribe import ONE_PASS, DecodingOptions, generation_kwargs, token_cap
 
     models = {name: load_whisper(ref)[0].eval() for name, ref in (("teacher", teacher), ("student", student))}
     subset = clips.select(np.linspace(0, len(clips) - 1, min(max_clips, len(clips))).round().astype(int).tolist())
@@ -294,7 +294,7 @@ def _latency(teacher: str, student: str, clips, max_clips: int) -> dict:
                 started = time.perf_counter()
                 hidden = model_inputs(whisper, {"input_features": batch["input_features"]})["encoder_outputs"][0]
                 encoded = time.perf_counter()
-                kwargs = generation_kwargs(whisper, DecodingOptions(language="en")) | {"max_new_tokens": cap}
+                kwargs = generation_kwargs(whisper, DecodingOptions(language="en")) | ONE_PASS | {"max_new_tokens": cap}
                 tokens = whisper.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), **kwargs)[0]
                 done = time.perf_counter()
                 if warm_up:

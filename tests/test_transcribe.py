@@ -82,11 +82,12 @@ def test_temperature_fallback_reaches_generate_and_is_reproducible(tiny_asr_mode
     model.generate = lambda *args, **kwargs: calls.append(kwargs) or generate(*args, **kwargs)
     first = transcriber(audio, fallback, timestamps=False).text
     assert calls[0]["temperature"] == WHISPER_TEMPERATURES and calls[0]["compression_ratio_threshold"] == 1.35
+    # one pass a window would make transformers stack a batch's rows unpadded, and rows decoded again differ in length
+    assert "force_unique_generate_call" not in calls[0]
     assert transcriber(audio, fallback, timestamps=False).text == first
 
 
-@pytest.mark.parametrize("timestamps", [False, True])
-def test_suppression_masks_built_once_suppress_what_transformers_suppresses(tiny_asr_model, timestamps):
+def test_suppression_masks_built_once_suppress_what_transformers_suppresses(tiny_asr_model):
     # generation_kwargs swaps transformers' suppression processors (they rebuild the vocabulary masks every step) for
     # ours: every step's scores and the tokens must stay exactly what transformers' own processors give
     import torch
@@ -96,7 +97,7 @@ def test_suppression_masks_built_once_suppress_what_transformers_suppresses(tiny
 
     model, _ = load_whisper(str(tiny_asr_model))
     features = torch.from_numpy(np.random.default_rng(2).normal(0, 1, (2, 80, 3000)).astype(np.float32))
-    common = {"max_new_tokens": 6, "return_dict_in_generate": True, "output_scores": True, "return_timestamps": timestamps}
+    common = {"max_new_tokens": 6, "return_dict_in_generate": True, "output_scores": True}
     with torch.inference_mode():
         theirs = model.generate(features, num_beams=1, do_sample=False, force_unique_generate_call=True, **common)
         ours = model.generate(features, **(generation_kwargs(model, DecodingOptions()) | common))
@@ -104,6 +105,4 @@ def test_suppression_masks_built_once_suppress_what_transformers_suppresses(tiny
     begin, suppressed = model.generation_config.begin_suppress_tokens, model.generation_config.suppress_tokens
     for step, (a, b) in enumerate(zip(theirs.scores, ours.scores, strict=True)):
         assert torch.equal(a, b), step
-        assert torch.isinf(b[:, suppressed]).all()
-        if step == 0 or not timestamps:  # the timestamp rules mask more tokens at later steps
-            assert torch.isinf(b[:, begin]).all() == (step == 0)
+        assert torch.isinf(b[:, suppressed]).all() and torch.isinf(b[:, begin]).all() == (step == 0)

@@ -100,17 +100,17 @@ class SuppressTokens:
         return scores.masked_fill(begin_suppress, -float("inf")) if input_ids.shape[-1] == self.begin_index else scores
 
 
-def generation_kwargs(model, options: DecodingOptions) -> dict:
-    """``generate`` arguments for ``options``; English-only models refuse other languages and translation."""
+def generation_kwargs(model, options: DecodingOptions, timestamps: bool = False) -> dict:
+    """``generate`` arguments for ``options`` (and segment ``timestamps``); English-only models refuse other languages
+    and translation."""
     check_language_and_task(is_multilingual(model), options)
-    # one decoding pass a window: without it, a text with two timestamp tokens mid-way sends transformers into its
-    # long-form loop, which needs input_features (we pass encoder outputs) and fails
-    kwargs = {"num_beams": options.num_beams, "max_new_tokens": options.max_new_tokens, "force_unique_generate_call": True}
-    # transformers' own suppression processors stay in the list (a None list is refilled from the model's generation
-    # config) but get nothing to suppress
-    config = model.generation_config
-    kwargs |= {"logits_processor": [SuppressTokens(config.suppress_tokens or [], config.begin_suppress_tokens or [])],
-               "suppress_tokens": [], "begin_suppress_tokens": []}
+    kwargs = {"num_beams": options.num_beams, "max_new_tokens": options.max_new_tokens}
+    if not timestamps:  # Whisper's timestamp rules read suppressed scores, and its generate puts our processors after them
+        # transformers' own suppression processors stay in the list (a None list is refilled from the model's
+        # generation config) but get nothing to suppress
+        config = model.generation_config
+        kwargs |= {"logits_processor": [SuppressTokens(config.suppress_tokens or [], config.begin_suppress_tokens or [])],
+                   "suppress_tokens": [], "begin_suppress_tokens": []}
     if len(options.temperatures) > 1:  # transformers samples at each temperature above 0
         kwargs |= {"temperature": tuple(options.temperatures), "compression_ratio_threshold": 1.35, "logprob_threshold": -1.0}
     else:
@@ -128,6 +128,12 @@ def load_assistant(ref: str | os.PathLike, device: str = "cpu"):
     return from_pretrained(WhisperForCausalLM, resolve_model(ref)).to(device).eval()
 
 
+# decoding from encoder outputs takes one pass a window: without it, a text with two timestamp tokens mid-way sends
+# transformers into its long-form loop, which needs input_features and fails. (Not with input_features: with temperature
+# fallback, transformers stacks a batch's one-pass results unpadded, and rows decoded again differ in length.)
+ONE_PASS = {"force_unique_generate_call": True}
+
+
 def decode_batch(model, tokenizer, inputs: dict, options: DecodingOptions, assistant=None) -> list[str]:
     """Greedy/beam text for one batch of ``input_features`` or ``encoder_outputs`` (as the model's forward takes them).
     With an ``assistant`` (speculative decoding: the assistant drafts, the model verifies, so the text is the model's
@@ -140,7 +146,7 @@ def decode_batch(model, tokenizer, inputs: dict, options: DecodingOptions, assis
         hidden = model.get_encoder()(inputs.pop("input_features").to(model.device, model.dtype)).last_hidden_state
     else:
         hidden = inputs.pop("encoder_outputs")[0].to(model.device, model.dtype)
-    kwargs = generation_kwargs(model, options)
+    kwargs = generation_kwargs(model, options) | ONE_PASS
     with torch.inference_mode():
         if assistant is None:
             tokens = list(model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), **kwargs))
@@ -227,7 +233,8 @@ class LongFormTranscriber:
 
     def __call__(self, audio: np.ndarray, options: DecodingOptions = DecodingOptions(), timestamps: bool = True) -> Transcript:
         language = options.language or detect_language(self.model, self.processor, audio)
-        kwargs = generation_kwargs(self.model, DecodingOptions(**(asdict(options) | {"language": language if is_multilingual(self.model) else None})))
+        kwargs = generation_kwargs(self.model, DecodingOptions(**(asdict(options) | {"language": language if is_multilingual(self.model) else None})),
+                                   timestamps)
         kwargs["max_new_tokens"] = token_cap(min(audio.size / SAMPLE_RATE, self.chunk_seconds), 440)  # Whisper's 448 positions
         if self.assistant is not None:
             kwargs["assistant_model"] = self.assistant
