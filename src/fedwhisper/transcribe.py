@@ -82,20 +82,17 @@ class SuppressTokens:
     def __init__(self, suppress_tokens: Sequence[int], begin_suppress_tokens: Sequence[int]):
         self.suppress_tokens, self.begin_suppress_tokens = list(suppress_tokens), list(begin_suppress_tokens)
         self.begin_index = 0
-        self._built: dict = {}  # (vocabulary size, device) -> (suppress mask, begin-suppress mask)
+        self._masks: tuple[torch.Tensor, torch.Tensor] | None = None  # built at the first step, from its scores' shape
 
     def set_begin_index(self, begin_index: int) -> None:
         self.begin_index = begin_index
 
-    def _masks(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (scores.shape[-1], scores.device)
-        if key not in self._built:
-            self._built[key] = tuple(torch.isin(torch.arange(scores.shape[-1], device=scores.device), torch.tensor(tokens, dtype=torch.long, device=scores.device))
-                                     for tokens in (self.suppress_tokens, self.begin_suppress_tokens))
-        return self._built[key]
-
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        suppress, begin_suppress = self._masks(scores)
+        if self._masks is None:
+            vocabulary = torch.arange(scores.shape[-1], device=scores.device)
+            self._masks = tuple(torch.isin(vocabulary, torch.tensor(tokens, dtype=torch.long, device=scores.device))
+                                for tokens in (self.suppress_tokens, self.begin_suppress_tokens))
+        suppress, begin_suppress = self._masks
         scores = scores.masked_fill(suppress, -float("inf"))
         return scores.masked_fill(begin_suppress, -float("inf")) if input_ids.shape[-1] == self.begin_index else scores
 
