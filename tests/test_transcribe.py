@@ -68,8 +68,10 @@ def test_a_hallucination_loop_stops_at_a_length_set_by_the_audio(tiny_asr_model)
 
 
 def test_temperature_fallback_reaches_generate_and_is_reproducible(tiny_asr_model):
+    import torch
+
     from fedwhisper.models.registry import load_whisper
-    from fedwhisper.transcribe import WHISPER_TEMPERATURES, DecodingOptions, LongFormTranscriber, generation_kwargs
+    from fedwhisper.transcribe import WHISPER_TEMPERATURES, DecodingOptions, LongFormTranscriber, decode_batch, generation_kwargs
 
     model, processor = load_whisper(str(tiny_asr_model))
     assert generation_kwargs(model, DecodingOptions())["do_sample"] is False  # evaluation stays greedy
@@ -85,6 +87,9 @@ def test_temperature_fallback_reaches_generate_and_is_reproducible(tiny_asr_mode
     # one pass a window would make transformers stack a batch's rows unpadded, and rows decoded again differ in length
     assert "force_unique_generate_call" not in calls[0]
     assert transcriber(audio, fallback, timestamps=False).text == first
+    # batched decoding from encoder outputs cannot decode again (transformers' fallback needs input_features): refused
+    with pytest.raises(FedwhisperError, match="temperature fallback runs in transcription"):
+        decode_batch(model, processor.tokenizer, {"input_features": torch.zeros(1, 80, 3000)}, fallback)
 
 
 def test_suppression_masks_built_once_suppress_what_transformers_suppresses(tiny_asr_model):

@@ -127,7 +127,8 @@ def load_assistant(ref: str | os.PathLike, device: str = "cpu"):
 
 # decoding from encoder outputs takes one pass a window: without it, a text with two timestamp tokens mid-way sends
 # transformers into its long-form loop, which needs input_features and fails. (Not with input_features: with temperature
-# fallback, transformers stacks a batch's one-pass results unpadded, and rows decoded again differ in length.)
+# fallback, transformers stacks a batch's one-pass results unpadded, and rows decoded again differ in length. Fallback
+# itself decodes again from input_features, so it runs only through LongFormTranscriber.)
 ONE_PASS = {"force_unique_generate_call": True}
 
 
@@ -137,6 +138,8 @@ def decode_batch(model, tokenizer, inputs: dict, options: DecodingOptions, assis
     own) rows are decoded one at a time, as transformers' assisted generation requires."""
     from transformers.modeling_outputs import BaseModelOutput
 
+    if len(options.temperatures) > 1:
+        raise FedwhisperError("batched decoding is greedy or beam search; temperature fallback runs in transcription (LongFormTranscriber)")
     inputs = dict(inputs)
     inputs.pop("labels", None)
     if "input_features" in inputs:
