@@ -277,11 +277,9 @@ def _latency(teacher: str, student: str, clips, max_clips: int) -> dict:
     """Per clip, batch 1, greedy: encoder seconds (clip window) and decoder seconds (generation from the encoder's
     output), teacher and student alternating clip by clip, on transformers and on CTranslate2; decoder seconds per token;
     the multiply-add bound."""
-    from transformers.modeling_outputs import BaseModelOutput
-
     from fedwhisper.asr.batches import AsrBatches, model_inputs
     from fedwhisper.models.registry import load_whisper
-    from fedwhisper.transcribe import ONE_PASS, DecodingOptions, generation_kwargs, token_cap
+    from fedwhisper.transcribe import DecodingOptions, generate_tokens, token_cap
 
     models = {name: load_whisper(ref)[0].eval() for name, ref in (("teacher", teacher), ("student", student))}
     subset = clips.select(np.linspace(0, len(clips) - 1, min(max_clips, len(clips))).round().astype(int).tolist())
@@ -294,8 +292,7 @@ def _latency(teacher: str, student: str, clips, max_clips: int) -> dict:
                 started = time.perf_counter()
                 hidden = model_inputs(whisper, {"input_features": batch["input_features"]})["encoder_outputs"][0]
                 encoded = time.perf_counter()
-                kwargs = generation_kwargs(whisper, DecodingOptions(language="en")) | ONE_PASS | {"max_new_tokens": cap}
-                tokens = whisper.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), **kwargs)[0]
+                tokens = generate_tokens(whisper, hidden, DecodingOptions(language="en", max_new_tokens=cap))[0]
                 done = time.perf_counter()
                 if warm_up:
                     entry = totals[name]

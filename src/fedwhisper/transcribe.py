@@ -125,34 +125,35 @@ def load_assistant(ref: str | os.PathLike, device: str = "cpu"):
     return from_pretrained(WhisperForCausalLM, resolve_model(ref)).to(device).eval()
 
 
-# decoding from encoder outputs takes one pass a window: without it, a text with two timestamp tokens mid-way sends
-# transformers into its long-form loop, which needs input_features and fails. (Not with input_features: with temperature
-# fallback, transformers stacks a batch's one-pass results unpadded, and rows decoded again differ in length. Fallback
-# itself decodes again from input_features, so it runs only through LongFormTranscriber.)
-ONE_PASS = {"force_unique_generate_call": True}
-
-
-def decode_batch(model, tokenizer, inputs: dict, options: DecodingOptions, assistant=None) -> list[str]:
-    """Greedy/beam text for one batch of ``input_features`` or ``encoder_outputs`` (as the model's forward takes them).
-    With an ``assistant`` (speculative decoding: the assistant drafts, the model verifies, so the text is the model's
-    own) rows are decoded one at a time, as transformers' assisted generation requires."""
+def generate_tokens(model, hidden: torch.Tensor, options: DecodingOptions, assistant=None) -> list[torch.Tensor]:
+    """Each row's greedy/beam tokens from the encoder's output ``hidden``, one pass a window: without it, a text with
+    two timestamp tokens mid-way sends transformers into its long-form loop, which needs input_features and fails.
+    (Transcription, from input_features, does not force it: with temperature fallback transformers stacks a batch's
+    one-pass results unpadded, and rows decoded again differ in length. Fallback itself decodes again from
+    input_features, so it runs only there.) With an ``assistant`` (speculative decoding: the assistant drafts, the
+    model verifies, so the text is the model's own) rows are decoded one at a time, as assisted generation requires."""
     from transformers.modeling_outputs import BaseModelOutput
 
     if len(options.temperatures) > 1:
         raise FedwhisperError("batched decoding is greedy or beam search; temperature fallback runs in transcription (LongFormTranscriber)")
+    kwargs = generation_kwargs(model, options) | {"force_unique_generate_call": True}
+    with torch.inference_mode():
+        if assistant is None:
+            return list(model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), **kwargs))
+        return [model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=row[None]), assistant_model=assistant, **kwargs)[0]
+                for row in hidden]
+
+
+def decode_batch(model, tokenizer, inputs: dict, options: DecodingOptions, assistant=None) -> list[str]:
+    """Text (``generate_tokens``) for one batch of ``input_features`` or ``encoder_outputs`` (as the model's forward
+    takes them)."""
     inputs = dict(inputs)
     inputs.pop("labels", None)
     if "input_features" in inputs:
         hidden = model.get_encoder()(inputs.pop("input_features").to(model.device, model.dtype)).last_hidden_state
     else:
         hidden = inputs.pop("encoder_outputs")[0].to(model.device, model.dtype)
-    kwargs = generation_kwargs(model, options) | ONE_PASS
-    with torch.inference_mode():
-        if assistant is None:
-            tokens = list(model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), **kwargs))
-        else:
-            tokens = [model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=row[None]), assistant_model=assistant, **kwargs)[0]
-                      for row in hidden]
+    tokens = generate_tokens(model, hidden, options, assistant)
     return [text.strip() for text in tokenizer.batch_decode(tokens, skip_special_tokens=True)]
 
 
