@@ -17,7 +17,9 @@ demo: setup
 	$(BIN)/fedwhisper demo
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 bench: setup
 	$(BIN)/python benchmarks/run.py

@@ -19,10 +19,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import asr_bench
 import numpy as np
 import torch
 
+import asr_bench
 from fedwhisper.asr.batches import CLIP_BUCKET_FRAMES, AsrBatches
 from fedwhisper.asr.evaluate import evaluate_batches
 from fedwhisper.asr.federated import (
@@ -48,20 +48,39 @@ def window_cost(work: Path, small: bool) -> dict:
     train = load_features(features)[0]["train"]
     clips = train.select(range(min(len(train), 16 if small else 64)))
     steps, batch = (2, 8) if small else (8, 8)
-    results = {"model": "tiny.en", "clips": len(clips), "batch_size": batch, "steps": steps,
-               "clip_seconds_mean": round(float(np.mean(clips["duration"])), 2), "clip_bucket_seconds": CLIP_BUCKET_FRAMES / 100}
+    results = {
+        "options": {"model": "tiny.en", "mode": "lora", "clips": len(clips), "batch_size": batch, "steps": steps},
+        "model": "tiny.en",
+        "clips": len(clips),
+        "batch_size": batch,
+        "steps": steps,
+        "clip_seconds_mean": round(float(np.mean(clips["duration"])), 2),
+        "clip_bucket_seconds": CLIP_BUCKET_FRAMES / 100,
+    }
     for window in ("full", "clip"):
-        options = AsrFederationOptions(features=str(features), model="tiny.en", mode="lora", window=window, batch_size=batch,
-                                       local_steps=steps, cache_dir=str(work / "cache"))
+        options = AsrFederationOptions(
+            features=str(features),
+            model="tiny.en",
+            mode="lora",
+            window=window,
+            batch_size=batch,
+            local_steps=steps,
+            cache_dir=str(work / "cache"),
+        )
         model, config = model_to_train(options)
         batches = batches_for(model, clips, config, work / "cache", progress=False)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-        train_on_batches(model, batches.micro_batches(batch, 0, 0, 1), config, optimizer)  # warm-up: allocations, first-call costs
+        train_on_batches(
+            model, batches.micro_batches(batch, 0, 0, 1), config, optimizer
+        )  # warm-up: allocations, first-call costs
         started = time.perf_counter()
         result = train_on_batches(model, batches.micro_batches(batch, 0, 1, steps), config, optimizer)
         seconds = time.perf_counter() - started
-        results[window] = {"samples_per_second": round(result["samples"] / seconds, 3), "seconds": round(seconds, 1),
-                           "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+        results[window] = {
+            "samples_per_second": round(result["samples"] / seconds, 3),
+            "seconds": round(seconds, 1),
+            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        }
     results["clip_over_full"] = round(results["clip"]["samples_per_second"] / results["full"]["samples_per_second"], 2)
     return results
 
@@ -79,13 +98,20 @@ def _spread(split, count: int):
 def _after(model_ref: str, held_out: dict, language: str, full_clips: int, windows=("clip", "full")) -> dict:
     """WER on each named test set: on clip windows over all of it, on 30-s windows over a spread ``full_clips`` subset
     (0: all of it); a 30-s window costs ~10x more to decode than a clip's."""
-    return {name: {w: _wer(model_ref, _spread(split, full_clips) if w == "full" and full_clips else split, language, w) for w in windows}
-            for name, split in held_out.items()}
+    return {
+        name: {
+            w: _wer(model_ref, _spread(split, full_clips) if w == "full" and full_clips else split, language, w) for w in windows
+        }
+        for name, split in held_out.items()
+    }
 
 
 def _tested(model_ref: str, held_out: dict, language: str, full_clips: int, subset) -> dict:
     """``_after``, and WER on clip windows on ``subset`` (the local-only models' test clips)."""
-    return {"after": _after(model_ref, held_out, language, full_clips), "wer_same_clips": _wer(model_ref, subset, language, "clip")["wer"]}
+    return {
+        "after": _after(model_ref, held_out, language, full_clips),
+        "wer_same_clips": _wer(model_ref, subset, language, "clip")["wer"],
+    }
 
 
 def _timed(job, *args) -> tuple[object, float]:
@@ -100,7 +126,9 @@ def _in_parallel(*jobs: tuple) -> list:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+    with ProcessPoolExecutor(
+        2, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads, initargs=(1,)
+    ) as pool:
         futures = [pool.submit(_timed, *job) for job in jobs]
         return [future.result() for future in futures]
 
@@ -109,15 +137,35 @@ def _centralized(work: Path, options: AsrFederationOptions, total_steps: int) ->
     """The same adapters, window, batch and learning rate on all training clips, as many steps as all clients took."""
     dataset = load_features(options.features)[0]
     whisper, processor = load_whisper(options.model)
-    config = replace(client_train_config(options), max_steps=total_steps, eval_every=max(total_steps // 5, 1), save_every=total_steps,
-                     log_every=max(total_steps // 10, 1), eval_clips=options.eval_clips)
-    central = fine_tune(whisper, processor, dataset["train"], config, eval_set=dataset["validation"], run_dir=work / "centralized",
-                        cache_root=work / "cache-centralized", progress=False)
-    return {"steps": total_steps, "best_step": central.best_step, "best_validation_wer": round(central.best_wer, 4),
-            "train_samples_per_second": round(central.samples_per_second, 3)}
+    config = replace(
+        client_train_config(options),
+        max_steps=total_steps,
+        eval_every=max(total_steps // 5, 1),
+        save_every=total_steps,
+        log_every=max(total_steps // 10, 1),
+        eval_clips=options.eval_clips,
+    )
+    central = fine_tune(
+        whisper,
+        processor,
+        dataset["train"],
+        config,
+        eval_set=dataset["validation"],
+        run_dir=work / "centralized",
+        cache_root=work / "cache-centralized",
+        progress=False,
+    )
+    return {
+        "steps": total_steps,
+        "best_step": central.best_step,
+        "best_validation_wer": round(central.best_wer, 4),
+        "train_samples_per_second": round(central.samples_per_second, 3),
+    }
 
 
-def _pretrained_and_local_only(work: Path, options: AsrFederationOptions, held_out: dict, language: str, small: bool, subset) -> dict:
+def _pretrained_and_local_only(
+    work: Path, options: AsrFederationOptions, held_out: dict, language: str, small: bool, subset
+) -> dict:
     """The pretrained model on 30-s windows (on clip windows it loops: round 0 of the federation); then local-only: a
     seeded sample of clients, each training alone for its share of the total steps, tested on ``subset``."""
     started = time.perf_counter()
@@ -130,17 +178,30 @@ def _pretrained_and_local_only(work: Path, options: AsrFederationOptions, held_o
     for partition in chosen:
         model, train_config = model_to_train(options)
         batches = batches_for(model, client_shard(options, partition), train_config, work / "cache-local", progress=False)
-        train_on_batches(model, batches.micro_batches(options.batch_size, options.seed + partition, 0, steps_each), train_config,
-                         client_optimizer(model, options))
+        train_on_batches(
+            model,
+            batches.micro_batches(options.batch_size, options.seed + partition, 0, steps_each),
+            train_config,
+            client_optimizer(model, options),
+        )
         clips = AsrBatches(subset, model.config.decoder_start_token_id, window="clip")
         local[partition] = round(evaluate_batches(model, tokenizer, clips, decoding_options(model, train_config))["wer"], 4)
-    return {"pretrained": pretrained, "pretrained_seconds": pretrained_seconds,
-            "local_only": {"clients": chosen, "steps_each": steps_each, "subset_clips": len(subset), "wer_per_client": local,
-                           "mean_wer": round(float(np.mean(list(local.values()))), 4)}}
+    return {
+        "pretrained": pretrained,
+        "pretrained_seconds": pretrained_seconds,
+        "local_only": {
+            "clients": chosen,
+            "steps_each": steps_each,
+            "subset_clips": len(subset),
+            "wer_per_client": local,
+            "mean_wer": round(float(np.mean(list(local.values()))), 4),
+        },
+    }
 
 
-def federated_with_baselines(work: Path, small: bool, options: AsrFederationOptions, language: str, held_out: dict,
-                             preparation_seconds: float) -> dict:
+def federated_with_baselines(
+    work: Path, small: bool, options: AsrFederationOptions, language: str, held_out: dict, preparation_seconds: float
+) -> dict:
     """The federation, and centralized and local-only training with the same total client steps. ``held_out``: named
     test sets (the first: held-out speakers of the training voices), each evaluated before (30-s window) and after
     (clip and 30-s windows). Jobs that do not depend on each other run two at a time on one thread each: the
@@ -150,14 +211,18 @@ def federated_with_baselines(work: Path, small: bool, options: AsrFederationOpti
     total_steps = options.rounds * options.clients_per_round * options.local_steps
     full_clips = 20 if small else 60
     subset = _spread(next(iter(held_out.values())), full_clips)
-    results = {"options": options.to_config(), "splits": {name: len(split) for name, split in dataset.items()}
-               | {name: len(split) for name, split in held_out.items()}, "client_steps_total": total_steps,
-               "full_window_subset_clips": full_clips}
+    results = {
+        "options": options.to_config(),
+        "splits": {name: len(split) for name, split in dataset.items()} | {name: len(split) for name, split in held_out.items()},
+        "client_steps_total": total_steps,
+        "full_window_subset_clips": full_clips,
+    }
     seconds = {"corpus_and_features": preparation_seconds}
 
     started = time.perf_counter()
     (central, seconds["centralized"]), (before, seconds["pretrained_and_local_only"]) = _in_parallel(
-        (_centralized, work, options, total_steps), (_pretrained_and_local_only, work, options, held_out, language, small, subset))
+        (_centralized, work, options, total_steps), (_pretrained_and_local_only, work, options, held_out, language, small, subset)
+    )
     seconds["baselines_wall"] = time.perf_counter() - started
     results["pretrained"], results["centralized"] = before["pretrained"], central
     results["pretrained_seconds"] = before["pretrained_seconds"]
@@ -168,24 +233,36 @@ def federated_with_baselines(work: Path, small: bool, options: AsrFederationOpti
     rows = run.rows
     up = [b for row in rows[1:] for b in row["bytes_up"]]
     results["federated"] = {
-        "rounds": [{key: row[key] for key in ("round", "wer", "cer", "seconds", "train_loss", "clients_trained", "clients_failed") if key in row}
-                   for row in rows],
-        "bytes_down_per_client_per_round": rows[1]["bytes_down_per_client"], "bytes_up_per_client_per_round": max(up),
+        "rounds": [
+            {
+                key: row[key]
+                for key in ("round", "wer", "cer", "seconds", "train_loss", "clients_trained", "clients_failed")
+                if key in row
+            }
+            for row in rows
+        ],
+        "bytes_down_per_client_per_round": rows[1]["bytes_down_per_client"],
+        "bytes_up_per_client_per_round": max(up),
         "bytes_total": sum(row["bytes_down_per_client"] * len(row["bytes_up"]) + sum(row["bytes_up"]) for row in rows[1:]),
-        "full_model_bytes": full_model_bytes(options), "upload_fraction_of_full_model": round(max(up) / full_model_bytes(options), 4),
+        "full_model_bytes": full_model_bytes(options),
+        "upload_fraction_of_full_model": round(max(up) / full_model_bytes(options), 4),
         "client_samples_per_second": [s for row in rows[1:] for s in row["client_samples_per_second"]],
         "best": json.loads((run.path / "test.json").read_text()),
     }
 
     started = time.perf_counter()
     (federated, seconds["federated_evaluation"]), (centralized, seconds["centralized_evaluation"]) = _in_parallel(
-        *((_tested, str(path / "best"), held_out, language, full_clips, subset) for path in (run.path, work / "centralized")))
+        *((_tested, str(path / "best"), held_out, language, full_clips, subset) for path in (run.path, work / "centralized"))
+    )
     seconds["evaluation_wall"] = time.perf_counter() - started
     results["federated"]["after"], results["centralized"]["after"] = federated["after"], centralized["after"]
-    results["local_only"] = before["local_only"] | {"federated_wer_same_clips": federated["wer_same_clips"],
-                                                    "centralized_wer_same_clips": centralized["wer_same_clips"]}
+    results["local_only"] = before["local_only"] | {
+        "federated_wer_same_clips": federated["wer_same_clips"],
+        "centralized_wer_same_clips": centralized["wer_same_clips"],
+    }
     results["seconds"] = {key: round(value, 1) for key, value in seconds.items()} | {
-        "total": round(preparation_seconds + seconds["baselines_wall"] + seconds["federation"] + seconds["evaluation_wall"], 1)}
+        "total": round(preparation_seconds + seconds["baselines_wall"] + seconds["federation"] + seconds["evaluation_wall"], 1)
+    }
     first = next(iter(held_out))
     before_wer, federated = results["pretrained"][first]["full"]["wer"], results["federated"]["after"][first]["clip"]["wer"]
     results["federated"]["relative_wer_cut_held_out"] = round(1 - federated / before_wer, 3)
@@ -198,13 +275,25 @@ def english(work: Path, small: bool) -> dict:
     started = time.perf_counter()
     features, flite_features, _ = asr_bench.english_features(work, small)
     held_out = {"held_out_espeak": load_features(features)[0]["test"], "flite": load_features(flite_features)[0]["test"]}
-    return federated_with_baselines(work, small, _english_options(work, small, features), "en", held_out, time.perf_counter() - started)
+    return federated_with_baselines(
+        work, small, _english_options(work, small, features), "en", held_out, time.perf_counter() - started
+    )
 
 
 def _english_options(work: Path, small: bool, features: Path, **changes) -> AsrFederationOptions:
-    return AsrFederationOptions(features=str(features), model="tiny.en", mode="lora", window="clip", num_clients=6 if small else 20,
-                                clients_per_round=3 if small else 5, rounds=2 if small else 10, local_steps=2 if small else 4,
-                                eval_clips=10 if small else 60, cache_dir=str(work / "cache"), **changes)
+    return AsrFederationOptions(
+        features=str(features),
+        model="tiny.en",
+        mode="lora",
+        window="clip",
+        num_clients=6 if small else 20,
+        clients_per_round=3 if small else 5,
+        rounds=2 if small else 10,
+        local_steps=2 if small else 4,
+        eval_clips=10 if small else 60,
+        cache_dir=str(work / "cache"),
+        **changes,
+    )
 
 
 def english_strategies(work: Path, small: bool) -> dict:
@@ -213,16 +302,22 @@ def english_strategies(work: Path, small: bool) -> dict:
     best round's model on the held-out speakers (all clips on clip windows, the spread subset on 30-s windows)."""
     features, _, _ = asr_bench.english_features(work, small)
     subset = _spread(load_features(features)[0]["test"], 20 if small else 60)
-    results = {}
+    results = {"options": _english_options(work, small, features).to_config()}  # each run's changes: its own "options"
     # measured at the clients' earlier default rate, 1e-3 (FedAvg there: 19.04 % on the test split)
-    for name, changes in (("fedavgm", {"strategy": "fedavgm", "server_momentum": 0.7, "learning_rate": 1e-3}),
-                          ("fedavg-cosine", {"lr_schedule": "cosine", "learning_rate": 1e-3})):
+    for name, changes in (
+        ("fedavgm", {"strategy": "fedavgm", "server_momentum": 0.7, "learning_rate": 1e-3}),
+        ("fedavg-cosine", {"lr_schedule": "cosine", "learning_rate": 1e-3}),
+    ):
         options = _english_options(work, small, features, **changes)
         started = time.perf_counter()
         run = simulate(options, work / name)
-        results[name] = {"options": changes, "validation_wer_per_round": [round(row["wer"], 4) for row in run.rows],
-                         "best": json.loads((run.path / "test.json").read_text()), "seconds": round(time.perf_counter() - started, 1),
-                         "best_full_window_subset": _wer(str(run.path / "best"), subset, "en", "full")}
+        results[name] = {
+            "options": changes,
+            "validation_wer_per_round": [round(row["wer"], 4) for row in run.rows],
+            "best": json.loads((run.path / "test.json").read_text()),
+            "seconds": round(time.perf_counter() - started, 1),
+            "best_full_window_subset": _wer(str(run.path / "best"), subset, "en", "full"),
+        }
     return results
 
 
@@ -234,19 +329,31 @@ def window_accuracy(work: Path, small: bool) -> dict:
     held_out = _spread(dataset["test"], 20 if small else 100)
     steps = 4 if small else 60
     results = {"steps": steps, "held_out_clips": len(held_out)}
+    results["options"] = {"model": "tiny.en", "mode": "lora", "learning_rate": 1e-3, "steps": steps, "windows": ["full", "clip"]}
     for window in ("full", "clip"):
         options = AsrFederationOptions(features=str(features), model="tiny.en", mode="lora", window=window, learning_rate=1e-3)
         config = replace(client_train_config(options), max_steps=steps, eval_every=steps, save_every=steps, eval_clips=20)
         whisper, processor = load_whisper("tiny.en")
         started = time.perf_counter()
-        trained = fine_tune(whisper, processor, dataset["train"], config, eval_set=dataset["validation"], run_dir=work / f"train-{window}",
-                            cache_root=work / "cache", progress=False)
+        trained = fine_tune(
+            whisper,
+            processor,
+            dataset["train"],
+            config,
+            eval_set=dataset["validation"],
+            run_dir=work / f"train-{window}",
+            cache_root=work / "cache",
+            progress=False,
+        )
         best = str(work / f"train-{window}" / "best")
-        results[f"trained_{window}"] = {"train_seconds": round(time.perf_counter() - started, 1),
-                                        "train_samples_per_second": round(trained.samples_per_second, 3),
-                                        "held_out": {w: _wer(best, held_out, "en", w) for w in ("clip", "full")}}
-    results["clip_over_full_samples_per_second"] = round(results["trained_clip"]["train_samples_per_second"]
-                                                         / results["trained_full"]["train_samples_per_second"], 2)
+        results[f"trained_{window}"] = {
+            "train_seconds": round(time.perf_counter() - started, 1),
+            "train_samples_per_second": round(trained.samples_per_second, 3),
+            "held_out": {w: _wer(best, held_out, "en", w) for w in ("clip", "full")},
+        }
+    results["clip_over_full_samples_per_second"] = round(
+        results["trained_clip"]["train_samples_per_second"] / results["trained_full"]["train_samples_per_second"], 2
+    )
     return results
 
 
@@ -255,11 +362,26 @@ def swedish(work: Path, small: bool) -> dict:
     started = time.perf_counter()
     features = asr_bench.swedish_features(work, small)
     held_out = {"held_out": load_features(features)[0]["test"]}
-    options = AsrFederationOptions(features=str(features), model="base", mode="lora", window="clip", num_clients=4 if small else 16,
-                                   clients_per_round=2 if small else 4, rounds=2 if small else 5, local_steps=2 if small else 5,
-                                   eval_clips=10 if small else 40, learning_rate=1e-3, cache_dir=str(work / "cache"))
+    options = AsrFederationOptions(
+        features=str(features),
+        model="base",
+        mode="lora",
+        window="clip",
+        num_clients=4 if small else 16,
+        clients_per_round=2 if small else 4,
+        rounds=2 if small else 5,
+        local_steps=2 if small else 5,
+        eval_clips=10 if small else 40,
+        learning_rate=1e-3,
+        cache_dir=str(work / "cache"),
+    )
     return federated_with_baselines(work, small, options, "sv", held_out, time.perf_counter() - started)
 
 
-PARTS = {"window_cost": window_cost, "english": english, "english_strategies": english_strategies, "window_accuracy": window_accuracy,
-         "swedish": swedish}
+PARTS = {
+    "window_cost": window_cost,
+    "english": english,
+    "english_strategies": english_strategies,
+    "window_accuracy": window_accuracy,
+    "swedish": swedish,
+}

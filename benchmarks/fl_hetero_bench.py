@@ -16,9 +16,9 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import asr_bench
 import numpy as np
 
+import asr_bench
 from fedwhisper.asr import hetero
 from fedwhisper.asr.federated import AsrFederationOptions, partitioner
 from fedwhisper.asr.prepare import PrepareOptions, load_features, prepare_features
@@ -29,10 +29,27 @@ from fedwhisper.data.synth_asr import AsrSynthesisOptions, synthesize_audiofolde
 from fedwhisper.fl.asr_app import simulate
 
 ALGORITHMS = ("fedkad", "fedmd", "fedavg-uniform", "fedavg-large")
-FEDERATION = {"num_clients": 20, "clients_per_round": 6, "rounds": 8, "local_steps": 8, "batch_size": 8, "learning_rate": 5e-4,
-              "eval_clips": 60, "server_steps": 8, "public_clips": 32}
-SMALL = {"num_clients": 6, "clients_per_round": 3, "rounds": 2, "local_steps": 2, "batch_size": 4, "eval_clips": 8, "server_steps": 2,
-         "public_clips": 8}
+FEDERATION = {
+    "num_clients": 20,
+    "clients_per_round": 6,
+    "rounds": 8,
+    "local_steps": 8,
+    "batch_size": 8,
+    "learning_rate": 5e-4,
+    "eval_clips": 60,
+    "server_steps": 8,
+    "public_clips": 32,
+}
+SMALL = {
+    "num_clients": 6,
+    "clients_per_round": 3,
+    "rounds": 2,
+    "local_steps": 2,
+    "batch_size": 4,
+    "eval_clips": 8,
+    "server_steps": 2,
+    "public_clips": 8,
+}
 
 
 def pi_microphone(samples: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -75,8 +92,12 @@ def proxy_corpus(work: Path, small: bool) -> Path:
     """The server's public corpus: espeak-ng voices of another seed reading sentences no client, test or flite clip has."""
     text = asr_bench.unused_sentences(work, "proxy-sentences.txt")
     corpus, features = work / "asr-en-proxy", work / "features-en-proxy"
-    synthesize_audiofolder(corpus, AsrSynthesisOptions(sentences=60 if small else 400, speakers=12, test_speakers=1, engines=("espeak-ng",),
-                                                       seed=23, text=str(text)))
+    synthesize_audiofolder(
+        corpus,
+        AsrSynthesisOptions(
+            sentences=60 if small else 400, speakers=12, test_speakers=1, engines=("espeak-ng",), seed=23, text=str(text)
+        ),
+    )
     prepare_features(corpus, "tiny.en", features, PrepareOptions(num_proc=2, validation_speakers=0))
     return features
 
@@ -105,8 +126,12 @@ def fedmd_test(options: AsrFederationOptions, run) -> dict:
             for speaker, value in speaker_wer(tested["rows"], "en").items():
                 speakers.setdefault(speaker, []).append(value)
         if wers:
-            result[tier] = {"tiers": [tier], "wer": float(np.mean(wers)), "clients": len(wers),
-                            "speakers": {s: float(np.mean(v)) for s, v in speakers.items()}}
+            result[tier] = {
+                "tiers": [tier],
+                "wer": float(np.mean(wers)),
+                "clients": len(wers),
+                "speakers": {s: float(np.mean(v)) for s, v in speakers.items()},
+            }
     return result
 
 
@@ -114,6 +139,18 @@ def round_wer(row: dict) -> float | None:
     """A round's validation WER: the global model's, or (fedmd, no global model) the mean over tiers."""
     tiers = [v for k, v in row.items() if k.startswith("wer/")]
     return row.get("wer", float(np.mean(tiers)) if tiers else None)
+
+
+TARGET = "fedavg-uniform"  # device time is measured to the final validation WER of uniform FedAvg, the baseline
+
+
+def seconds_to_target(compare: dict, algorithm: str) -> float | None:
+    """Simulated device time until ``algorithm``'s validation WER first reaches uniform FedAvg's final one (None: never).
+    A common target, not each run's own last value: a curve that stalls at a worse WER would otherwise look fast."""
+    target = compare[TARGET]["validation_wer_curve"][-1]
+    r = compare[algorithm]
+    reached = next((i for i, w in enumerate(r["validation_wer_curve"]) if w is not None and w <= target + 1e-9), None)
+    return None if reached is None else r["simulated_seconds_cumulative"][reached]
 
 
 def plot_wer_vs_bytes(results: dict, path: Path) -> None:
@@ -127,8 +164,12 @@ def plot_wer_vs_bytes(results: dict, path: Path) -> None:
         r = results[algorithm]
         points = [(b / 1e6, 100 * w) for b, w in zip(r["upload_bytes_cumulative"], r["validation_wer_curve"]) if w is not None]
         axis.plot(*zip(*points), marker="o", label=algorithm)
-    axis.set(xlabel="cumulative upload, MB (all clients)", ylabel="validation WER % (global model; fedmd: tier mean)",
-             title="Heterogeneous clients: WER vs upload", xscale="symlog")
+    axis.set(
+        xlabel="cumulative upload, MB (all clients)",
+        ylabel="validation WER % (global model; fedmd: tier mean)",
+        title="Heterogeneous clients: WER vs upload",
+        xscale="symlog",
+    )
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
@@ -141,22 +182,31 @@ def _summary(algorithm: str, run, tested: dict, pi: dict, seconds: float) -> dic
     uploads = np.cumsum([sum(row.get("bytes_up", [])) for row in rows]).tolist()
     curve = [round_wer(row) for row in rows]
     simulated = np.cumsum([row.get("simulated_round_seconds", 0) for row in rows]).round(1).tolist()
-    reached = next(i for i, w in enumerate(curve) if w is not None and w <= curve[-1] + 1e-9)
     per_tier = {tier: result["wer"] for result in tested.values() for tier in result["tiers"]}
     speakers = {}
     for group, result in tested.items():
         pi_test = [result["speakers"][s] for s in pi["test_through_pi_microphone"] if s in result["speakers"]]
         clean = [v for s, v in result["speakers"].items() if s not in pi["test_through_pi_microphone"]]
-        speakers[group] = {"pi_microphone_speakers": round(float(np.mean(pi_test)), 4), "other_speakers": round(float(np.mean(clean)), 4)}
+        speakers[group] = {
+            "pi_microphone_speakers": round(float(np.mean(pi_test)), 4),
+            "other_speakers": round(float(np.mean(clean)), 4),
+        }
     final = rows[-1]
-    return {"algorithm": algorithm, "seconds": round(seconds, 1), "test_wer_by_tier": per_tier,
-            "global_test_wer": None if algorithm == "fedmd" else tested[list(tested)[-1]]["wer"],  # fedkad: the strongest tier's
-            "test_wer_by_speaker_group": speakers, "upload_bytes_total": int(uploads[-1]),
-            "upload_bytes_cumulative": uploads, "validation_wer_by_round": [{k: v for k, v in row.items() if k.startswith("wer")} for row in rows],
-            "validation_wer_curve": curve, "simulated_seconds_cumulative": simulated,
-            "simulated_seconds_to_final_wer": simulated[reached], "round_final_wer_reached": rows[reached]["round"],
-            "stragglers": sum(len(row.get("stragglers", [])) for row in rows), "clients_trained": [row.get("clients_trained") for row in rows[1:]],
-            "final_validation": {k: v for k, v in final.items() if k.startswith("wer")}}
+    return {
+        "algorithm": algorithm,
+        "seconds": round(seconds, 1),
+        "test_wer_by_tier": per_tier,
+        "global_test_wer": None if algorithm == "fedmd" else tested[list(tested)[-1]]["wer"],  # fedkad: the strongest tier's
+        "test_wer_by_speaker_group": speakers,
+        "upload_bytes_total": int(uploads[-1]),
+        "upload_bytes_cumulative": uploads,
+        "validation_wer_by_round": [{k: v for k, v in row.items() if k.startswith("wer")} for row in rows],
+        "validation_wer_curve": curve,
+        "simulated_seconds_cumulative": simulated,
+        "stragglers": sum(len(row.get("stragglers", [])) for row in rows),
+        "clients_trained": [row.get("clients_trained") for row in rows[1:]],
+        "final_validation": {k: v for k, v in final.items() if k.startswith("wer")},
+    }
 
 
 def _tensor_bytes(state: dict) -> int:
@@ -178,7 +228,9 @@ def compare(work: Path, small: bool) -> dict:
         options = replace(base, algorithm=algorithm, tier_costs=",".join(f"{k}:{v}" for k, v in measured.items()))
         run_dir = work / f"run-{algorithm}"
         shutil.rmtree(run_dir, ignore_errors=True)
-        for kept in Path(options.cache_dir).glob("fedmd-client-*"):  # fedmd's clients keep their models there; the tiers' starting models stay
+        for kept in Path(options.cache_dir).glob(
+            "fedmd-client-*"
+        ):  # fedmd's clients keep their models there; the tiers' starting models stay
             shutil.rmtree(kept)
         begun = time.perf_counter()
         run = simulate(options, run_dir)
@@ -186,9 +238,13 @@ def compare(work: Path, small: bool) -> dict:
         results[algorithm] = _summary(algorithm, run, tested, pi, time.perf_counter() - begun)
     full_size = _tensor_bytes(hetero.initial_state(replace(base, algorithm="fedavg-large")))
     trained = sum(results["fedkad"]["clients_trained"])
-    results["fedavg_full_size_upload_bytes_same_clients"] = trained * full_size  # FedAvg had every fedkad client sent a full-size decoder
+    results["fedavg_full_size_upload_bytes_same_clients"] = (
+        trained * full_size
+    )  # FedAvg had every fedkad client sent a full-size decoder
     results["fedkad_upload_over_full_size_fedavg"] = round(results["fedkad"]["upload_bytes_total"] / (trained * full_size), 4)
-    plot_wer_vs_bytes(results, Path(__file__).resolve().parent / "results" / f"fl-hetero-wer-vs-upload{'-small' if small else ''}.png")
+    plot_wer_vs_bytes(
+        results, Path(__file__).resolve().parent / "results" / f"fl-hetero-wer-vs-upload{'-small' if small else ''}.png"
+    )
     results["seconds"] = round(time.perf_counter() - started, 1)
     return results
 
@@ -251,7 +307,10 @@ def replay_weakest_tier(config: dict, run_dir: str, name: str) -> dict:
                 arrays, metrics = local_training(trainee, hetero.train_config(options), options, client, r)
                 if tier != weak:
                     extra_up.append(_tensor_bytes(arrays))
-            elif variant.others in ("nested", "top-block"):  # the client's FedKAD upload, its top block, in the weak model's place
+            elif variant.others in (
+                "nested",
+                "top-block",
+            ):  # the client's FedKAD upload, its top block, in the weak model's place
                 layers, weak_top = hetero.model_layers(options, tier), hetero.model_layers(options, weak) - 1
                 trainee = hetero.new_model(options, layers, options.upper_blocks)
                 mine = hetero.group_state(previous, tier)
@@ -273,7 +332,11 @@ def replay_weakest_tier(config: dict, run_dir: str, name: str) -> dict:
             hetero.distil(model, [global_model], [proxy[first + i] for i in range(variant.server_kd_steps)], optimizer)
         curve.append(hetero.validation_wer(options, model))
     test = hetero.evaluate_model(options, model, hetero.evaluation_rows(options, "test"))["wer"]
-    return {"validation_wer_curve": curve, "test_wer": test, "extra_upload_bytes_per_other_client": float(np.mean(extra_up)) if extra_up else 0.0}
+    return {
+        "validation_wer_curve": curve,
+        "test_wer": test,
+        "extra_upload_bytes_per_other_client": float(np.mean(extra_up)) if extra_up else 0.0,
+    }
 
 
 def weakest_tier(work: Path, small: bool) -> dict:
@@ -283,21 +346,34 @@ def weakest_tier(work: Path, small: bool) -> dict:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    suite = json.loads((Path(__file__).resolve().parent / "results" / f"fl-hetero{'-small' if small else ''}.json").read_text())["compare"]
+    suite = json.loads((Path(__file__).resolve().parent / "results" / f"fl-hetero{'-small' if small else ''}.json").read_text())[
+        "compare"
+    ]
     source = Path(suite["options"]["features"]).parent  # that part's work directory
     measured = suite["seconds_per_sample"]["fedkad_top_block"]
-    config = suite["options"] | {"algorithm": "fedkad", "eval_clips": 2 * suite["options"]["eval_clips"],
-                                 "tier_costs": ",".join(f"{k}:{v}" for k, v in measured.items())}
+    config = suite["options"] | {
+        "algorithm": "fedkad",
+        "eval_clips": 2 * suite["options"]["eval_clips"],
+        "tier_costs": ",".join(f"{k}:{v}" for k, v in measured.items()),
+    }
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {name: pool.submit(replay_weakest_tier, config, str(source / "run-fedkad"), name) for name in WEAK_TIER_VARIANTS}
+        futures = {
+            name: pool.submit(replay_weakest_tier, config, str(source / "run-fedkad"), name) for name in WEAK_TIER_VARIANTS
+        }
         replays = {name: future.result() for name, future in futures.items()}
     full_size = suite["fedavg_full_size_upload_bytes_same_clients"] / sum(suite["fedkad"]["clients_trained"])
     weak = ordered_tiers(suite["options"]["tiers"])[0]
     rows = json.loads((source / "run-fedkad" / "metrics.json").read_text())
     others = sum(tier != weak for row in rows for tier in row.get("client_tiers") or [])
-    return {"variants": {name: asdict(v) for name, v in WEAK_TIER_VARIANTS.items()}, "replays": replays,
-            "fedavg_uniform_test_wer": suite["fedavg-uniform"]["test_wer_by_tier"][weak], "fedkad_test_wer": suite["fedkad"]["test_wer_by_tier"][weak],
-            "full_size_upload_bytes_per_client": full_size, "other_tier_clients": others}
+    return {
+        "options": config,
+        "variants": {name: asdict(v) for name, v in WEAK_TIER_VARIANTS.items()},
+        "replays": replays,
+        "fedavg_uniform_test_wer": suite["fedavg-uniform"]["test_wer_by_tier"][weak],
+        "fedkad_test_wer": suite["fedkad"]["test_wer_by_tier"][weak],
+        "full_size_upload_bytes_per_client": full_size,
+        "other_tier_clients": others,
+    }
 
 
 PARTS = {"compare": compare, "weakest-tier": weakest_tier}

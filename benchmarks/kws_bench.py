@@ -28,7 +28,13 @@ def encoder_macs(encoder: FrozenEncoder) -> int:
     """Multiply-adds of one encoder pass at ``encoder``'s window, from the model's shapes: the arithmetic bound
     on how much cheaper a shorter window can be (convolutions and linear layers scale with length, attention with its square)."""
     config = encoder.encoder.config
-    d, ffn, layers, frames, positions = config.d_model, config.encoder_ffn_dim, config.encoder_layers, encoder.frames, encoder.positions
+    d, ffn, layers, frames, positions = (
+        config.d_model,
+        config.encoder_ffn_dim,
+        config.encoder_layers,
+        encoder.frames,
+        encoder.positions,
+    )
     convolutions = frames * d * config.num_mel_bins * 3 + positions * d * d * 3
     per_token = 4 * d * d + 2 * d * ffn  # q, k, v, out projections and the two feed-forward layers
     attention = 2 * positions * positions * d  # scores and weighted sum
@@ -51,11 +57,19 @@ def encoder_cost(corpus: KwsCorpus, clips_short: int, clips_long: int, repeats: 
     ratios = sorted(long_ / short_ for short_, long_ in pairs)
     per_short = float(np.median([p[0] for p in pairs]))
     per_long = float(np.median([p[1] for p in pairs]))
-    return {"ms_per_clip_1s_window": round(1000 * per_short, 2), "ms_per_clip_30s_padding": round(1000 * per_long, 1),
-            "ratio": round(float(np.median(ratios)), 1), "ratio_range": [round(ratios[0], 1), round(ratios[-1], 1)],
-            "multiply_adds": {"1s": encoder_macs(short), "30s": encoder_macs(long),
-                              "ratio": round(encoder_macs(long) / encoder_macs(short), 1)},
-            "repeats": repeats, "clips_timed": {"1s": clips_short, "30s": clips_long}}
+    return {
+        "ms_per_clip_1s_window": round(1000 * per_short, 2),
+        "ms_per_clip_30s_padding": round(1000 * per_long, 1),
+        "ratio": round(float(np.median(ratios)), 1),
+        "ratio_range": [round(ratios[0], 1), round(ratios[-1], 1)],
+        "multiply_adds": {
+            "1s": encoder_macs(short),
+            "30s": encoder_macs(long),
+            "ratio": round(encoder_macs(long) / encoder_macs(short), 1),
+        },
+        "repeats": repeats,
+        "clips_timed": {"1s": clips_short, "30s": clips_long},
+    }
 
 
 def window_accuracy(corpus: KwsCorpus, work: Path, train_speakers: int, epochs: int) -> dict:
@@ -65,7 +79,11 @@ def window_accuracy(corpus: KwsCorpus, work: Path, train_speakers: int, epochs: 
     chosen = set(speakers)
     train = corpus.examples(corpus.splits["train"].filter(lambda row: row["speaker_id"] in chosen), seed=1)
     test = corpus.examples(corpus.splits["test"], seed=2)
-    results: dict = {"train_clips": len(train), "test_clips": len(test), "test_speakers": len(set(corpus.splits["test"]["speaker_id"]))}
+    results: dict = {
+        "train_clips": len(train),
+        "test_clips": len(test),
+        "test_speakers": len(set(corpus.splits["test"]["speaker_id"])),
+    }
     for window in (1.0, 30.0):
         encoder = FrozenEncoder("tiny.en", window)
         started = time.perf_counter()
@@ -77,8 +95,12 @@ def window_accuracy(corpus: KwsCorpus, work: Path, train_speakers: int, epochs: 
         for epoch in range(epochs):
             train_head(head, train_features, train.labels, TrainOptions(epochs=1, batch_size=16, learning_rate=1e-3, seed=epoch))
             curve.append(round(evaluate_head(head, test_features, test.labels)["accuracy"], 4))
-        results[f"{window:g}s"] = {"test_accuracy_per_epoch": curve, "final": curve[-1], "mean_last_3": round(float(np.mean(curve[-3:])), 4),
-                                   "encode_seconds": round(encode_seconds, 1)}
+        results[f"{window:g}s"] = {
+            "test_accuracy_per_epoch": curve,
+            "final": curve[-1],
+            "mean_last_3": round(float(np.mean(curve[-3:])), 4),
+            "encode_seconds": round(encode_seconds, 1),
+        }
     results["difference_points_mean_last_3"] = round(100 * (results["1s"]["mean_last_3"] - results["30s"]["mean_last_3"]), 2)
     return results
 
@@ -102,7 +124,9 @@ def flower_example(corpus_dir: Path, work: Path, rounds: int, our_clients: int) 
     speakers by the same server code, in the same run. Each client runs on one core (Ray, num_cpus=1)."""
     results: dict = {}
     for recipe in ("fedwhisper", "flower-example"):
-        options = KwsOptions(corpus=str(corpus_dir), rounds=rounds, recipe=recipe, num_clients=our_clients, cache_dir=str(work / "cache-recipes"))
+        options = KwsOptions(
+            corpus=str(corpus_dir), rounds=rounds, recipe=recipe, num_clients=our_clients, cache_dir=str(work / "cache-recipes")
+        )
         resolved = with_recipe(options)
         seconds, run = _seconds(simulate, options, work / f"run-{recipe}")
         clients = _client_rounds(run.rows)
@@ -125,9 +149,13 @@ def flower_example(corpus_dir: Path, work: Path, rounds: int, our_clients: int) 
             entry["load_seconds_mean"] = round(float(np.mean([c["load_seconds"] for c in trained])), 2)
         else:
             first = [c for c in trained if c["encoded_clips"]]
-            entry["encoder_seconds_per_clip"] = round(sum(c["encode_seconds"] for c in first) / sum(c["encoded_clips"] for c in first), 4)
+            entry["encoder_seconds_per_clip"] = round(
+                sum(c["encode_seconds"] for c in first) / sum(c["encoded_clips"] for c in first), 4
+            )
             entry["first_round_seconds_mean"] = round(float(np.mean([c["round_seconds"] for c in first])), 3)
-            entry["cached_round_seconds_mean"] = round(float(np.mean([c["round_seconds"] for c in trained if not c["encoded_clips"]] or [0])), 3)
+            entry["cached_round_seconds_mean"] = round(
+                float(np.mean([c["round_seconds"] for c in trained if not c["encoded_clips"]] or [0])), 3
+            )
         results[recipe] = entry
     return results
 
@@ -136,19 +164,32 @@ def full_scale(work: Path, speakers: int, rounds: int, central_epochs: int) -> d
     """Benchmark 4: ~2,100 synthetic speakers, 100 clients x 10 per round x 10 rounds, and centralized training."""
     corpus_dir = work / f"kws-{speakers}"
     synthesis = synthesize_speech_commands(corpus_dir, KwsSynthesisOptions(speakers=speakers))
-    options = KwsOptions(corpus=str(corpus_dir), rounds=rounds, num_clients=100 if speakers >= 200 else 10, cache_dir=str(work / "cache-full"))
+    options = KwsOptions(
+        corpus=str(corpus_dir), rounds=rounds, num_clients=100 if speakers >= 200 else 10, cache_dir=str(work / "cache-full")
+    )
     federated_seconds, run = _seconds(simulate, options, work / "full-federated")
-    central_seconds, central = _seconds(train_centralized, KwsOptions(corpus=str(corpus_dir), local_epochs=1, cache_dir=str(work / "cache-full")),
-                                        work / "full-central", central_epochs)
+    central_seconds, central = _seconds(
+        train_centralized,
+        KwsOptions(corpus=str(corpus_dir), local_epochs=1, cache_dir=str(work / "cache-full")),
+        work / "full-central",
+        central_epochs,
+    )
     corpus = KwsCorpus(corpus_dir)
     return {
-        "speakers": speakers, "clips": synthesis.written + synthesis.reused,
+        "speakers": speakers,
+        "clips": synthesis.written + synthesis.reused,
         "train_speakers": len(set(corpus.splits["train"]["speaker_id"])),
         "synthesis_seconds": round(synthesis.seconds, 1),
-        "federated": {"wall_seconds": round(federated_seconds, 1),
-                      "per_round": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in run.rows]},
-        "centralized": {"epochs": central_epochs, "wall_seconds": round(central_seconds, 1),
-                        "test_accuracy": central.rows[-1]["test_accuracy"], "validation_accuracy": central.rows[-1]["validation_accuracy"]},
+        "federated": {
+            "wall_seconds": round(federated_seconds, 1),
+            "per_round": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()} for row in run.rows],
+        },
+        "centralized": {
+            "epochs": central_epochs,
+            "wall_seconds": round(central_seconds, 1),
+            "test_accuracy": central.rows[-1]["test_accuracy"],
+            "validation_accuracy": central.rows[-1]["validation_accuracy"],
+        },
     }
 
 
@@ -158,11 +199,36 @@ def demo_corpus(work: Path, small: bool) -> KwsCorpus:
     return KwsCorpus(directory)
 
 
-PARTS = {
-    "encoder_cost": lambda work, small: encoder_cost(demo_corpus(work, small), 64 if small else 512, 8 if small else 96),
-    "window_accuracy": lambda work, small: window_accuracy(demo_corpus(work, small), work, train_speakers=4 if small else 40,
-                                                          epochs=3 if small else 10),
-    "flower_example": lambda work, small: flower_example(demo_corpus(work, small).root, work, rounds=2 if small else 10,
-                                                         our_clients=10 if small else 100),
-    "full_scale": lambda work, small: full_scale(work, 40 if small else 2100, 2 if small else 10, 2 if small else 10),
-}
+def _kws_parts() -> dict:
+    """Each part with the options it runs with, recorded in its results entry."""
+
+    def encoder_cost_part(work: Path, small: bool) -> dict:
+        options = {"model": "tiny.en", "speakers": 30 if small else 300, "clips_short": 64 if small else 512}
+        options |= {"clips_long": 8 if small else 96, "repeats": 5}
+        corpus = demo_corpus(work, small)
+        return {**encoder_cost(corpus, options["clips_short"], options["clips_long"], options["repeats"]), "options": options}
+
+    def window_accuracy_part(work: Path, small: bool) -> dict:
+        options = {"model": "tiny.en", "speakers": 30 if small else 300, "train_speakers": 4 if small else 40}
+        options |= {"epochs": 3 if small else 10}
+        result = window_accuracy(demo_corpus(work, small), work, options["train_speakers"], options["epochs"])
+        return {**result, "options": options}
+
+    def flower_example_part(work: Path, small: bool) -> dict:
+        options = {"speakers": 30 if small else 300, "rounds": 2 if small else 10, "our_clients": 10 if small else 100}
+        result = flower_example(demo_corpus(work, small).root, work, options["rounds"], options["our_clients"])
+        return {**result, "options": options}
+
+    def full_scale_part(work: Path, small: bool) -> dict:
+        options = {"speakers": 40 if small else 2100, "rounds": 2 if small else 10, "central_epochs": 2 if small else 10}
+        return {**full_scale(work, options["speakers"], options["rounds"], options["central_epochs"]), "options": options}
+
+    return {
+        "encoder_cost": encoder_cost_part,
+        "window_accuracy": window_accuracy_part,
+        "flower_example": flower_example_part,
+        "full_scale": full_scale_part,
+    }
+
+
+PARTS = _kws_parts()

@@ -7,6 +7,19 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# torch reads these once, when it loads (after this file). Two xdist workers share the two cores: one thread each,
+# else four threads spin against each other; Ray's actors and the SuperNodes set their own one thread per client.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that start Ray or a SuperLink take both cores and ports of their own: one such test at a time, all on one
+    xdist worker (``--dist loadgroup``), while the other worker runs the rest."""
+    for item in items:
+        if item.get_closest_marker("flower"):
+            item.add_marker(pytest.mark.xdist_group("flower"))
 
 
 @pytest.fixture(autouse=True)
@@ -15,7 +28,14 @@ def runs_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDWHISPER_RUNS", str(tmp_path / "runs"))
 
 
-FLOWER_PROCESSES = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp", "flwr-clientapp", "flwr-simulation")
+FLOWER_PROCESSES = (
+    "flower-superlink",
+    "flower-supernode",
+    "flower-superexec",
+    "flwr-serverapp",
+    "flwr-clientapp",
+    "flwr-simulation",
+)
 
 
 SESSION = "FEDWHISPER_TEST_SESSION"  # inherited by every process the tests start, and by nothing else on the machine
@@ -73,8 +93,15 @@ def tiny_whisper_dir(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     config = WhisperConfig(
-        vocab_size=51864, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, decoder_start_token_id=50257,
+        vocab_size=51864,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        decoder_start_token_id=50257,
     )
     out = tmp_path_factory.mktemp("tiny-whisper")
     WhisperForConditionalGeneration(config).save_pretrained(out)
@@ -84,7 +111,8 @@ def tiny_whisper_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_asr_model(tiny_whisper_dir, tmp_path_factory, session_home) -> Path:
-    """The tiny random Whisper with tiny.en's tokenizer and generation settings (same vocabulary), so it can be trained and decode."""
+    """The tiny random Whisper with tiny.en's tokenizer and generation settings (same vocabulary), so it can be trained
+    and decode."""
     from fedwhisper.models.registry import import_packaged_model
 
     source = import_packaged_model("tiny.en")
@@ -105,7 +133,9 @@ def tiny_ct2(tiny_whisper_dir, tmp_path_factory):
     def convert(quantization: str) -> Path:
         if quantization not in made:
             out = tmp_path_factory.mktemp(f"ct2-{quantization}")
-            ctranslate2.converters.TransformersConverter(str(tiny_whisper_dir)).convert(str(out), quantization=quantization, force=True)
+            ctranslate2.converters.TransformersConverter(str(tiny_whisper_dir)).convert(
+                str(out), quantization=quantization, force=True
+            )
             made[quantization] = out
         return made[quantization]
 
@@ -118,7 +148,9 @@ def tiny_kws_corpus(tmp_path_factory) -> Path:
     from fedwhisper.data.synth_kws import KwsSynthesisOptions, synthesize_speech_commands
 
     out = tmp_path_factory.mktemp("tiny-kws")
-    synthesize_speech_commands(out, KwsSynthesisOptions(speakers=12, words=("yes", "no", "up", "marvin", "house"), noise_seconds=4.0))
+    synthesize_speech_commands(
+        out, KwsSynthesisOptions(speakers=12, words=("yes", "no", "up", "marvin", "house"), noise_seconds=4.0)
+    )
     return out
 
 
@@ -138,3 +170,27 @@ def tiny_features(tiny_asr_corpus, tiny_asr_model, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("features") / "features"
     prepare_features(tiny_asr_corpus, str(tiny_asr_model), out, PrepareOptions(shard_size=16, validation_speakers=1))
     return out
+
+
+@pytest.fixture(scope="session")
+def kws_simulated_run(tiny_whisper_dir, tiny_kws_corpus, tmp_path_factory):
+    """One small keyword-spotting federation on Flower's simulation engine (3 clients, 2 a round, 2 rounds), shared by
+    the tests that check its record, its reproducibility and the deployment that must match it. Returns
+    (options, run directory, the rows the server reported as it went)."""
+    from fedwhisper.fl.kws_app import simulate
+    from fedwhisper.kws.task import KwsOptions
+
+    root = tmp_path_factory.mktemp("kws-simulated")
+    options = KwsOptions(
+        corpus=str(tiny_kws_corpus),
+        model=str(tiny_whisper_dir),
+        keywords="yes,no,up",
+        num_clients=3,
+        clients_per_round=2,
+        rounds=2,
+        local_epochs=1,
+        cache_dir=str(root / "cache"),
+    )
+    seen = []
+    simulate(options, root / "run", on_round=seen.append)
+    return options, root / "run", seen

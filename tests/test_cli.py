@@ -1,4 +1,6 @@
 import json
+import re
+import shutil
 
 from typer.testing import CliRunner
 
@@ -13,6 +15,8 @@ def invoke(*args):
     """Run the CLI; output with rich's line wrapping undone."""
     result = runner.invoke(app, list(args))
     return result.exit_code, " ".join(result.output.split())
+
+
 def test_models_list_names_the_extras():
     code, output = invoke("models", "list")
     assert code == 0
@@ -49,13 +53,35 @@ def test_synth_asr_reports_a_missing_text_file(tmp_path):
 
 def test_kws_train_evaluate_and_predict(tiny_whisper_dir, tiny_kws_corpus, tmp_path):
     run_dir = tmp_path / "central"
-    code, output = invoke("kws", "train", str(tiny_kws_corpus), "--run-dir", str(run_dir), "--epochs", "2",
-                          "--model", str(tiny_whisper_dir), "--keywords", "yes,no,up")
+    code, output = invoke(
+        "kws",
+        "train",
+        str(tiny_kws_corpus),
+        "--run-dir",
+        str(run_dir),
+        "--epochs",
+        "2",
+        "--model",
+        str(tiny_whisper_dir),
+        "--keywords",
+        "yes,no,up",
+    )
     assert code == 0 and "round 2:" in output, output
     head = run_dir / "head.safetensors"
 
     code, output = invoke("kws", "evaluate", str(head), str(tiny_kws_corpus), "--split", "train")
     assert code == 0 and "accuracy" in output and "_unknown_" in output, output
+
+    # real recordings of two of the keywords only (no other words, no background noise): those two are scored, the
+    # others named as absent
+    only = tmp_path / "yes-no"
+    for word in ("yes", "no"):
+        shutil.copytree(tiny_kws_corpus / word, only / word)
+    code, output = invoke("kws", "evaluate", str(head), str(only), "--split", "train")
+    assert code == 0, output
+    scored = set(re.findall(r"│ (\S+) +│ \d+ +│", output))
+    assert scored == {"yes", "no"}, output
+    assert "not in this train split, so not scored: up, _silence_, _unknown_" in output, output
 
     clip = next(tiny_kws_corpus.glob("yes/*.wav"))
     bad = tmp_path / "bad.wav"

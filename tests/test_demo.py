@@ -12,6 +12,7 @@ def test_demo_transcribes_held_out_speakers_with_the_real_model(session_home):
     assert result.audio_seconds / result.transcribe_seconds > 1.0
 
 
+@pytest.mark.flower
 @pytest.mark.weights
 def test_the_kws_demo_job_learns_keywords_of_held_out_speakers(session_home):
     """`make demo`'s job (synthesis, real tiny.en, Flower simulation) at 2/5 of its scale, to keep `make test` short: 120
@@ -21,7 +22,9 @@ def test_the_kws_demo_job_learns_keywords_of_held_out_speakers(session_home):
     from fedwhisper.demo import run_kws_demo
     from fedwhisper.kws.task import KwsOptions
 
-    run = run_kws_demo("tiny.en", corpus=KwsSynthesisOptions(speakers=120), options=KwsOptions(num_clients=40, clients_per_round=8, rounds=5))
+    run = run_kws_demo(
+        "tiny.en", corpus=KwsSynthesisOptions(speakers=120), options=KwsOptions(num_clients=40, clients_per_round=8, rounds=5)
+    )
     assert [row["round"] for row in run.rows] == list(range(6))
     assert run.rows[0]["test_accuracy"] < 0.2 and run.rows[-1]["test_accuracy"] >= 0.95
     assert all(row["clients_trained"] == 8 for row in run.rows[1:])

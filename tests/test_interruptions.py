@@ -28,9 +28,14 @@ EXIT_WITHIN = 10.0
 def run_until(args: list[str], ready, signum: int, session_home: Path) -> tuple[int, str, float]:
     """Start the CLI as a background shell job starts it (SIGINT ignored), send ``signum`` once ``ready()`` holds;
     (exit code, output, seconds from the signal to the exit)."""
-    process = subprocess.Popen([sys.executable, "-m", "fedwhisper", *args], env=os.environ | {"FEDWHISPER_HOME": str(session_home)},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fedwhisper", *args],
+        env=os.environ | {"FEDWHISPER_HOME": str(session_home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
     deadline = time.monotonic() + 300
     while not ready():
         assert process.poll() is None, f"ended before it could be interrupted:\n{process.stdout.read()}"
@@ -54,10 +59,30 @@ def error_line(output: str) -> str:
     return lines[0]
 
 
-def test_kws_federate_stops_at_once_and_resumes_past_a_damaged_checkpoint(tiny_kws_corpus, tiny_whisper_dir, tmp_path, session_home):
+@pytest.mark.flower
+def test_kws_federate_stops_at_once_and_resumes_past_a_damaged_checkpoint(
+    tiny_kws_corpus, tiny_whisper_dir, tmp_path, session_home
+):
     run = tmp_path / "run"
-    args = ["kws", "federate", str(tiny_kws_corpus), "--model", str(tiny_whisper_dir), "--num-clients", "3", "--clients-per-round", "2",
-            "--rounds", "500", "--local-epochs", "20", "--run-dir", str(run), "--cache-dir", str(tmp_path / "cache")]
+    args = [
+        "kws",
+        "federate",
+        str(tiny_kws_corpus),
+        "--model",
+        str(tiny_whisper_dir),
+        "--num-clients",
+        "3",
+        "--clients-per-round",
+        "2",
+        "--rounds",
+        "500",
+        "--local-epochs",
+        "20",
+        "--run-dir",
+        str(run),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     # SIGTERM: Ray replaces the process's handler when it starts; the federation must put the CLI's back
     code, output, seconds = run_until(args, lambda: (run / "head-round-002.safetensors").exists(), signal.SIGTERM, session_home)
     assert code == 130 and seconds < EXIT_WITHIN, (code, seconds, output)
@@ -77,8 +102,29 @@ def test_kws_federate_stops_at_once_and_resumes_past_a_damaged_checkpoint(tiny_k
 
 def test_asr_train_stops_at_once_and_resumes_past_a_damaged_checkpoint(tiny_asr_model, tiny_features, tmp_path, session_home):
     out = tmp_path / "run"
-    args = ["asr", "train", str(tiny_features), "--model", str(tiny_asr_model), "--out", str(out), "--max-steps", "400",
-            "--batch-size", "4", "--eval-every", "200", "--save-every", "2", "--log-every", "1", "--eval-clips", "4", "--mode", "full"]
+    args = [
+        "asr",
+        "train",
+        str(tiny_features),
+        "--model",
+        str(tiny_asr_model),
+        "--out",
+        str(out),
+        "--max-steps",
+        "400",
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "200",
+        "--save-every",
+        "2",
+        "--log-every",
+        "1",
+        "--eval-clips",
+        "4",
+        "--mode",
+        "full",
+    ]
     code, output, seconds = run_until(args, lambda: (out / "checkpoints" / "step-000004").is_dir(), signal.SIGINT, session_home)
     assert code == 130 and seconds < EXIT_WITHIN, (code, seconds, output)
     assert f"continue with `fedwhisper asr train --resume {out}`" in error_line(output)
@@ -102,7 +148,17 @@ def long_talk(tiny_asr_model, tiny_asr_corpus, tmp_path_factory) -> tuple[list[s
     folder = tmp_path_factory.mktemp("talk")
     speech = np.concatenate([load_audio(path) for path in sorted(tiny_asr_corpus.glob("train/**/*.wav"))[:20]])
     write_audio(folder / "talk.wav", speech[: 40 * SAMPLE_RATE])
-    args = ["transcribe", str(folder / "talk.wav"), "--model", str(tiny_asr_model), "--batch-size", "1", "--no-temperature-fallback", "-f", "json"]
+    args = [
+        "transcribe",
+        str(folder / "talk.wav"),
+        "--model",
+        str(tiny_asr_model),
+        "--batch-size",
+        "1",
+        "--no-temperature-fallback",
+        "-f",
+        "json",
+    ]
     assert runner.invoke(app, [*args, "--out-dir", str(folder / "reference")]).exit_code == 0
     return args, folder, json.loads((folder / "reference" / "talk.json").read_text())
 
@@ -120,4 +176,6 @@ def test_transcribe_keeps_finished_blocks_and_continues(long_talk, tmp_path, ses
     again = runner.invoke(app, [*args, "--out-dir", str(out)])
     assert again.exit_code == 0, again.output
     assert "continuing after" in again.output and not partial.exists()
-    assert json.loads((out / "talk.json").read_text()) == reference  # the blocks decoded before and after the stop join up exactly
+    assert (
+        json.loads((out / "talk.json").read_text()) == reference
+    )  # the blocks decoded before and after the stop join up exactly

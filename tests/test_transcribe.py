@@ -11,8 +11,12 @@ from fedwhisper.transcribe import Transcript, format_transcript
 
 
 def test_subtitle_formats():
-    transcript = Transcript(text="Hello there. General Kenobi.", duration=75.5, source="a.wav",
-                            segments=[{"start": 0.0, "end": 1.25, "text": "Hello there."}, {"start": 61.0, "end": 3725.5, "text": "General Kenobi."}])
+    transcript = Transcript(
+        text="Hello there. General Kenobi.",
+        duration=75.5,
+        source="a.wav",
+        segments=[{"start": 0.0, "end": 1.25, "text": "Hello there."}, {"start": 61.0, "end": 3725.5, "text": "General Kenobi."}],
+    )
     srt = format_transcript(transcript, "srt")
     assert srt.startswith("1\n00:00:00,000 --> 00:00:01,250\nHello there.\n\n2\n00:01:01,000 --> 01:02:05,500\nGeneral Kenobi.")
     vtt = format_transcript(transcript, "vtt")
@@ -28,13 +32,31 @@ def test_long_form_audio_is_chunked_and_timestamped(session_home, tmp_path):
     from fedwhisper.metrics import word_error_rate
 
     voice = next(v for v in speaker_voices(12, "en", 0) if v.engine == "flite")
-    sentences = ["The weather today is sunny and warm.", "Please close the door when you leave.", "We will meet again next week."] * 6
+    sentences = [
+        "The weather today is sunny and warm.",
+        "Please close the door when you leave.",
+        "We will meet again next week.",
+    ] * 6
     audio = np.concatenate([np.pad(voice.synthesize(s), (4000, 8000)) for s in sentences])
     assert audio.size / 16_000 > 35  # longer than one 30-s window
     write_audio(tmp_path / "long.wav", audio)
     write_audio(tmp_path / "silent.wav", np.zeros(16_000, dtype=np.float32))
-    result = CliRunner().invoke(app, ["transcribe", str(tmp_path / "long.wav"), str(tmp_path / "silent.wav"), "--model", "tiny.en",
-                                      "-f", "srt", "-f", "json", "--out-dir", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "transcribe",
+            str(tmp_path / "long.wav"),
+            str(tmp_path / "silent.wav"),
+            "--model",
+            "tiny.en",
+            "-f",
+            "srt",
+            "-f",
+            "json",
+            "--out-dir",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 1 and "silent" in result.output  # the bad file is reported, the good one still transcribed
     transcript = json.loads((tmp_path / "out" / "long.json").read_text())
     assert word_error_rate([" ".join(sentences)], [transcript["text"]]) < 0.3, transcript["text"]

@@ -40,6 +40,8 @@ def _open(source):
     if isinstance(source, (bytes, bytearray)):
         return io.BytesIO(source)
     path = Path(source)
+    if path.is_dir():
+        raise AudioError(f"{path}: a directory, not an audio file (name its files, e.g. {path / '*.wav'})")
     if not path.is_file():
         raise AudioError(f"{path}: file not found")
     if path.stat().st_size == 0:
@@ -64,7 +66,9 @@ def _wav_data_shortfall(path: Path) -> int:
     return 0
 
 
-def load_audio(source: str | os.PathLike | bytes | dict, max_seconds: float | None = None, allow_silent: bool = False) -> np.ndarray:
+def load_audio(
+    source: str | os.PathLike | bytes | dict, max_seconds: float | None = None, allow_silent: bool = False
+) -> np.ndarray:
     """Decode ``source`` to 16 kHz mono float32, rejecting anything a training job should not see.
 
     Raises AudioError, naming the file, for: missing or empty files, data that is not audio,

@@ -61,8 +61,13 @@ class FasterWhisperTranscriber:
     def _segments(self, audio: np.ndarray, options: DecodingOptions, timestamps: bool):
         self.check(options)
         language = language_code(options.language) if options.language else self.detect_language(audio)
-        kwargs = {"language": language if self.multilingual else "en", "task": options.task, "beam_size": options.num_beams,
-                  "temperature": list(options.temperatures), "without_timestamps": not timestamps}
+        kwargs = {
+            "language": language if self.multilingual else "en",
+            "task": options.task,
+            "beam_size": options.num_beams,
+            "temperature": list(options.temperatures),
+            "without_timestamps": not timestamps,
+        }
         if self.pipeline is not None:  # faster-whisper's batched pipeline cuts long audio at VAD pauses
             segments, _ = self.pipeline.transcribe(audio, batch_size=self.batch_size, vad_filter=True, **kwargs)
         else:
@@ -79,8 +84,12 @@ class FasterWhisperTranscriber:
     def __call__(self, audio: np.ndarray, options: DecodingOptions = DecodingOptions(), timestamps: bool = True) -> Transcript:
         language, segments = self._segments(audio, options, timestamps)
         rows = [{"start": round(s.start, 2), "end": round(s.end, 2), "text": s.text.strip()} for s in segments]
-        return Transcript(text=" ".join(r["text"] for r in rows if r["text"]), segments=rows if timestamps else [], language=language,
-                          duration=round(audio.size / SAMPLE_RATE, 2))
+        return Transcript(
+            text=" ".join(r["text"] for r in rows if r["text"]),
+            segments=rows if timestamps else [],
+            language=language,
+            duration=round(audio.size / SAMPLE_RATE, 2),
+        )
 
 
 def load_transcriber(model: str, backend: str = "transformers", batch_size: int = 8, assistant: str | None = None):
@@ -97,7 +106,9 @@ def load_transcriber(model: str, backend: str = "transformers", batch_size: int 
     from fedwhisper.transcribe import LongFormTranscriber, load_assistant
 
     whisper, processor = load_whisper(model)
-    return LongFormTranscriber(whisper, processor, batch_size=batch_size, assistant=load_assistant(assistant) if assistant else None)
+    return LongFormTranscriber(
+        whisper, processor, batch_size=batch_size, assistant=load_assistant(assistant) if assistant else None
+    )
 
 
 def decode_features(whisper, tokenizer, features: np.ndarray, options: DecodingOptions, max_new_tokens: int) -> list[str]:
@@ -110,8 +121,12 @@ def decode_features(whisper, tokenizer, features: np.ndarray, options: DecodingO
     if whisper.model.is_multilingual:
         prompt += [f"<|{language_code(options.language or 'en')}|>", f"<|{options.task}|>"]
     prompt = tokenizer.convert_tokens_to_ids(prompt + ["<|notimestamps|>"])
-    results = whisper.model.generate(ctranslate2.StorageView.from_array(np.ascontiguousarray(features, dtype=np.float32)),
-                                     [prompt] * len(features), beam_size=options.num_beams, max_length=len(prompt) + max_new_tokens,
-                                     suppress_blank=True, suppress_tokens=[-1])
+    results = whisper.model.generate(
+        ctranslate2.StorageView.from_array(np.ascontiguousarray(features, dtype=np.float32)),
+        [prompt] * len(features),
+        beam_size=options.num_beams,
+        max_length=len(prompt) + max_new_tokens,
+        suppress_blank=True,
+        suppress_tokens=[-1],
+    )
     return [text.strip() for text in tokenizer.batch_decode([r.sequences_ids[0] for r in results], skip_special_tokens=True)]
-

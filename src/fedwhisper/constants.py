@@ -10,4 +10,6 @@ MULTILINGUAL_VOCAB_SIZE = 51_865  # English-only Whisper models have 51,864 toke
 def is_multilingual(vocab_size: int) -> bool:
     """The one rule for "is this Whisper multilingual": its vocabulary size (config.vocab_size)."""
     return vocab_size >= MULTILINGUAL_VOCAB_SIZE
+
+
 TRAINED_WINDOW_FILE = "fedwhisper_window.json"  # in a fine-tuned model directory: the encoder window it was trained on

@@ -32,7 +32,9 @@ class DemoResult:
     transcribe_seconds: float = 0.0
 
 
-def run_kws_demo(model_name: str = "tiny.en", on_round=None, corpus: KwsSynthesisOptions = DEMO_KWS_CORPUS, options: KwsOptions = KwsOptions()):
+def run_kws_demo(
+    model_name: str = "tiny.en", on_round=None, corpus: KwsSynthesisOptions = DEMO_KWS_CORPUS, options: KwsOptions = KwsOptions()
+):
     """Federated keyword spotting on the embedded default: 300 synthetic speakers, 100 clients, 10 per round, 10 rounds
     (``corpus`` and ``options`` change the scale)."""
     name = "demo-kws" if corpus == DEMO_KWS_CORPUS else f"demo-kws-{corpus.speakers}"

@@ -43,14 +43,16 @@ def make_student(teacher: str, out: str | os.PathLike, decoder_layers: int = 2, 
     config = whisper.config
     encoder_keep = layer_map(config.encoder_layers, encoder_layers or config.encoder_layers)
     decoder_keep = layer_map(config.decoder_layers, decoder_layers)
-    student_config = config.__class__.from_dict(config.to_dict() | {"encoder_layers": len(encoder_keep), "decoder_layers": len(decoder_keep)})
+    student_config = config.__class__.from_dict(
+        config.to_dict() | {"encoder_layers": len(encoder_keep), "decoder_layers": len(decoder_keep)}
+    )
     student = WhisperForConditionalGeneration(student_config)
     renamed = {}
     for key, value in whisper.state_dict().items():
         for part, keep in (("encoder", encoder_keep), ("decoder", decoder_keep)):
             prefix = f"model.{part}.layers."
             if key.startswith(prefix):
-                index, rest = key[len(prefix):].split(".", 1)
+                index, rest = key[len(prefix) :].split(".", 1)
                 key = f"{prefix}{keep.index(int(index))}.{rest}" if int(index) in keep else None
                 break
         if key is not None:
@@ -63,11 +65,15 @@ def make_student(teacher: str, out: str | os.PathLike, decoder_layers: int = 2, 
     heads = getattr(whisper.generation_config, "alignment_heads", None)
     if heads:  # word-timestamp heads live in decoder layers: keep those of the kept layers, renumbered
         kept = [[decoder_keep.index(layer), head] for layer, head in heads if layer in decoder_keep]
-        student.generation_config.alignment_heads = kept or [[len(decoder_keep) - 1, h] for h in range(config.decoder_attention_heads)]
+        student.generation_config.alignment_heads = kept or [
+            [len(decoder_keep) - 1, h] for h in range(config.decoder_attention_heads)
+        ]
     with atomic_path(out) as staging:
         student.save_pretrained(staging)
         processor.save_pretrained(staging)
-        write_json(staging / STUDENT_MARKER, {"teacher": str(teacher), "encoder_layers": encoder_keep, "decoder_layers": decoder_keep})
+        write_json(
+            staging / STUDENT_MARKER, {"teacher": str(teacher), "encoder_layers": encoder_keep, "decoder_layers": decoder_keep}
+        )
     return Path(out)
 
 
@@ -85,7 +91,9 @@ class DistillLoss:
             raise FedwhisperError(f"--temperature must be positive (got {self.temperature})")
 
 
-def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, weights: DistillLoss = DistillLoss()) -> torch.Tensor:
+def distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, weights: DistillLoss = DistillLoss()
+) -> torch.Tensor:
     """``ce_weight · CE(student, labels) + kl_weight · KL(teacher/T ‖ student/T) · T²`` over the label positions
     (padding, marked -100, counts in neither): the plain function a federated client calls too."""
     from fedwhisper.constants import IGNORE_INDEX
@@ -112,9 +120,18 @@ def teacher_loss_fn(teacher, weights: DistillLoss):
     return loss_fn
 
 
-def pseudo_label(source: str | os.PathLike, teacher: str, out: str | os.PathLike, wer_threshold: float | None = 10.0,
-                 batch_size: int = 16, chunk_rows: int = 256, progress: bool = True, window: str = "full", language: str = "en",
-                 backend: str = "transformers") -> dict:
+def pseudo_label(
+    source: str | os.PathLike,
+    teacher: str,
+    out: str | os.PathLike,
+    wer_threshold: float | None = 10.0,
+    batch_size: int = 16,
+    chunk_rows: int = 256,
+    progress: bool = True,
+    window: str = "full",
+    language: str = "en",
+    backend: str = "transformers",
+) -> dict:
     """Prepared features whose training labels are ``teacher``'s greedy transcripts (on ``window``: full, Whisper's
     30 s, or clip, for a teacher trained on clip windows; tokens capped by the clip's length), written to ``out`` with
     the same layout. ``source`` is prepared features, or a corpus (prepared in ``out`` first for the teacher, in
@@ -139,7 +156,13 @@ def pseudo_label(source: str | os.PathLike, teacher: str, out: str | os.PathLike
         raise FedwhisperError(f"--window must be one of {', '.join(WINDOWS)} (got {window!r})")
     out = Path(out)
     work = out / ".labels"
-    job = {"features": str(Path(source).resolve()), "teacher": str(teacher), "wer_threshold": wer_threshold, "window": window, "backend": backend}
+    job = {
+        "features": str(Path(source).resolve()),
+        "teacher": str(teacher),
+        "wer_threshold": wer_threshold,
+        "window": window,
+        "backend": backend,
+    }
     if (work / "job.json").is_file() and json.loads((work / "job.json").read_text()) != job:
         raise FedwhisperError(f"{out} holds labels of other inputs; choose a new directory or delete it")
     features = Path(source)
@@ -147,9 +170,15 @@ def pseudo_label(source: str | os.PathLike, teacher: str, out: str | os.PathLike
         features = work / "features"
         prepare_features(source, teacher, features, PrepareOptions(language=language, keep_untranscribed=True))
     dataset, manifest = load_features(features)
-    whisper, processor = (load_ctranslate2(ctranslate2_model_dir(teacher)), load_processor(teacher)) if backend == "ctranslate2" else load_whisper(teacher)
+    whisper, processor = (
+        (load_ctranslate2(ctranslate2_model_dir(teacher)), load_processor(teacher))
+        if backend == "ctranslate2"
+        else load_whisper(teacher)
+    )
     if len(processor.tokenizer) != manifest["vocab_size"]:
-        raise FedwhisperError(f"{source} was prepared with another tokenizer ({manifest['model']}); prepare it again for {teacher}")
+        raise FedwhisperError(
+            f"{source} was prepared with another tokenizer ({manifest['model']}); prepare it again for {teacher}"
+        )
     if "train" not in dataset:
         raise FedwhisperError(f"{source} has no train split to label")
     work.mkdir(parents=True, exist_ok=True)
@@ -159,18 +188,32 @@ def pseudo_label(source: str | os.PathLike, teacher: str, out: str | os.PathLike
     for name, split in dataset.items():
         if name != "train" and any(text.strip() for text in split["transcription"]):
             continue  # references to choose and test the student against
-        hypotheses, wers = _teacher_labels(whisper, processor, split, manifest, work / name, batch_size, chunk_rows, window, progress)
+        hypotheses, wers = _teacher_labels(
+            whisper, processor, split, manifest, work / name, batch_size, chunk_rows, window, progress
+        )
         references = split["transcription"]
-        keep = [bool(h.strip()) and (name != "train" or wer_threshold is None or w is None or 100 * w <= wer_threshold)
-                for h, w in zip(hypotheses, wers)]
+        keep = [
+            bool(h.strip()) and (name != "train" or wer_threshold is None or w is None or 100 * w <= wer_threshold)
+            for h, w in zip(hypotheses, wers)
+        ]
         relabelled = split.add_column("reference", references).remove_columns(["transcription", "labels"])
         relabelled = relabelled.add_column("transcription", hypotheses)
         language, task = manifest["options"]["language"], manifest["options"]["task"]
-        relabelled = relabelled.add_column("labels", [label_ids(processor.tokenizer, h, manifest["multilingual"], language, task) for h in hypotheses])
+        relabelled = relabelled.add_column(
+            "labels", [label_ids(processor.tokenizer, h, manifest["multilingual"], language, task) for h in hypotheses]
+        )
         labelled[name] = relabelled.select([i for i, k in enumerate(keep) if k])
-        dropped = [{"path": p, "reference": r, "teacher": h, "wer": w} for p, r, h, w, k in zip(split["path"], references, hypotheses, wers, keep) if not k]
-        report["splits"][name] = {"kept": len(labelled[name]), "dropped": len(dropped),
-                                  "without_reference": sum(w is None for w in wers), "dropped_clips": dropped[:200]}
+        dropped = [
+            {"path": p, "reference": r, "teacher": h, "wer": w}
+            for p, r, h, w, k in zip(split["path"], references, hypotheses, wers, keep)
+            if not k
+        ]
+        report["splits"][name] = {
+            "kept": len(labelled[name]),
+            "dropped": len(dropped),
+            "without_reference": sum(w is None for w in wers),
+            "dropped_clips": dropped[:200],
+        }
     for name, rows in labelled.items():
         with atomic_path(out / name) as partial:
             rows.cast_column("labels", datasets.Sequence(datasets.Value("int32"))).save_to_disk(str(partial))
@@ -181,8 +224,9 @@ def pseudo_label(source: str | os.PathLike, teacher: str, out: str | os.PathLike
     return report
 
 
-def _teacher_labels(whisper, processor, split, manifest: dict, chunks: Path, batch_size: int, chunk_rows: int, window: str,
-                    progress: bool) -> tuple[list[str], list[float | None]]:
+def _teacher_labels(
+    whisper, processor, split, manifest: dict, chunks: Path, batch_size: int, chunk_rows: int, window: str, progress: bool
+) -> tuple[list[str], list[float | None]]:
     """The teacher's greedy text for every row of ``split`` and its WER against the row's reference (None without
     one), decoded ``chunk_rows`` at a time, each chunk saved in ``chunks`` as it finishes and reused by a rerun."""
     from tqdm.auto import tqdm
@@ -209,12 +253,23 @@ def _teacher_labels(whisper, processor, split, manifest: dict, chunks: Path, bat
                 wers += [w for _, w in chunk]
                 bar.update(len(rows))
         except KeyboardInterrupt:
-            raise Interrupted(f"interrupted: the finished chunks are kept in {chunks.parent}; run the same command again to continue") from None
+            raise Interrupted(
+                f"interrupted: the finished chunks are kept in {chunks.parent}; run the same command again to continue"
+            ) from None
     return hypotheses, wers
 
 
-def distill_run(out: str | os.PathLike, *, labelled: str | os.PathLike | None = None, student: str | None = None,
-                teacher: str | None = None, config=None, loss: DistillLoss = DistillLoss(), resume: bool = False, progress: bool = True):
+def distill_run(
+    out: str | os.PathLike,
+    *,
+    labelled: str | os.PathLike | None = None,
+    student: str | None = None,
+    teacher: str | None = None,
+    config=None,
+    loss: DistillLoss = DistillLoss(),
+    resume: bool = False,
+    progress: bool = True,
+):
     """What `distill train` does: train ``student`` on ``labelled`` features against ``teacher`` into run directory
     ``out`` (the layout of `asr train`: checkpoints, exact resume, best/ by WER, curves), or (``resume``) continue it.
     The student's encoder trains only if it differs from the teacher's; otherwise it is frozen and its outputs, on
@@ -240,12 +295,29 @@ def distill_run(out: str | os.PathLike, *, labelled: str | os.PathLike | None = 
     config = config or TrainConfig(mode="frozen-encoder")
     # a shared encoder stays frozen: the decoder trains (frozen-encoder), or only its blocks (decoder-only: the token
     # embeddings, tied to the output projection and most of a small decoder's weights, stay the teacher's)
-    config = replace(config, mode=(config.mode if config.mode in ("frozen-encoder", "decoder-only") else "frozen-encoder") if shared else "full",
-                     language=config.language or manifest["options"]["language"])
+    config = replace(
+        config,
+        mode=(config.mode if config.mode in ("frozen-encoder", "decoder-only") else "frozen-encoder") if shared else "full",
+        language=config.language or manifest["options"]["language"],
+    )
     teacher_model.requires_grad_(False)
     eval_split = "validation" if "validation" in dataset else "test"
     with interruption_kept(out, "distill train"):
-        return fine_tune(student_model, processor, dataset["train"], config, eval_set=dataset[eval_split], run_dir=out, resume=resume,
-                         progress=progress, loss_fn=teacher_loss_fn(teacher_model, loss),
-                         run_info={"features": str(Path(labelled).resolve()), "student": str(student), "teacher": str(teacher),
-                                   "loss": asdict(loss), "eval_split": eval_split})
+        return fine_tune(
+            student_model,
+            processor,
+            dataset["train"],
+            config,
+            eval_set=dataset[eval_split],
+            run_dir=out,
+            resume=resume,
+            progress=progress,
+            loss_fn=teacher_loss_fn(teacher_model, loss),
+            run_info={
+                "features": str(Path(labelled).resolve()),
+                "student": str(student),
+                "teacher": str(teacher),
+                "loss": asdict(loss),
+                "eval_split": eval_split,
+            },
+        )

@@ -72,8 +72,10 @@ class RunDirectory:
 
     def _write(self) -> None:
         write_json(self.path / METRICS_JSON, self.rows)
-        columns = sorted({name for r in self.rows for name in r if not isinstance(r[name], list | dict)},
-                         key=lambda name: (name != self.key, name))
+        columns = sorted(
+            {name for r in self.rows for name in r if not isinstance(r[name], list | dict)},
+            key=lambda name: (name != self.key, name),
+        )
         with atomic_path(self.path / METRICS_CSV) as partial, open(partial, "w", newline="") as stream:
             writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()

@@ -4,6 +4,7 @@ chunked pipeline (30-s chunks with overlapping strides, batched), with language 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -17,6 +18,8 @@ from fedwhisper import constants
 from fedwhisper.audio import SAMPLE_RATE, load_audio
 from fedwhisper.errors import FedwhisperError
 from fedwhisper.files import write_json, write_text
+
+log = logging.getLogger("fedwhisper.transcribe")
 
 OUTPUT_FORMATS = ("txt", "srt", "vtt", "json")
 MAX_TOKENS_PER_SECOND = 12  # fast speech is ~4 words/s, ~6 tokens/s with timestamps (Swedish: more tokens a word)
@@ -49,7 +52,9 @@ class DecodingOptions:
             from transformers.models.whisper.tokenization_whisper import LANGUAGES, TO_LANGUAGE_CODE
 
             if self.language.lower() not in LANGUAGES and self.language.lower() not in TO_LANGUAGE_CODE:
-                raise FedwhisperError(f"--language {self.language!r} is not a language Whisper knows (a code such as en, sv, de, or a name)")
+                raise FedwhisperError(
+                    f"--language {self.language!r} is not a language Whisper knows (a code such as en, sv, de, or a name)"
+                )
 
 
 WHISPER_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # openai/whisper's transcribe default
@@ -66,7 +71,7 @@ def check_language_and_task(multilingual: bool, options: DecodingOptions) -> Non
 
 
 def language_code(language: str) -> str:
-    """"sv" for "sv", "swedish" or "Swedish"."""
+    """ "sv" for "sv", "swedish" or "Swedish"."""
     from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
 
     return TO_LANGUAGE_CODE.get(language.lower(), language.lower())
@@ -90,8 +95,10 @@ class SuppressTokens:
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         if self._masks is None:
             vocabulary = torch.arange(scores.shape[-1], device=scores.device)
-            self._masks = tuple(torch.isin(vocabulary, torch.tensor(tokens, dtype=torch.long, device=scores.device))
-                                for tokens in (self.suppress_tokens, self.begin_suppress_tokens))
+            self._masks = tuple(
+                torch.isin(vocabulary, torch.tensor(tokens, dtype=torch.long, device=scores.device))
+                for tokens in (self.suppress_tokens, self.begin_suppress_tokens)
+            )
         suppress, begin_suppress = self._masks
         scores = scores.masked_fill(suppress, -float("inf"))
         return scores.masked_fill(begin_suppress, -float("inf")) if input_ids.shape[-1] == self.begin_index else scores
@@ -106,8 +113,11 @@ def generation_kwargs(model, options: DecodingOptions, timestamps: bool = False)
         # transformers' own suppression processors stay in the list (a None list is refilled from the model's
         # generation config) but get nothing to suppress
         config = model.generation_config
-        kwargs |= {"logits_processor": [SuppressTokens(config.suppress_tokens or [], config.begin_suppress_tokens or [])],
-                   "suppress_tokens": [], "begin_suppress_tokens": []}
+        kwargs |= {
+            "logits_processor": [SuppressTokens(config.suppress_tokens or [], config.begin_suppress_tokens or [])],
+            "suppress_tokens": [],
+            "begin_suppress_tokens": [],
+        }
     if len(options.temperatures) > 1:  # transformers samples at each temperature above 0
         kwargs |= {"temperature": tuple(options.temperatures), "compression_ratio_threshold": 1.35, "logprob_threshold": -1.0}
     else:
@@ -135,13 +145,17 @@ def generate_tokens(model, hidden: torch.Tensor, options: DecodingOptions, assis
     from transformers.modeling_outputs import BaseModelOutput
 
     if len(options.temperatures) > 1:
-        raise FedwhisperError("batched decoding is greedy or beam search; temperature fallback runs in transcription (LongFormTranscriber)")
+        raise FedwhisperError(
+            "batched decoding is greedy or beam search; temperature fallback runs in transcription (LongFormTranscriber)"
+        )
     kwargs = generation_kwargs(model, options) | {"force_unique_generate_call": True}
     with torch.inference_mode():
         if assistant is None:
             return list(model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), **kwargs))
-        return [model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=row[None]), assistant_model=assistant, **kwargs)[0]
-                for row in hidden]
+        return [
+            model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=row[None]), assistant_model=assistant, **kwargs)[0]
+            for row in hidden
+        ]
 
 
 def decode_batch(model, tokenizer, inputs: dict, options: DecodingOptions, assistant=None) -> list[str]:
@@ -157,7 +171,9 @@ def decode_batch(model, tokenizer, inputs: dict, options: DecodingOptions, assis
     return [text.strip() for text in tokenizer.batch_decode(tokens, skip_special_tokens=True)]
 
 
-def transcribe_clips(model, processor, clips: Sequence[np.ndarray], options: DecodingOptions = DecodingOptions(), progress: bool = True) -> list[str]:
+def transcribe_clips(
+    model, processor, clips: Sequence[np.ndarray], options: DecodingOptions = DecodingOptions(), progress: bool = True
+) -> list[str]:
     """Text for each 16 kHz clip of at most 30 s, in order."""
     texts: list[str] = []
     batches = range(0, len(clips), options.batch_size)
@@ -184,7 +200,9 @@ def detect_language(model, processor, audio: np.ndarray) -> str:
     """Whisper's language token for the first 30 s, as a code ("en", "sv", …); English-only models answer "en"."""
     if not is_multilingual(model):
         return "en"
-    features = processor.feature_extractor(audio[: 30 * SAMPLE_RATE], sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+    features = processor.feature_extractor(
+        audio[: 30 * SAMPLE_RATE], sampling_rate=SAMPLE_RATE, return_tensors="pt"
+    ).input_features
     token_id = int(model.detect_language(features.to(model.device, model.dtype))[0])
     return processor.tokenizer.convert_ids_to_tokens(token_id).strip("<|>")
 
@@ -195,7 +213,9 @@ class LongFormTranscriber:
 
     backend = "transformers"
 
-    def __init__(self, model, processor, chunk_seconds: float = 30.0, stride_seconds: float = 5.0, batch_size: int = 8, assistant=None):
+    def __init__(
+        self, model, processor, chunk_seconds: float = 30.0, stride_seconds: float = 5.0, batch_size: int = 8, assistant=None
+    ):
         from transformers import pipeline
 
         self.model, self.processor, self.chunk_seconds, self.stride_seconds = model, processor, chunk_seconds, stride_seconds
@@ -204,8 +224,14 @@ class LongFormTranscriber:
         if processor.tokenizer.pad_token is None:  # the pipeline's batch collation needs one; Whisper pads with end-of-text
             processor.tokenizer.pad_token = processor.tokenizer.eos_token
         self.pipe = pipeline(
-            "automatic-speech-recognition", model=model, tokenizer=processor.tokenizer, feature_extractor=processor.feature_extractor,
-            chunk_length_s=chunk_seconds, stride_length_s=stride_seconds, batch_size=batch_size, device=model.device,
+            "automatic-speech-recognition",
+            model=model,
+            tokenizer=processor.tokenizer,
+            feature_extractor=processor.feature_extractor,
+            chunk_length_s=chunk_seconds,
+            stride_length_s=stride_seconds,
+            batch_size=batch_size,
+            device=model.device,
             ignore_warning=True,  # transformers' note on chunking with seq2seq models: overlapping strides are how we merge
         )
 
@@ -215,8 +241,12 @@ class LongFormTranscriber:
 
     @property
     def identity(self) -> dict:
-        return {"backend": self.backend, "chunk_seconds": self.chunk_seconds, "stride_seconds": self.stride_seconds,
-                "assistant": self.assistant.name_or_path if self.assistant is not None else None}
+        return {
+            "backend": self.backend,
+            "chunk_seconds": self.chunk_seconds,
+            "stride_seconds": self.stride_seconds,
+            "assistant": self.assistant.name_or_path if self.assistant is not None else None,
+        }
 
     def check(self, options: DecodingOptions) -> None:
         generation_kwargs(self.model, options)
@@ -229,17 +259,28 @@ class LongFormTranscriber:
         for start, end in block_bounds(audio, options.batch_size * (self.chunk_seconds - 2 * self.stride_seconds)):
             piece = self(audio[start:end], options)
             offset = start / SAMPLE_RATE
-            yield end / SAMPLE_RATE, [{**seg, "start": round(seg["start"] + offset, 2), "end": round(seg["end"] + offset, 2)}
-                                      for seg in piece.segments], piece.text
+            yield (
+                end / SAMPLE_RATE,
+                [
+                    {**seg, "start": round(seg["start"] + offset, 2), "end": round(seg["end"] + offset, 2)}
+                    for seg in piece.segments
+                ],
+                piece.text,
+            )
 
     def __call__(self, audio: np.ndarray, options: DecodingOptions = DecodingOptions(), timestamps: bool = True) -> Transcript:
         language = options.language or detect_language(self.model, self.processor, audio)
-        kwargs = generation_kwargs(self.model, DecodingOptions(**(asdict(options) | {"language": language if is_multilingual(self.model) else None})),
-                                   timestamps)
+        kwargs = generation_kwargs(
+            self.model,
+            DecodingOptions(**(asdict(options) | {"language": language if is_multilingual(self.model) else None})),
+            timestamps,
+        )
         kwargs["max_new_tokens"] = token_cap(min(audio.size / SAMPLE_RATE, self.chunk_seconds), 440)  # Whisper's 448 positions
         if self.assistant is not None:
             kwargs["assistant_model"] = self.assistant
-        with torch.random.fork_rng(devices=[]):  # fallback samples: the same audio gives the same text, the caller's RNG untouched
+        with torch.random.fork_rng(
+            devices=[]
+        ):  # fallback samples: the same audio gives the same text, the caller's RNG untouched
             torch.manual_seed(0)
             output = self.pipe({"raw": audio, "sampling_rate": SAMPLE_RATE}, return_timestamps=timestamps, generate_kwargs=kwargs)
         duration = audio.size / SAMPLE_RATE
@@ -266,9 +307,14 @@ def block_bounds(audio: np.ndarray, block_seconds: float, search_seconds: float 
     return bounds + [(start, audio.size)]
 
 
-def transcribe_file(transcriber, path: str | os.PathLike, options: DecodingOptions = DecodingOptions(),
-                    partial: str | os.PathLike | None = None, progress: bool = False,
-                    on_resume: Callable[[float], None] | None = None) -> Transcript:
+def transcribe_file(
+    transcriber,
+    path: str | os.PathLike,
+    options: DecodingOptions = DecodingOptions(),
+    partial: str | os.PathLike | None = None,
+    progress: bool = False,
+    on_resume: Callable[[float], None] | None = None,
+) -> Transcript:
     """The transcript of one file of any length, decoded piece by piece (``transcriber.pieces``: blocks of chunks, or
     segments).
 
@@ -277,18 +323,27 @@ def transcribe_file(transcriber, path: str | os.PathLike, options: DecodingOptio
     at most the piece being decoded."""
     audio = load_audio(path)
     duration = round(audio.size / SAMPLE_RATE, 2)
-    job = {"source": str(Path(path).resolve()), "samples": int(audio.size), "options": asdict(options), "transcriber": transcriber.identity}
+    job = {
+        "source": str(Path(path).resolve()),
+        "samples": int(audio.size),
+        "options": asdict(options),
+        "transcriber": transcriber.identity,
+    }
     state = _read_partial(partial, job) or {**job, "done_samples": 0, "language": None, "texts": [], "segments": []}
     if state["language"] is None:
         state["language"] = options.language or transcriber.detect_language(audio)
     start = state["done_samples"]
     if start and on_resume:
         on_resume(round(start / SAMPLE_RATE, 1))
-    with tqdm(total=duration, initial=round(start / SAMPLE_RATE, 1), desc=Path(path).name, unit="audio s", disable=not progress) as bar:
+    with tqdm(
+        total=duration, initial=round(start / SAMPLE_RATE, 1), desc=Path(path).name, unit="audio s", disable=not progress
+    ) as bar:
         for end_seconds, segments, text in transcriber.pieces(audio[start:], replace(options, language=state["language"])):
             offset = start / SAMPLE_RATE
             state["texts"].append(text)
-            state["segments"] += [{**seg, "start": round(seg["start"] + offset, 2), "end": round(seg["end"] + offset, 2)} for seg in segments]
+            state["segments"] += [
+                {**seg, "start": round(seg["start"] + offset, 2), "end": round(seg["end"] + offset, 2)} for seg in segments
+            ]
             done = min(audio.size, start + round(end_seconds * SAMPLE_RATE))
             bar.update(round((done - state["done_samples"]) / SAMPLE_RATE, 1))
             state["done_samples"] = done
@@ -304,8 +359,9 @@ def _read_partial(partial: str | os.PathLike | None, job: dict) -> dict | None:
         return None
     try:
         state = json.loads(Path(partial).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None  # damaged: decoded again from the start
+    except (OSError, json.JSONDecodeError) as error:
+        log.warning("%s: saved progress is damaged (%s); decoding from the start", partial, error)
+        return None
     return state if all(state.get(key) == json.loads(json.dumps(value)) for key, value in job.items()) else None
 
 
@@ -325,7 +381,9 @@ def format_transcript(transcript: Transcript, output_format: str) -> str:
     if output_format == "json":
         return json.dumps(transcript.as_dict(), indent=2, ensure_ascii=False) + "\n"
     if output_format == "srt":
-        return "".join(f"{i}\n{_clock(s['start'], ',')} --> {_clock(s['end'], ',')}\n{s['text']}\n\n" for i, s in enumerate(segments, 1))
+        return "".join(
+            f"{i}\n{_clock(s['start'], ',')} --> {_clock(s['end'], ',')}\n{s['text']}\n\n" for i, s in enumerate(segments, 1)
+        )
     if output_format == "vtt":
         return "WEBVTT\n\n" + "".join(f"{_clock(s['start'], '.')} --> {_clock(s['end'], '.')}\n{s['text']}\n\n" for s in segments)
     raise FedwhisperError(f"unknown output format {output_format!r}; choose from {', '.join(OUTPUT_FORMATS)}")

@@ -7,12 +7,28 @@ from fedwhisper.cli import app
 
 def test_prepare_then_evaluate_from_the_command_line(tiny_asr_corpus, tiny_asr_model, tmp_path):
     features = tmp_path / "features"
-    prepared = CliRunner().invoke(app, ["asr", "prepare", str(tiny_asr_corpus), "--out", str(features), "--model", str(tiny_asr_model),
-                                        "--num-proc", "1", "--validation-speakers", "1"])
+    prepared = CliRunner().invoke(
+        app,
+        [
+            "asr",
+            "prepare",
+            str(tiny_asr_corpus),
+            "--out",
+            str(features),
+            "--model",
+            str(tiny_asr_model),
+            "--num-proc",
+            "1",
+            "--validation-speakers",
+            "1",
+        ],
+    )
     assert prepared.exit_code == 0, prepared.output
     assert "validation" in prepared.output and (features / "prepare_report.json").is_file()
-    evaluated = CliRunner().invoke(app, ["asr", "evaluate", str(features), "--model", str(tiny_asr_model), "--limit", "4",
-                                         "--csv", str(tmp_path / "wer.csv")])
+    evaluated = CliRunner().invoke(
+        app,
+        ["asr", "evaluate", str(features), "--model", str(tiny_asr_model), "--limit", "4", "--csv", str(tmp_path / "wer.csv")],
+    )
     assert evaluated.exit_code == 0, evaluated.output
     assert "WER" in evaluated.output and "CER" in evaluated.output
     rows = list(csv.DictReader(open(tmp_path / "wer.csv")))
@@ -20,8 +36,20 @@ def test_prepare_then_evaluate_from_the_command_line(tiny_asr_corpus, tiny_asr_m
 
 
 def test_evaluate_reads_a_corpus_directly_and_names_a_missing_split(tiny_asr_corpus, tiny_asr_model, tmp_path):
-    result = CliRunner().invoke(app, ["asr", "evaluate", str(tiny_asr_corpus), "--model", str(tiny_asr_model), "--limit", "2",
-                                      "--csv", str(tmp_path / "wer.csv")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "asr",
+            "evaluate",
+            str(tiny_asr_corpus),
+            "--model",
+            str(tiny_asr_model),
+            "--limit",
+            "2",
+            "--csv",
+            str(tmp_path / "wer.csv"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     missing = CliRunner().invoke(app, ["asr", "evaluate", str(tiny_asr_corpus), "--model", str(tiny_asr_model), "--split", "dev"])
     assert missing.exit_code == 1 and "no dev split" in missing.output
@@ -43,13 +71,20 @@ def test_evaluation_encodes_each_batch_once_and_caps_its_tokens_by_its_longest_c
 
     caps = []
     real_decode = evaluate.decode_batch
-    monkeypatch.setattr(evaluate, "decode_batch", lambda model, tokenizer, inputs, options, assistant: caps.append(options.max_new_tokens)
-                        or real_decode(model, tokenizer, inputs, options))
+    monkeypatch.setattr(
+        evaluate,
+        "decode_batch",
+        lambda model, tokenizer, inputs, options, assistant: (
+            caps.append(options.max_new_tokens) or real_decode(model, tokenizer, inputs, options)
+        ),
+    )
     clips = load_features(tiny_features)[0]["train"].select(range(6))
     model, processor = load_whisper(tiny_asr_model)
     encoded = []
     model.get_encoder().register_forward_hook(lambda module, args, output: encoded.append(output.last_hidden_state.shape))
-    evaluate.evaluate_batches(model, processor.tokenizer, AsrBatches(clips, model.config.decoder_start_token_id), DecodingOptions(batch_size=4))
+    evaluate.evaluate_batches(
+        model, processor.tokenizer, AsrBatches(clips, model.config.decoder_start_token_id), DecodingOptions(batch_size=4)
+    )
     assert [shape[0] for shape in encoded] == [4, 2]  # the teacher-forced loss and generation share one encoder pass
     seconds = clips["duration"]
     assert caps == [token_cap(max(seconds[:4]), 128), token_cap(max(seconds[4:]), 128)]

@@ -5,9 +5,6 @@ import json
 
 import pytest
 import torch
-from flwr.app import Context, RecordDict
-from flwr.common.constant import SUPERLINK_NODE_ID
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedwhisper.asr import hetero
 from fedwhisper.asr.federated import AsrFederationOptions
@@ -17,77 +14,112 @@ from fedwhisper.errors import FedwhisperError
 from fedwhisper.fl.asr_app import simulate
 from fedwhisper.fl.hetero_app import METRICS, build_hetero_client_app, federate
 from fedwhisper.fl.strategy import WEIGHT, SeededGroups
+from fedwhisper.models.registry import load_whisper
+from tests.inprocess import InProcessGrid
+
+
+@pytest.fixture(scope="module")
+def four_layer_model(tiny_asr_model, tmp_path_factory):
+    """The tiny random Whisper with 4 decoder layers, so that every tier has a depth of its own: pi 1, phone 2, laptop 4."""
+    import shutil
+
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    out = tmp_path_factory.mktemp("four-layers") / "model"
+    shutil.copytree(tiny_asr_model, out)
+    config = WhisperConfig.from_pretrained(out)
+    config.decoder_layers = 4
+    torch.manual_seed(0)
+    WhisperForConditionalGeneration(config).save_pretrained(out)
+    return out
 
 
 @pytest.fixture
-def options(tiny_features, tiny_asr_model, tmp_path):
-    # the tiny model has 2 decoder layers: pi and phone get 1, laptop 2; costs given so that no device is late
-    return AsrFederationOptions(features=str(tiny_features), model=str(tiny_asr_model), proxy=str(tiny_features), num_clients=3,
-                                clients_per_round=3, rounds=2, local_steps=1, batch_size=4, eval_clips=4, server_steps=2,
-                                public_clips=6, top_k=4, init_steps=3, tier_costs="1:0.001,2:0.001", cache_dir=str(tmp_path / "cache"))
+def options(tiny_features, four_layer_model, tmp_path):
+    # costs given so that no device is late
+    return AsrFederationOptions(
+        features=str(tiny_features),
+        model=str(four_layer_model),
+        proxy=str(tiny_features),
+        num_clients=3,
+        clients_per_round=3,
+        rounds=2,
+        local_steps=1,
+        batch_size=4,
+        eval_clips=4,
+        server_steps=2,
+        public_clips=6,
+        top_k=4,
+        init_steps=3,
+        tier_costs="1:0.001,2:0.001,4:0.001",
+        cache_dir=str(tmp_path / "cache"),
+    )
 
 
 def test_tiers_are_dealt_by_share_and_seed():
     tiers = assign_tiers(10, "pi:0.4,phone:0.4,laptop:0.2", seed=0)
     assert sorted(tiers) == ["laptop"] * 2 + ["phone"] * 4 + ["pi"] * 4
-    assert tiers == assign_tiers(10, "pi:0.4,phone:0.4,laptop:0.2", seed=0) != assign_tiers(10, "pi:0.4,phone:0.4,laptop:0.2", seed=1)
+    assert (
+        tiers
+        == assign_tiers(10, "pi:0.4,phone:0.4,laptop:0.2", seed=0)
+        != assign_tiers(10, "pi:0.4,phone:0.4,laptop:0.2", seed=1)
+    )
     assert sorted(assign_tiers(3, "pi:0.4,phone:0.4,laptop:0.2", 0)) == ["laptop", "phone", "pi"]
     for bad in ("pi:0.5,phone:0.4", "tablet:1.0", "pi:x,laptop:1"):
         with pytest.raises(FedwhisperError, match="--tiers"):
             parse_tiers(bad)
     # a Pi is ten times slower than this machine, and a round's jitter only slows it
-    assert simulated_seconds("pi", 0.01, 100, seed=0, round_number=1, client="a") >= 10.0 > simulated_seconds("laptop", 0.01, 100, 0, 1, "a")
+    assert (
+        simulated_seconds("pi", 0.01, 100, seed=0, round_number=1, client="a")
+        >= 10.0
+        > simulated_seconds("laptop", 0.01, 100, 0, 1, "a")
+    )
 
 
+@pytest.mark.flower
 @pytest.mark.parametrize("algorithm", ["fedkad", "fedmd", "fedavg-uniform", "fedavg-large"])
 def test_two_rounds_of_each_algorithm(algorithm, options, tmp_path):
-    costs = "1:0.001,2:5.0" if algorithm == "fedavg-large" else options.tier_costs  # a Pi would need 200 s for the 2-layer model
+    # under fedavg-large a Pi would need 200 s for the 4-layer model
+    costs = "1:0.001,2:0.001,4:5.0" if algorithm == "fedavg-large" else options.tier_costs
     chosen = AsrFederationOptions(**{**options.to_config(), "algorithm": algorithm, "tier_costs": costs})
     if algorithm == "fedkad":  # on Flower's simulation engine, as `asr federate` runs it
         run = simulate(chosen, tmp_path / "run")
     else:  # the same ServerApp job and ClientApp, messages passed in this process (no Ray: quicker)
-        run = federate(_InProcessGrid(build_hetero_client_app(chosen.to_config()), chosen), chosen, tmp_path / "run")
+        run = federate(
+            InProcessGrid(build_hetero_client_app(chosen.to_config()), chosen.to_config(), 3), chosen, tmp_path / "run"
+        )
     assert [row["round"] for row in run.rows] == [0, 1, 2]
     for row in run.rows[1:]:
         assert row["clients_failed"] == 0 and row["clients_trained"] >= 2
-        assert all(f"wer/{tier}" in row for tier in ({"pi", "phone", "laptop"} - ({"pi"} if algorithm == "fedavg-large" else set())))
+        assert all(
+            f"wer/{tier}" in row for tier in ({"pi", "phone", "laptop"} - ({"pi"} if algorithm == "fedavg-large" else set()))
+        )
     last = run.rows[-1]
-    assert len(last["simulated_seconds/laptop"]) == 1 and 0 < last["simulated_seconds/laptop"][0] <= last["simulated_round_seconds"]
+    assert (
+        len(last["simulated_seconds/laptop"]) == 1 and 0 < last["simulated_seconds/laptop"][0] <= last["simulated_round_seconds"]
+    )
     if algorithm == "fedavg-large":
         assert "pi" not in last["client_tiers"] and last["bytes_up/pi"] == [] and "wer/pi" not in last
     if algorithm == "fedkad":  # a client sends its model's top decoder block and final norm; it gets its tier's decoder
-        assert last["bytes_up/pi"] == last["bytes_up/laptop"] and last["bytes_down/laptop"][0] > 1.5 * last["bytes_down/pi"][0]
+        assert last["bytes_up/pi"] == last["bytes_up/phone"] == last["bytes_up/laptop"]
+        assert last["bytes_down/pi"][0] < last["bytes_down/phone"][0] < last["bytes_down/laptop"][0]
         assert last["bytes_up/laptop"][0] < 0.6 * last["bytes_down/laptop"][0]
     if algorithm == "fedmd":  # only top-k logits of the public sample travel, and there is no server model
         assert max(last["bytes_up"]) < 20_000 and not (tmp_path / "run" / "models").exists()
     else:
+        # test.json is each final model, as saved for the user, on every held-out test clip and speaker
         tested = json.loads((tmp_path / "run" / "test.json").read_text())
-        assert all(0 <= result["wer"] and result["speakers"] for result in tested.values())
-
-
-class _InProcessGrid:
-    """A grid that hands each message to the ClientApp in this process and keeps every message both ways."""
-
-    def __init__(self, app, options):
-        self.app, self.options, self.sent, self.replies = app, options, [], []
-        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID  # what Flower's runtime sets before messages are built
-
-    def get_node_ids(self):
-        return [101, 102, 103]
-
-    def send_and_receive(self, messages, timeout=None):
-        replies = []
-        for message in messages:
-            partition = message.metadata.dst_node_id - 101
-            context = Context(run_id=1, node_id=message.metadata.dst_node_id, node_config={"partition-id": partition},
-                              state=RecordDict(), run_config=self.options.to_config())
-            message.metadata.__dict__["_message_id"] = f"m{partition}"
-            TaskIdentity.node_id = message.metadata.dst_node_id  # the client's process
-            replies.append(self.app(message, context))
-            TaskIdentity.node_id = SUPERLINK_NODE_ID
-            self.sent.append(message)
-        self.replies += replies
-        return replies
+        rows = hetero.evaluation_rows(chosen, "test")
+        depths = {}
+        for group, result in tested.items():
+            saved, _ = load_whisper(str(tmp_path / "run" / "models" / group))
+            depths |= {tier: len(saved.model.decoder.layers) for tier in result["tiers"]}
+            again = hetero.evaluate_model(chosen, saved, rows)
+            assert result["clips"] == len(rows) and result["wer"] == pytest.approx(again["wer"])
+            assert set(result["speakers"]) == set(rows["speaker_id"])
+        assert depths == {tier: hetero.model_layers(chosen, tier) for tier in depths}
+        if algorithm == "fedkad":  # a model of its own depth for every tier
+            assert depths == {"pi": 1, "phone": 2, "laptop": 4}
 
 
 def test_a_fedkad_round_sends_only_model_blocks_and_whitelisted_metrics(options, tiny_features):
@@ -95,7 +127,7 @@ def test_a_fedkad_round_sends_only_model_blocks_and_whitelisted_metrics(options,
     hetero.check(fedkad)
     plan = hetero.TierPlan(fedkad, hetero.parse_costs(fedkad.tier_costs))
     strategy = SeededGroups(3, 0, {101: "partition-00000", 102: "partition-00001", 103: "partition-00002"}, 0, plan)
-    grid = _InProcessGrid(build_hetero_client_app(fedkad.to_config()), fedkad)
+    grid = InProcessGrid(build_hetero_client_app(fedkad.to_config()), fedkad.to_config(), 3)
     from flwr.app import ArrayRecord, ConfigRecord
 
     state = hetero.initial_state(fedkad)

@@ -60,7 +60,11 @@ def test_bad_clips_are_dropped_and_reported(tmp_path, tiny_asr_corpus, tiny_asr_
     report = prepare_features(corpus, str(tiny_asr_model), tmp_path / "features", PrepareOptions(validation_speakers=0))
     train = report["splits"]["train"]
     assert train["kept"] == 6 and train["dropped"] == 3
-    assert set(train["dropped_by_reason"]) == {"longer than 30 s", "empty transcript", next(k for k in train["dropped_by_reason"] if "not readable" in k)}
+    assert set(train["dropped_by_reason"]) == {
+        "longer than 30 s",
+        "empty transcript",
+        next(k for k in train["dropped_by_reason"] if "not readable" in k),
+    }
     assert json.loads((tmp_path / "features" / "prepare_report.json").read_text())["splits"]["train"]["dropped"] == 3
 
 
@@ -80,7 +84,9 @@ def test_an_interrupted_preparation_resumes_at_the_first_missing_shard(tmp_path,
         prepare_features(tiny_asr_corpus, str(tiny_asr_model), tmp_path / "features", options)
     assert (tmp_path / "features" / ".shards" / "train" / "shard-00000").is_dir()
     calls.clear()
-    monkeypatch.setattr(prepare_module, "_featurise", lambda batch, *a, **k: calls.append(len(batch["audio"])) or real(batch, *a, **k))
+    monkeypatch.setattr(
+        prepare_module, "_featurise", lambda batch, *a, **k: calls.append(len(batch["audio"])) or real(batch, *a, **k)
+    )
     report = prepare_features(tiny_asr_corpus, str(tiny_asr_model), tmp_path / "features", options)
     total = sum(split["kept"] for split in report["splits"].values())
     assert sum(calls) == total - 8  # the finished shard was not made again

@@ -16,7 +16,14 @@ def test_a_study_runs_trials_reports_the_best_and_resumes(tiny_asr_model, tiny_f
     assert set(report["best"]["params"]) == {"learning_rate", "warmup_steps", "max_steps", "dropout", "lora_rank"}
     assert (tmp_path / "study" / f"trial-{report['best']['trial']:03d}" / "best" / "config.json").is_file()
     # asking for one more trial continues the stored study instead of starting again
-    again = tune(str(tiny_asr_model), tiny_features, tmp_path / "study", base, TuneOptions(trials=3, sampler="random", min_steps=2, max_steps=4), progress=False)
+    again = tune(
+        str(tiny_asr_model),
+        tiny_features,
+        tmp_path / "study",
+        base,
+        TuneOptions(trials=3, sampler="random", min_steps=2, max_steps=4),
+        progress=False,
+    )
     assert [t["number"] for t in again["trials"]] == [0, 1, 2]
     study = optuna.load_study(study_name="fedwhisper-asr", storage=f"sqlite:///{tmp_path / 'study' / 'study.db'}")
     assert len(study.trials) == 3
@@ -24,9 +31,34 @@ def test_a_study_runs_trials_reports_the_best_and_resumes(tiny_asr_model, tiny_f
 
 def test_grid_search_from_the_command_line(tiny_asr_model, tiny_features, tmp_path):
     out = tmp_path / "grid"
-    result = CliRunner().invoke(app, ["asr", "tune", str(tiny_features), "--out", str(out), "--model", str(tiny_asr_model), "--mode",
-                                      "decoder-only", "--trials", "2", "--sampler", "grid", "--min-steps", "2", "--max-steps", "2",
-                                      "--eval-every", "2", "--batch-size", "4", "--eval-clips", "4"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "asr",
+            "tune",
+            str(tiny_features),
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_asr_model),
+            "--mode",
+            "decoder-only",
+            "--trials",
+            "2",
+            "--sampler",
+            "grid",
+            "--min-steps",
+            "2",
+            "--max-steps",
+            "2",
+            "--eval-every",
+            "2",
+            "--batch-size",
+            "4",
+            "--eval-clips",
+            "4",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     grid_rates = {3e-5, 1e-4, 3e-4}

@@ -12,8 +12,12 @@ from tests.conftest import tone
 def test_split_folders_with_csv_metadata(tmp_path):
     write_audio(tmp_path / "train" / "s1" / "a.wav", tone(1.0))
     write_audio(tmp_path / "test" / "s2" / "b.flac", tone(1.0))
-    (tmp_path / "train" / "metadata.csv").write_text('file_name,transcription,speaker_id,engine\ns1/a.wav,"Hello, world.",s1,flite\ns1/gone.wav,x,s1,flite\n')
-    (tmp_path / "test" / "metadata.csv").write_text("file_name,transcription,speaker_id,engine\ns2/b.flac,Goodbye.,s2,espeak-ng\n")
+    (tmp_path / "train" / "metadata.csv").write_text(
+        'file_name,transcription,speaker_id,engine\ns1/a.wav,"Hello, world.",s1,flite\ns1/gone.wav,x,s1,flite\n'
+    )
+    (tmp_path / "test" / "metadata.csv").write_text(
+        "file_name,transcription,speaker_id,engine\ns2/b.flac,Goodbye.,s2,espeak-ng\n"
+    )
     assert corpus_kind(tmp_path) == "audiofolder"
     corpus = load_corpus(tmp_path)
     assert corpus["train"][0]["transcription"] == "Hello, world."

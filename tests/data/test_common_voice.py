@@ -14,7 +14,9 @@ def test_hand_made_common_voice_folder(tmp_path):
     for name in ("a.mp3", "b.mp3", "c.mp3"):
         write_audio(root / "clips" / name, tone(1.0))
     # Sentences carry quotes: the TSVs are not CSV-quoted.
-    (root / "train.tsv").write_text(HEADER + 'spk1\ta.mp3\tHan sa "hej" till mig.\t2\t0\t\t\t\tsv-SE\t\nspk2\tgone.mp3\tSaknas.\t2\t0\t\t\t\tsv-SE\t\n')
+    (root / "train.tsv").write_text(
+        HEADER + 'spk1\ta.mp3\tHan sa "hej" till mig.\t2\t0\t\t\t\tsv-SE\t\nspk2\tgone.mp3\tSaknas.\t2\t0\t\t\t\tsv-SE\t\n'
+    )
     (root / "dev.tsv").write_text(HEADER + "spk3\tb.mp3\tVi ses i morgon.\t2\t0\t\t\t\tsv-SE\t\n")
     (root / "test.tsv").write_text(HEADER + "spk4\tc.mp3\tTack så mycket.\t2\t0\t\t\t\tsv-SE\t\n")
     assert corpus_kind(root) == "common_voice"

@@ -52,7 +52,9 @@ def test_folder_without_clips_is_an_error(tmp_path):
 
 
 def test_which_set_keeps_a_speaker_in_one_split_and_splits_80_10_10():
-    assert {which_set(f"{w}/0a7c2a8d_nohash_{n}.wav") for w in ("yes", "no") for n in range(5)} == {which_set("0a7c2a8d_nohash_0.wav")}
+    assert {which_set(f"{w}/0a7c2a8d_nohash_{n}.wav") for w in ("yes", "no") for n in range(5)} == {
+        which_set("0a7c2a8d_nohash_0.wav")
+    }
     speakers = [hashlib.md5(str(i).encode()).hexdigest()[:8] for i in range(4000)]
     shares = collections.Counter(which_set(f"{s}_nohash_0.wav") for s in speakers)
     assert shares["validation"] / 4000 == pytest.approx(0.1, abs=0.02)
@@ -64,8 +66,13 @@ def test_hub_style_columns_are_standardised():
 
     from fedwhisper.data.corpus import standardise_columns
 
-    features = datasets.Features({"label": datasets.ClassLabel(names=["yes", "no", "up"]), "utterance_id": datasets.Value("int8"),
-                                  "speaker_id": datasets.Value("string")})
+    features = datasets.Features(
+        {
+            "label": datasets.ClassLabel(names=["yes", "no", "up"]),
+            "utterance_id": datasets.Value("int8"),
+            "speaker_id": datasets.Value("string"),
+        }
+    )
     hub = datasets.Dataset.from_dict({"label": [0, 2], "utterance_id": [0, 1], "speaker_id": ["a", "b"]}, features=features)
     corpus = standardise_columns(datasets.DatasetDict(train=hub))
     assert corpus["train"]["label"] == ["yes", "up"] and corpus["train"]["utterance"] == [0, 1]

@@ -40,7 +40,9 @@ def test_text_file_replaces_the_source_and_engines_can_be_chosen(tmp_path):
     text = tmp_path / "sentences.txt"
     text.write_text("".join(f"This is test sentence number {n}.\n" for n in range(12)))
     out = tmp_path / "corpus"
-    synthesize_audiofolder(out, AsrSynthesisOptions(sentences=12, speakers=4, test_speakers=1, text=str(text), engines=("flite",)))
+    synthesize_audiofolder(
+        out, AsrSynthesisOptions(sentences=12, speakers=4, test_speakers=1, text=str(text), engines=("flite",))
+    )
     with open(out / "train" / "metadata.csv") as stream:
         rows = list(csv.DictReader(stream))
     assert {r["engine"] for r in rows} == {"flite"}

@@ -23,7 +23,13 @@ def test_layout_matches_speech_commands_v002(kws_corpus):
     out, report = kws_corpus
     assert report.written == 18 and not report.failed
     assert sorted(p.name for p in (out / "_background_noise_").glob("*.wav")) == [
-        "babble.wav", "brown_noise.wav", "fan.wav", "hum.wav", "pink_noise.wav", "white_noise.wav"]
+        "babble.wav",
+        "brown_noise.wav",
+        "fan.wav",
+        "hum.wav",
+        "pink_noise.wav",
+        "white_noise.wav",
+    ]
     clips = sorted(out.glob("*/*_nohash_0.wav"))
     assert len(clips) == 18
     info = sf.info(clips[0])

@@ -16,11 +16,21 @@ from fedwhisper.kws.task import TRAINING_FIELDS, KwsOptions, client_examples, ne
 
 def _sent_by_client(app, arrays: dict, config: dict, partition: int, run_config: dict) -> list[Message]:
     """What the client answers to the server's two kinds of message: its name (query) and a training round."""
-    context = Context(run_id=1, node_id=partition + 1, node_config={"partition-id": partition, "num-partitions": 3}, state=RecordDict(),
-                      run_config=run_config)
-    query = Message(RecordDict({"config": ConfigRecord({"ask": CLIENT_NAME})}), dst_node_id=partition + 1, message_type=MessageType.QUERY)
-    train = Message(RecordDict({"arrays": ArrayRecord(arrays), "config": ConfigRecord({**config, "server-round": 1, "round-offset": 0})}),
-                    dst_node_id=partition + 1, message_type=MessageType.TRAIN)
+    context = Context(
+        run_id=1,
+        node_id=partition + 1,
+        node_config={"partition-id": partition, "num-partitions": 3},
+        state=RecordDict(),
+        run_config=run_config,
+    )
+    query = Message(
+        RecordDict({"config": ConfigRecord({"ask": CLIENT_NAME})}), dst_node_id=partition + 1, message_type=MessageType.QUERY
+    )
+    train = Message(
+        RecordDict({"arrays": ArrayRecord(arrays), "config": ConfigRecord({**config, "server-round": 1, "round-offset": 0})}),
+        dst_node_id=partition + 1,
+        message_type=MessageType.TRAIN,
+    )
     return [app(query, context), app(train, context)]
 
 
@@ -30,7 +40,9 @@ def _check(replies: list[Message], arrays: dict, metric_keys: tuple[str, ...], s
     assert list(name.content.config_records) == ["config"] and dict(name.content["config"]) == {CLIENT_NAME: "partition-00001"}
     assert not name.content.array_records and not name.content.metric_records
     content = trained.content
-    assert list(content.array_records) == ["arrays"] and list(content.metric_records) == ["metrics"] and not content.config_records
+    assert (
+        list(content.array_records) == ["arrays"] and list(content.metric_records) == ["metrics"] and not content.config_records
+    )
     sent_back = content["arrays"]
     assert set(sent_back.keys()) == set(arrays)
     assert all(tuple(sent_back[k].shape) == tuple(arrays[k].shape) for k in arrays)
@@ -43,8 +55,16 @@ def _check(replies: list[Message], arrays: dict, metric_keys: tuple[str, ...], s
 
 
 def test_a_kws_client_sends_only_head_weights_and_whitelisted_metrics(tiny_whisper_dir, tiny_kws_corpus, tmp_path):
-    options = KwsOptions(corpus=str(tiny_kws_corpus), model=str(tiny_whisper_dir), keywords="yes,no,up", num_clients=3, clients_per_round=2,
-                         rounds=1, local_epochs=1, cache_dir=str(tmp_path / "cache"))
+    options = KwsOptions(
+        corpus=str(tiny_kws_corpus),
+        model=str(tiny_whisper_dir),
+        keywords="yes,no,up",
+        num_clients=3,
+        clients_per_round=2,
+        rounds=1,
+        local_epochs=1,
+        cache_dir=str(tmp_path / "cache"),
+    )
     head = new_head(options).state_dict()
     config = {k: v for k, v in options.to_config().items() if k in TRAINING_FIELDS}
     replies = _sent_by_client(kws_app.build_kws_client_app(options.to_config()), head, config, 1, {})
@@ -54,20 +74,45 @@ def test_a_kws_client_sends_only_head_weights_and_whitelisted_metrics(tiny_whisp
 
 
 def test_an_asr_client_sends_only_lora_adapters_and_whitelisted_metrics(tiny_features, tiny_asr_model, tmp_path):
-    options = AsrFederationOptions(features=str(tiny_features), model=str(tiny_asr_model), mode="lora", lora_rank=4, lora_alpha=8,
-                                   num_clients=3, clients_per_round=2, rounds=1, local_steps=2, batch_size=4, eval_clips=4,
-                                   cache_dir=str(tmp_path / "cache"))
+    options = AsrFederationOptions(
+        features=str(tiny_features),
+        model=str(tiny_asr_model),
+        mode="lora",
+        lora_rank=4,
+        lora_alpha=8,
+        num_clients=3,
+        clients_per_round=2,
+        rounds=1,
+        local_steps=2,
+        batch_size=4,
+        eval_clips=4,
+        cache_dir=str(tmp_path / "cache"),
+    )
     adapters = initial_state(options)
     replies = _sent_by_client(asr_app.build_asr_client_app(options.to_config()), adapters, {}, 1, {})
     shard = client_shard(options, 1)
-    secrets = [str(tiny_features), *set(shard["speaker_id"]), *{Path(p).name for p in shard["path"]}, *set(shard["transcription"])]
+    secrets = [
+        str(tiny_features),
+        *set(shard["speaker_id"]),
+        *{Path(p).name for p in shard["path"]},
+        *set(shard["transcription"]),
+    ]
     _check(replies, adapters, asr_app.METRICS, secrets)
     assert all("lora_" in key for key in replies[1].content["arrays"].keys())
 
 
 def test_a_dp_round_clips_the_update_before_it_leaves(tiny_whisper_dir, tiny_kws_corpus, tmp_path):
-    options = KwsOptions(corpus=str(tiny_kws_corpus), model=str(tiny_whisper_dir), keywords="yes,no,up", num_clients=3, clients_per_round=2,
-                         rounds=1, local_epochs=3, learning_rate=0.05, cache_dir=str(tmp_path / "cache"))
+    options = KwsOptions(
+        corpus=str(tiny_kws_corpus),
+        model=str(tiny_whisper_dir),
+        keywords="yes,no,up",
+        num_clients=3,
+        clients_per_round=2,
+        rounds=1,
+        local_epochs=3,
+        learning_rate=0.05,
+        cache_dir=str(tmp_path / "cache"),
+    )
     head = new_head(options).state_dict()
     config = {k: v for k, v in options.to_config().items() if k in TRAINING_FIELDS} | {"clipping_norm": 0.01}
     _, trained = _sent_by_client(kws_app.build_kws_client_app(options.to_config()), head, config, 1, {})

@@ -2,20 +2,32 @@
 reply the server receives holds a client's update in the clear."""
 
 import numpy as np
+import pytest
 from flwr.common import bytes_to_ndarray
 from safetensors.torch import load_file
+from tests.inprocess import InProcessGrid
 
-from fedwhisper.fl.kws_app import simulate
+from fedwhisper.fl.kws_app import build_kws_client_app, federate
 from fedwhisper.fl.secure import simulate_secure
 from fedwhisper.kws.task import KwsOptions, new_head
 
 
+@pytest.mark.flower
 def test_secagg_plus_sums_what_fedavg_sums_and_never_shows_an_update(tiny_whisper_dir, tiny_kws_corpus, tmp_path):
-    options = KwsOptions(corpus=str(tiny_kws_corpus), model=str(tiny_whisper_dir), keywords="yes,no,up", num_clients=3, clients_per_round=3,
-                         rounds=1, local_epochs=1, cache_dir=str(tmp_path / "cache"))
+    options = KwsOptions(
+        corpus=str(tiny_kws_corpus),
+        model=str(tiny_whisper_dir),
+        keywords="yes,no,up",
+        num_clients=3,
+        clients_per_round=3,
+        rounds=1,
+        local_epochs=1,
+        cache_dir=str(tmp_path / "cache"),
+    )
     received = []
     simulate_secure(options, tmp_path / "secure", max_weight=20, received=received)  # clients hold 11-17 examples
-    simulate(options, tmp_path / "plain")
+    config = options.to_config()  # plain FedAvg of the same round, messages passed in this process
+    federate(InProcessGrid(build_kws_client_app(config), config, options.num_clients), options, tmp_path / "plain")
     secure, plain = (load_file(str(tmp_path / run / "head-round-001.safetensors")) for run in ("secure", "plain"))
     assert set(secure) == set(plain)
     differences = {key: float((secure[key] - plain[key]).abs().max()) for key in plain}
@@ -25,8 +37,13 @@ def test_secagg_plus_sums_what_fedavg_sums_and_never_shows_an_update(tiny_whispe
 
     # What the server got from each client in the masking stage: its quantised update (integers below 2^22 if it were in
     # the clear) plus masks, modulo 2^32. Masked, nearly every entry lands above 2^22; in the clear, none would.
-    masked = [np.concatenate([bytes_to_ndarray(b).ravel() for b in record["masked_params"]]) for reply in received if not reply.has_error()
-              for record in reply.content.config_records.values() if "masked_params" in record]
+    masked = [
+        np.concatenate([bytes_to_ndarray(b).ravel() for b in record["masked_params"]])
+        for reply in received
+        if not reply.has_error()
+        for record in reply.content.config_records.values()
+        if "masked_params" in record
+    ]
     assert len(masked) == 3
     for vector in masked:
         assert np.mean(vector >= 2**22) > 0.95

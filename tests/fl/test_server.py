@@ -42,8 +42,14 @@ class ScriptedGrid:
 
 
 def federation(rounds: int) -> Federation:
-    return Federation(initial_arrays=lambda: {"w": torch.zeros(2)}, evaluate=lambda state: {"score": float(state["w"].sum())},
-                      train_config={}, rounds=rounds, clients_per_round=2, connect_timeout=1.0)
+    return Federation(
+        initial_arrays=lambda: {"w": torch.zeros(2)},
+        evaluate=lambda state: {"score": float(state["w"].sum())},
+        train_config={},
+        rounds=rounds,
+        clients_per_round=2,
+        connect_timeout=1.0,
+    )
 
 
 def failing(message: Message) -> Message:

@@ -42,7 +42,9 @@ def test_converted_weights_give_the_same_logits(tiny_whisper_dir, tiny_ct2):
     features = torch.randn(1, 80, 3000)
     tokens = torch.tensor([[50257, 50362, 440, 2068]])
     with torch.no_grad():
-        torch.testing.assert_close(converted(features, decoder_input_ids=tokens).logits, original(features, decoder_input_ids=tokens).logits)
+        torch.testing.assert_close(
+            converted(features, decoder_input_ids=tokens).logits, original(features, decoder_input_ids=tokens).logits
+        )
 
 
 def test_split_checkpoint_parts_are_read_as_one(tiny_ct2, tmp_path):

@@ -59,10 +59,16 @@ def test_greedy_transcripts_match_faster_whisper(session_home, tmp_path, name):
         prompt = ["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
         kwargs = {"language": "en", "task": "transcribe"}
     with torch.inference_mode():
-        ours = processor.batch_decode(model.generate(torch.from_numpy(features), num_beams=1, do_sample=False, **kwargs), skip_special_tokens=True)
+        ours = processor.batch_decode(
+            model.generate(torch.from_numpy(features), num_beams=1, do_sample=False, **kwargs), skip_special_tokens=True
+        )
     results = reference.model.generate(
-        ctranslate2.StorageView.from_array(features), [tokenizer.convert_tokens_to_ids(prompt)] * len(clips),
-        beam_size=1, suppress_blank=True, suppress_tokens=[-1], max_length=448,
+        ctranslate2.StorageView.from_array(features),
+        [tokenizer.convert_tokens_to_ids(prompt)] * len(clips),
+        beam_size=1,
+        suppress_blank=True,
+        suppress_tokens=[-1],
+        max_length=448,
     )
     theirs = [tokenizer.decode(result.sequences_ids[0]) for result in results]
 

@@ -25,8 +25,14 @@ def test_import_writes_a_directory_transformers_loads(session_home, name):
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     out = import_packaged_model(name)
-    for file in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                 "preprocessor_config.json", "generation_config.json"):
+    for file in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "preprocessor_config.json",
+        "generation_config.json",
+    ):
         assert (out / file).is_file(), file
     model = WhisperForConditionalGeneration.from_pretrained(out)
     processor = WhisperProcessor.from_pretrained(out)
@@ -34,13 +40,23 @@ def test_import_writes_a_directory_transformers_loads(session_home, name):
     generation = model.generation_config
     if name == "tiny.en":
         assert (model.config.d_model, model.config.encoder_layers, model.config.encoder_attention_heads) == (384, 4, 6)
-        assert (generation.decoder_start_token_id, generation.eos_token_id, generation.no_timestamps_token_id) == (50257, 50256, 50362)
+        assert (generation.decoder_start_token_id, generation.eos_token_id, generation.no_timestamps_token_id) == (
+            50257,
+            50256,
+            50362,
+        )
         assert not generation.is_multilingual
     else:
         assert (model.config.d_model, model.config.encoder_layers, model.config.encoder_attention_heads) == (512, 6, 8)
-        assert (generation.decoder_start_token_id, generation.eos_token_id, generation.no_timestamps_token_id) == (50258, 50257, 50363)
+        assert (generation.decoder_start_token_id, generation.eos_token_id, generation.no_timestamps_token_id) == (
+            50258,
+            50257,
+            50363,
+        )
         assert generation.task_to_id == {"transcribe": 50359, "translate": 50358}
-        assert generation.lang_to_id["<|en|>"] == 50259 and generation.lang_to_id["<|sv|>"] == processor.tokenizer.convert_tokens_to_ids("<|sv|>")
+        assert generation.lang_to_id["<|en|>"] == 50259 and generation.lang_to_id[
+            "<|sv|>"
+        ] == processor.tokenizer.convert_tokens_to_ids("<|sv|>")
     assert generation.suppress_tokens and generation.alignment_heads
 
 

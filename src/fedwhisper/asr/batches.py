@@ -57,24 +57,40 @@ class EncoderOutputCache:
     has its own window's positions. Chunks are stored as they are computed, so an interrupted computation resumes at
     the first missing chunk."""
 
-    def __init__(self, root: str | os.PathLike, encoder: torch.nn.Module, dataset, layers: int | None = None, window: str = "full",
-                 chunk_rows: int = 64, batch_size: int = 8):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        encoder: torch.nn.Module,
+        dataset,
+        layers: int | None = None,
+        window: str = "full",
+        chunk_rows: int = 64,
+        batch_size: int = 8,
+    ):
         self.encoder = encoder
         self.dataset = dataset
         self.layers = layers
         self.window = window
         self.chunk_rows = chunk_rows
         self.batch_size = batch_size
-        self.store = FeatureCache(root, weights_fingerprint(encoder, f"layers={layers}" + ("" if window == "full" else f",window={window}")))
+        self.store = FeatureCache(
+            root, weights_fingerprint(encoder, f"layers={layers}" + ("" if window == "full" else f",window={window}"))
+        )
         self.keys = [f"{dataset._fingerprint}/{index}" for index in range(len(dataset))]
 
     def _encode(self, indices: list[int]) -> np.ndarray:
         """Rows ``indices`` (on clip windows: of one bucket) through the frozen blocks."""
         outputs = []
         for first in range(0, len(indices), self.batch_size):
-            features = log_mel_batch(self.dataset, indices[first : first + self.batch_size], self.window).to(next(self.encoder.parameters()).device)
+            features = log_mel_batch(self.dataset, indices[first : first + self.batch_size], self.window).to(
+                next(self.encoder.parameters()).device
+            )
             with torch.inference_mode():
-                hidden = whole_encoder(self.encoder, features) if self.layers is None else encoder_bottom(self.encoder, features, self.layers)
+                hidden = (
+                    whole_encoder(self.encoder, features)
+                    if self.layers is None
+                    else encoder_bottom(self.encoder, features, self.layers)
+                )
             outputs.append(hidden.float().cpu().numpy().astype(np.float16))
         return np.concatenate(outputs)
 
@@ -88,7 +104,9 @@ class EncoderOutputCache:
     def compute(self, progress: bool = True) -> int:
         """Encode every row not stored yet; returns how many rows were encoded now."""
         missing = self.store.missing(self.keys)
-        with tqdm(total=len(missing), desc="encode (frozen encoder, once)", unit="clip", disable=not progress or not missing) as bar:
+        with tqdm(
+            total=len(missing), desc="encode (frozen encoder, once)", unit="clip", disable=not progress or not missing
+        ) as bar:
             for start in range(0, len(missing), self.chunk_rows):
                 for indices in self._same_window(missing[start : start + self.chunk_rows]):
                     self.store.add([self.keys[i] for i in indices], self._encode(indices))
@@ -108,7 +126,9 @@ class AsrBatches:
     micro-batch ``k`` is the same batch in every run, which is what lets training resume exactly. Over cached clip
     windows a batch holds clips of one window: each window's clips in the epoch's order, cut into batches, shuffled."""
 
-    def __init__(self, dataset, decoder_start_token_id: int, encoder_outputs: EncoderOutputCache | None = None, window: str = "full"):
+    def __init__(
+        self, dataset, decoder_start_token_id: int, encoder_outputs: EncoderOutputCache | None = None, window: str = "full"
+    ):
         self.dataset = dataset
         self.decoder_start_token_id = decoder_start_token_id
         self.encoder_outputs = encoder_outputs
@@ -141,7 +161,11 @@ class AsrBatches:
 
     def _epoch(self, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([seed, epoch])
-        batches = [group[first : first + batch_size] for group in self._groups(rng.permutation(len(self))) for first in range(0, len(group), batch_size)]
+        batches = [
+            group[first : first + batch_size]
+            for group in self._groups(rng.permutation(len(self)))
+            for first in range(0, len(group), batch_size)
+        ]
         return batches if self._windows is None else [batches[i] for i in rng.permutation(len(batches))]
 
     def micro_batches(self, batch_size: int, seed: int, start: int = 0, count: int | None = None) -> Iterator[dict]:
@@ -167,7 +191,9 @@ def model_inputs(model, batch: dict) -> dict:
     """Keyword arguments for the model's forward on its device; cached bottom-block outputs are finished by the
     (trainable) top blocks here, so gradients reach them."""
     device = next(model.parameters()).device
-    inputs = {key: tuple(t.to(device) for t in value) if isinstance(value, tuple) else value.to(device) for key, value in batch.items()}
+    inputs = {
+        key: tuple(t.to(device) for t in value) if isinstance(value, tuple) else value.to(device) for key, value in batch.items()
+    }
     whisper = model.get_base_model() if hasattr(model, "get_base_model") else model
     if "encoder_bottom" in inputs:
         hidden, layers = inputs.pop("encoder_bottom")

@@ -18,7 +18,9 @@ from fedwhisper.metrics import character_error_rate, normalizer, word_error_rate
 from fedwhisper.transcribe import DecodingOptions, decode_batch, load_assistant, token_cap
 
 
-def evaluate_batches(model, tokenizer, batches: AsrBatches, options: DecodingOptions, progress: bool = False, assistant=None) -> dict:
+def evaluate_batches(
+    model, tokenizer, batches: AsrBatches, options: DecodingOptions, progress: bool = False, assistant=None
+) -> dict:
     """{"loss", "wer", "cer", "rows"}: each row has the clip's path, speaker, reference, hypothesis and its own WER.
     A batch generates at most ``token_cap`` tokens for its longest clip, so a model that loops stops early.
     ``model`` is a transformers Whisper (``assistant``: a student drafting for it, see ``decode_batch``), or a
@@ -33,8 +35,14 @@ def evaluate_batches(model, tokenizer, batches: AsrBatches, options: DecodingOpt
     seconds = dataset["duration"] if "duration" in dataset.column_names else None
     hypotheses, loss_sum, tokens = [""] * len(dataset), 0.0, 0
     steps = batches.in_order(options.batch_size)
-    for indices, batch in tqdm(steps, total=-(-len(batches) // options.batch_size), desc="evaluate", unit="batch", disable=not progress):
-        capped = options if seconds is None else replace(options, max_new_tokens=token_cap(max(seconds[i] for i in indices), options.max_new_tokens))
+    for indices, batch in tqdm(
+        steps, total=-(-len(batches) // options.batch_size), desc="evaluate", unit="batch", disable=not progress
+    ):
+        capped = (
+            options
+            if seconds is None
+            else replace(options, max_new_tokens=token_cap(max(seconds[i] for i in indices), options.max_new_tokens))
+        )
         if on_ctranslate2:
             decoded = decode_features(model, tokenizer, batch["input_features"].numpy(), options, capped.max_new_tokens)
             for i, text in zip(indices, decoded):
@@ -46,7 +54,9 @@ def evaluate_batches(model, tokenizer, batches: AsrBatches, options: DecodingOpt
                 inputs["encoder_outputs"] = (model.get_encoder()(inputs.pop("input_features")).last_hidden_state,)
             logits = model(**inputs).logits
         labels = inputs["labels"]
-        loss_sum += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), labels, ignore_index=IGNORE_INDEX, reduction="sum"))
+        loss_sum += float(
+            torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        )
         tokens += int((labels != IGNORE_INDEX).sum())
         for i, text in zip(indices, decode_batch(model, tokenizer, inputs, capped, assistant)):
             hypotheses[i] = text
@@ -60,8 +70,12 @@ def evaluate_batches(model, tokenizer, batches: AsrBatches, options: DecodingOpt
         row["wer"] = round(word_error_rate([reference], [hypothesis], language), 4) if normalise(reference).strip() else None
         rows.append(row)
     scored = any(row["wer"] is not None for row in rows)  # untranscribed clips (pseudo-labelling) have no error rate
-    return {"loss": None if on_ctranslate2 else loss_sum / max(tokens, 1), "wer": word_error_rate(references, hypotheses, language) if scored else None,
-            "cer": character_error_rate(references, hypotheses, language) if scored else None, "rows": rows}
+    return {
+        "loss": None if on_ctranslate2 else loss_sum / max(tokens, 1),
+        "wer": word_error_rate(references, hypotheses, language) if scored else None,
+        "cer": character_error_rate(references, hypotheses, language) if scored else None,
+        "rows": rows,
+    }
 
 
 def speaker_wer(rows: list[dict], language: str | None) -> dict[str, float]:
@@ -85,12 +99,23 @@ def write_rows(rows: list[dict], path: str | os.PathLike) -> Path:
     return path
 
 
-def evaluate_data(data: str | os.PathLike, model: str, split: str = "test", options: DecodingOptions = DecodingOptions(),
-                  limit: int = 0, progress: bool = True, window: str | None = None, backend: str = "transformers", assistant: str | None = None) -> dict:
+def evaluate_data(
+    data: str | os.PathLike,
+    model: str,
+    split: str = "test",
+    options: DecodingOptions = DecodingOptions(),
+    limit: int = 0,
+    progress: bool = True,
+    window: str | None = None,
+    backend: str = "transformers",
+    assistant: str | None = None,
+) -> dict:
     """WER/CER of ``model`` on a split of prepared features or of a corpus directory (prepared for the model in a
-    scratch directory first) with the encoder on ``window`` (full, or clip; None: the window the model was fine-tuned on), on ``backend`` (transformers, or
-    ctranslate2: faster-whisper on the model's CTranslate2 export). ``options.language`` None: the
-    features' language; ``assistant``: a student for speculative decoding (transformers). Adds "clips", "audio_seconds", "seconds" (decoding time) and "language" to ``evaluate_batches``' result."""
+    scratch directory first) with the encoder on ``window`` (full, or clip; None: the window the model was fine-tuned
+    on), on ``backend`` (transformers, or ctranslate2: faster-whisper on the model's CTranslate2 export).
+    ``options.language`` None: the features' language; ``assistant``: a student for speculative decoding
+    (transformers). Adds "clips", "audio_seconds", "seconds" (decoding time) and "language" to ``evaluate_batches``'
+    result."""
     import tempfile
     import time
 
@@ -112,7 +137,12 @@ def evaluate_data(data: str | os.PathLike, model: str, split: str = "test", opti
         features = data
         if not (data / MANIFEST).is_file():  # a corpus
             features = Path(scratch) / "features"
-            prepare_features(data, export_source(model), features, PrepareOptions(language=options.language or "en", task=options.task, validation_speakers=0))
+            prepare_features(
+                data,
+                export_source(model),
+                features,
+                PrepareOptions(language=options.language or "en", task=options.task, validation_speakers=0),
+            )
         dataset, manifest = load_features(features)
         if split not in dataset:
             raise FedwhisperError(f"{data} has no {split} split (it has {', '.join(dataset)})")
@@ -121,6 +151,13 @@ def evaluate_data(data: str | os.PathLike, model: str, split: str = "test", opti
         options = replace(options, language=options.language or manifest["options"]["language"])
         started = time.perf_counter()
         batches = AsrBatches(rows, processor.tokenizer.convert_tokens_to_ids("<|startoftranscript|>"), window=window)
-        result = evaluate_batches(whisper, processor.tokenizer, batches, options, progress, load_assistant(assistant) if assistant else None)
-        return result | {"clips": len(rows), "audio_seconds": float(sum(rows["duration"])), "seconds": time.perf_counter() - started,
-                         "language": options.language, "window": window}
+        result = evaluate_batches(
+            whisper, processor.tokenizer, batches, options, progress, load_assistant(assistant) if assistant else None
+        )
+        return result | {
+            "clips": len(rows),
+            "audio_seconds": float(sum(rows["duration"])),
+            "seconds": time.perf_counter() - started,
+            "language": options.language,
+            "window": window,
+        }

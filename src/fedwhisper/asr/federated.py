@@ -67,14 +67,27 @@ class AsrFederationOptions(RunConfigOptions):
     tier_costs: str = ""  # seconds per training sample by decoder layers, "1:0.12,4:0.2"; empty: measured when the run starts
     proxy: str = ""  # prepared features of the server's public proxy corpus (fedkad's distillation, fedmd's public data)
     upper_blocks: int = 1  # fedkad: top decoder blocks a client trains and sends
-    init_steps: int = 200  # with --proxy: the server distils each smaller tier's model from the teacher for this many batches first
-    server_steps: int = 10  # fedkad: distillation steps a round on the proxy corpus, into the global model and back into each tier
+    init_steps: int = (
+        200  # with --proxy: the server distils each smaller tier's model from the teacher for this many batches first
+    )
+    server_steps: int = (
+        10  # fedkad: distillation steps a round on the proxy corpus, into the global model and back into each tier
+    )
     kd_learning_rate: float = 5e-4  # fedkad's server distillation and fedmd's digest step
     public_clips: int = 32  # fedmd: public clips whose logits clients share each round
     top_k: int = 10  # fedmd: logits sent per token position (the largest; a full row is 51,865 floats)
 
     def __post_init__(self):
-        for name in ("lora_rank", "lora_alpha", "top_blocks", "num_clients", "clients_per_round", "rounds", "local_steps", "batch_size"):
+        for name in (
+            "lora_rank",
+            "lora_alpha",
+            "top_blocks",
+            "num_clients",
+            "clients_per_round",
+            "rounds",
+            "local_steps",
+            "batch_size",
+        ):
             require(getattr(self, name) >= 1, name, "must be at least 1", getattr(self, name))
         require(self.mode in MODES, "mode", f"must be one of {', '.join(MODES)}", self.mode)
         require(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}", self.optimizer)
@@ -92,8 +105,12 @@ class AsrFederationOptions(RunConfigOptions):
         require(self.kd_learning_rate > 0, "kd_learning_rate", "must be positive", self.kd_learning_rate)
         if self.algorithm != "fedavg":
             parse_tiers(self.tiers)
-        require(self.clients_per_round <= self.num_clients, "clients_per_round", f"must be at most --num-clients ({self.num_clients})",
-                self.clients_per_round)
+        require(
+            self.clients_per_round <= self.num_clients,
+            "clients_per_round",
+            f"must be at most --num-clients ({self.num_clients})",
+            self.clients_per_round,
+        )
 
     @property
     def features_path(self) -> str:
@@ -106,18 +123,32 @@ class AsrFederationOptions(RunConfigOptions):
 
     def strategy_options(self) -> dict:
         """The constructor options of Flower's strategy class for ``strategy``."""
-        return {"fedavg": {}, "fedavgm": {"server_learning_rate": self.server_learning_rate, "server_momentum": self.server_momentum},
-                "fedadam": {"eta": self.fedadam_eta, "eta_l": self.learning_rate},
-                "fedprox": {"proximal_mu": self.proximal_mu}}[self.strategy]
+        return {
+            "fedavg": {},
+            "fedavgm": {"server_learning_rate": self.server_learning_rate, "server_momentum": self.server_momentum},
+            "fedadam": {"eta": self.fedadam_eta, "eta_l": self.learning_rate},
+            "fedprox": {"proximal_mu": self.proximal_mu},
+        }[self.strategy]
 
     def train_config(self, encoder_blocks: int) -> TrainConfig:
         """The fine-tuning settings a client's round uses (constant learning rate: each round is short)."""
-        common = dict(learning_rate=self.learning_rate, batch_size=self.batch_size, warmup_steps=0, max_steps=self.local_steps,
-                      seed=self.seed, window=self.window)
+        common = dict(
+            learning_rate=self.learning_rate,
+            batch_size=self.batch_size,
+            warmup_steps=0,
+            max_steps=self.local_steps,
+            seed=self.seed,
+            window=self.window,
+        )
         if self.mode == "lora":
             modules = "|".join(m.strip() for m in self.lora_modules.split(",") if m.strip())
-            return TrainConfig(mode="lora", lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
-                               lora_targets=rf"model\.(encoder|decoder)\.layers\.\d+\.(.*\.)?({modules})", **common)
+            return TrainConfig(
+                mode="lora",
+                lora_rank=self.lora_rank,
+                lora_alpha=self.lora_alpha,
+                lora_targets=rf"model\.(encoder|decoder)\.layers\.\d+\.(.*\.)?({modules})",
+                **common,
+            )
         if self.mode == "encoder-top":
             if self.top_blocks >= encoder_blocks:
                 raise FedwhisperError(f"--top-blocks must be below the encoder's {encoder_blocks} blocks (use --mode full)")
@@ -158,7 +189,9 @@ def check(options: AsrFederationOptions) -> None:
     partitioner(options.features_path, options.num_clients, options.seed)
     whisper, processor = base_model(options.model)
     if len(processor.tokenizer) != manifest["vocab_size"]:
-        raise FedwhisperError(f"{options.features} was prepared with another tokenizer ({manifest['model']}); prepare it again for {options.model}")
+        raise FedwhisperError(
+            f"{options.features} was prepared with another tokenizer ({manifest['model']}); prepare it again for {options.model}"
+        )
     options.train_config(len(whisper.model.encoder.layers))
 
 
@@ -166,8 +199,11 @@ def client_train_config(options: AsrFederationOptions) -> TrainConfig:
     """The training settings of every client's round, with the language and task the features were prepared for."""
     whisper, _ = base_model(options.model)
     _, manifest = features_of(options.features_path)
-    return replace(options.train_config(len(whisper.model.encoder.layers)), language=manifest["options"]["language"],
-                   task=manifest["options"]["task"])
+    return replace(
+        options.train_config(len(whisper.model.encoder.layers)),
+        language=manifest["options"]["language"],
+        task=manifest["options"]["task"],
+    )
 
 
 def model_to_train(options: AsrFederationOptions):
@@ -188,8 +224,9 @@ def client_shard(options: AsrFederationOptions, partition_id: int):
     return partitioner(options.features_path, options.num_clients, options.seed).load_partition(partition_id)
 
 
-def client_update(options: AsrFederationOptions, partition_id: int, state: dict[str, torch.Tensor], round_number: int,
-                  shard=None) -> tuple[dict | None, dict]:
+def client_update(
+    options: AsrFederationOptions, partition_id: int, state: dict[str, torch.Tensor], round_number: int, shard=None
+) -> tuple[dict | None, dict]:
     """One client's round: ``local_steps`` optimizer steps on its own clips, continuing its data order across rounds.
 
     ``shard`` is the client's own prepared split (deployment); by default its simulation partition. Returns (trained
@@ -200,28 +237,49 @@ def client_update(options: AsrFederationOptions, partition_id: int, state: dict[
     return local_training(model, config, options, partition_id, round_number, shard, started, proximal_term(model, options))
 
 
-def local_training(model, config: TrainConfig, options: AsrFederationOptions, partition_id: int, round_number: int, shard=None,
-                   started: float | None = None, extra_loss=None, loss_fn=None) -> tuple[dict | None, dict]:
+def local_training(
+    model,
+    config: TrainConfig,
+    options: AsrFederationOptions,
+    partition_id: int,
+    round_number: int,
+    shard=None,
+    started: float | None = None,
+    extra_loss=None,
+    loss_fn=None,
+) -> tuple[dict | None, dict]:
     """``local_steps`` steps of ``model`` (what it trains already set) on the client's clips, seeded by client and
     round, with ``train_on_batches``' ``extra_loss`` / ``loss_fn``; (its trainable tensors, or None when the shard is
     smaller than a batch or the loss is not finite; metrics)."""
     started = time.perf_counter() if started is None else started
     shard = client_shard(options, partition_id) if shard is None else shard
     if len(shard) < options.batch_size:
-        log.warning("client %d: %d clips, fewer than a batch of %d; it does not train", partition_id, len(shard), options.batch_size)
+        log.warning(
+            "client %d: %d clips, fewer than a batch of %d; it does not train", partition_id, len(shard), options.batch_size
+        )
         return None, {"num-examples": 0}
     batches = batches_for(model, shard, config, options.cache_root / f"client-{partition_id}", progress=False)
     first = (round_number - 1) * options.local_steps
     with torch.random.fork_rng(devices=[]):  # dropout in the adapters: the same round gives the same update
         torch.manual_seed(options.seed * 1_000_003 + round_number * 1_009 + partition_id)
-        result = train_on_batches(model, batches.micro_batches(options.batch_size, options.seed + partition_id, first, options.local_steps),
-                                  config, client_optimizer(model, options, round_number), extra_loss=extra_loss, loss_fn=loss_fn)
+        result = train_on_batches(
+            model,
+            batches.micro_batches(options.batch_size, options.seed + partition_id, first, options.local_steps),
+            config,
+            client_optimizer(model, options, round_number),
+            extra_loss=extra_loss,
+            loss_fn=loss_fn,
+        )
     if not math.isfinite(result["loss"]):
         log.warning("client %d, round %d: loss is %s; the update is withheld", partition_id, round_number, result["loss"])
         return None, {"num-examples": 0, "rejected-nan": 1}
-    return trainable_state(model), {"num-examples": result["samples"], "train_loss": result["loss"], "train-seconds": result["seconds"],
-                                    "samples-per-second": result["samples"] / result["seconds"],
-                                    "round-seconds": time.perf_counter() - started}
+    return trainable_state(model), {
+        "num-examples": result["samples"],
+        "train_loss": result["loss"],
+        "train-seconds": result["seconds"],
+        "samples-per-second": result["samples"] / result["seconds"],
+        "round-seconds": time.perf_counter() - started,
+    }
 
 
 def round_learning_rate(options: AsrFederationOptions, round_number: int) -> float:
@@ -300,7 +358,9 @@ def test_best(options: AsrFederationOptions, run) -> dict:
     best = min((row for row in run.rows if "wer" in row), key=lambda row: row["wer"])
     result = {"round": best["round"], "validation_wer": best["wer"], "window": options.window}
     if "test" in dataset and len(dataset["test"]):
-        tested = evaluate_data(options.features, str(run.path / "best"), "test", progress=False, window=options.window)
+        tested = evaluate_data(
+            options.features, str(run.path / "best"), "test", progress=True, window=options.window
+        )  # minutes: shown
         result |= {key: tested[key] for key in ("wer", "cer", "clips")}
         log.info("best round %d: test WER %.2f%% over %d held-out clips", best["round"], 100 * tested["wer"], tested["clips"])
     (run.path / "test.json").write_text(json.dumps(result, indent=2))

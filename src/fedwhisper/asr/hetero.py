@@ -29,10 +29,25 @@ import numpy as np
 import torch
 
 from fedwhisper.asr.batches import AsrBatches, model_inputs
-from fedwhisper.asr.federated import AsrFederationOptions, base_model, client_shard, client_train_config, features_of, local_training
+from fedwhisper.asr.federated import (
+    AsrFederationOptions,
+    base_model,
+    client_shard,
+    client_train_config,
+    features_of,
+    local_training,
+)
 from fedwhisper.asr.run import load_trainable_state, save_plain_model, trainable_state
-from fedwhisper.asr.tiers import (DEVICE_TIERS, assign_tiers, decoder_layers, measure_cost, ordered_tiers, simulated_seconds, tier_model_dir,
-                                  training_memory_mb)
+from fedwhisper.asr.tiers import (
+    DEVICE_TIERS,
+    assign_tiers,
+    decoder_layers,
+    measure_cost,
+    ordered_tiers,
+    simulated_seconds,
+    tier_model_dir,
+    training_memory_mb,
+)
 from fedwhisper.constants import IGNORE_INDEX
 from fedwhisper.distill import DistillLoss, distillation_loss, layer_map
 from fedwhisper.errors import FedwhisperError
@@ -45,6 +60,7 @@ _BLOCK = re.compile(r"model\.decoder\.layers\.(\d+)\.")
 
 
 # --- models -------------------------------------------------------------------------------------------------------
+
 
 def teacher_layers(options: AsrFederationOptions) -> int:
     return base_model(options.model)[0].config.decoder_layers
@@ -77,7 +93,7 @@ def new_model(options: AsrFederationOptions, layers: int, upper: int | None = No
     whisper = copy.deepcopy(_template(str(tier_model_dir(options.model, layers, options.cache_root / "tiers"))))
     whisper.requires_grad_(False)
     blocks = whisper.model.decoder.layers
-    for block in blocks[len(blocks) - min(upper or len(blocks), len(blocks)):]:
+    for block in blocks[len(blocks) - min(upper or len(blocks), len(blocks)) :]:
         block.requires_grad_(True)
     whisper.model.decoder.layer_norm.requires_grad_(True)
     return whisper
@@ -119,7 +135,7 @@ def prefixed(group: str, state: dict) -> dict:
 
 
 def group_state(state: dict, group: str) -> dict:
-    return {key[len(group) + 1:]: value for key, value in state.items() if key.startswith(group + "/")}
+    return {key[len(group) + 1 :]: value for key, value in state.items() if key.startswith(group + "/")}
 
 
 def groups(options: AsrFederationOptions) -> list[str]:
@@ -135,12 +151,16 @@ def group_layers(options: AsrFederationOptions, group: str) -> int:
 
 def initial_state(options: AsrFederationOptions) -> dict[str, torch.Tensor]:
     if options.algorithm == "fedmd":  # no consensus before the first round
-        return {"consensus/topk-ids": torch.zeros(0, options.top_k, dtype=torch.int64), "consensus/topk-logprobs": torch.zeros(0, options.top_k)}
+        return {
+            "consensus/topk-ids": torch.zeros(0, options.top_k, dtype=torch.int64),
+            "consensus/topk-logprobs": torch.zeros(0, options.top_k),
+        }
     state = {k: v for g in groups(options) for k, v in prefixed(g, initial_tier_state(options, group_layers(options, g))).items()}
     return shared_top(options, state) if options.algorithm == "fedkad" else state
 
 
 # --- a client's round ------------------------------------------------------------------------------------------------
+
 
 def client_round(options: AsrFederationOptions, partition_id: int, tier: str, state: dict, round_number: int, shard=None):
     """One client's round under the run's algorithm: (arrays to send or None, metrics)."""
@@ -155,7 +175,9 @@ def client_round(options: AsrFederationOptions, partition_id: int, tier: str, st
     return local_training(model, train_config(options), options, partition_id, round_number, shard, started, loss_fn=loss_fn)
 
 
-def fedmd_round(options: AsrFederationOptions, partition_id: int, tier: str, consensus: dict, round_number: int, shard, started: float):
+def fedmd_round(
+    options: AsrFederationOptions, partition_id: int, tier: str, consensus: dict, round_number: int, shard, started: float
+):
     """Digest the consensus on the public sample, revisit the client's own clips, keep the model on the device, send
     the new model's top-k logits on this round's public sample, and report its WER on the validation clips."""
     from safetensors.torch import load_file
@@ -235,7 +257,7 @@ def digest(model, batches: list[dict], consensus: dict, options: AsrFederationOp
     for batch in batches:
         mask = batch["labels"] != IGNORE_INDEX
         count = int(mask.sum())
-        ids, logprobs = (consensus[name][first: first + count] for name in CONSENSUS)
+        ids, logprobs = (consensus[name][first : first + count] for name in CONSENSUS)
         first += count
         student = torch.log_softmax(model(**batch).logits.float()[mask], dim=-1)
         loss = -(logprobs.exp() * student.gather(1, ids.long())).sum(-1).mean()
@@ -251,7 +273,9 @@ def evaluate_model(options: AsrFederationOptions, model, rows) -> dict:
     from fedwhisper.asr.train import decoding_options
 
     batches = AsrBatches(rows, model.config.decoder_start_token_id, window=options.window)
-    return evaluate_batches(model, base_model(options.model)[1].tokenizer, batches, decoding_options(model, train_config(options)))
+    return evaluate_batches(
+        model, base_model(options.model)[1].tokenizer, batches, decoding_options(model, train_config(options))
+    )
 
 
 def validation_wer(options: AsrFederationOptions, model) -> float:
@@ -266,6 +290,7 @@ def evaluation_rows(options: AsrFederationOptions, split: str = "validation"):
 
 
 # --- the server ------------------------------------------------------------------------------------------------------
+
 
 def client_index(client: str) -> int:
     """A simulation client's partition (its name ends with it); deployment nodes name theirs the same way."""
@@ -288,7 +313,9 @@ class TierPlan:
         self.options = options
         self.tiers = assign_tiers(options.num_clients, options.tiers, options.seed)
         self.costs = costs
-        self.memory_mb = {tier: training_memory_mb(new_model(options, model_layers(options, tier), self._upper())) for tier in set(self.tiers)}
+        self.memory_mb = {
+            tier: training_memory_mb(new_model(options, model_layers(options, tier), self._upper())) for tier in set(self.tiers)
+        }
         self.samples = options.local_steps * options.batch_size + (options.public_clips if options.algorithm == "fedmd" else 0)
         self.distiller = ServerDistillation(options) if options.algorithm == "fedkad" else None
 
@@ -311,7 +338,9 @@ class TierPlan:
 
     def assign(self, client: str, round_number: int) -> Assignment:
         tier = self.tier_of(client)
-        seconds = simulated_seconds(tier, self.costs[model_layers(self.options, tier)], self.samples, self.options.seed, round_number, client)
+        seconds = simulated_seconds(
+            tier, self.costs[model_layers(self.options, tier)], self.samples, self.options.seed, round_number, client
+        )
         return Assignment(group_of(self.options, tier), {"tier": tier}, tier, seconds, DEVICE_TIERS[tier].deadline_seconds)
 
     def reply_keys(self, assignment: Assignment, sent: set[str]) -> set[str]:
@@ -325,7 +354,9 @@ class TierPlan:
         weights = [float(metrics[WEIGHT]) for _, _, _, metrics in replies]
         if self.options.algorithm == "fedmd":
             vocab = base_model(self.options.model)[0].config.vocab_size
-            return prefixed("consensus", consensus_of([arrays for _, _, arrays, _ in replies], weights, vocab, self.options.top_k))
+            return prefixed(
+                "consensus", consensus_of([arrays for _, _, arrays, _ in replies], weights, vocab, self.options.top_k)
+            )
         if self.options.algorithm != "fedkad":
             group = replies[0][1].group
             return state | prefixed(group, weighted_mean([arrays for _, _, arrays, _ in replies], weights))
@@ -366,7 +397,7 @@ def origin(options: AsrFederationOptions, tier: str, key: str) -> str:
     found = _BLOCK.match(key)
     if not found:
         return key
-    return f"{layer_map(teacher_layers(options), model_layers(options, tier))[int(found.group(1))]}/{key[found.end():]}"
+    return f"{layer_map(teacher_layers(options), model_layers(options, tier))[int(found.group(1))]}/{key[found.end() :]}"
 
 
 def shared_top(options: AsrFederationOptions, state: dict) -> dict:
@@ -396,7 +427,9 @@ class ProxyBatches:
     def __getitem__(self, k: int) -> dict:
         k %= self.batches.batches_per_epoch(self.options.batch_size)
         if k not in self._encoded:
-            self._encoded[k] = encoded(self.model, next(self.batches.micro_batches(self.options.batch_size, self.options.seed, k, 1)))
+            self._encoded[k] = encoded(
+                self.model, next(self.batches.micro_batches(self.options.batch_size, self.options.seed, k, 1))
+            )
         return self._encoded[k]
 
 
@@ -405,7 +438,6 @@ def distil(student, teachers: list, batches: list[dict], optimizer: torch.optim.
     utterance, the teacher that predicts its transcript best (lowest cross-entropy): a weak tier's model never teaches
     what a stronger one knows better."""
     loss_weights = DistillLoss()
-    t = loss_weights.temperature
     trainable = [p for p in student.parameters() if p.requires_grad]
     for batch in batches:
         labels = batch["labels"]
@@ -413,8 +445,9 @@ def distil(student, teachers: list, batches: list[dict], optimizer: torch.optim.
             for teacher in teachers:
                 teacher.eval()
             logits = torch.stack([teacher(**batch).logits.float() for teacher in teachers])  # [teachers, batch, tokens, vocab]
-            token_loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).transpose(1, 2), labels.repeat(len(teachers), 1),
-                                                           ignore_index=IGNORE_INDEX, reduction="none").view(len(teachers), *labels.shape)
+            token_loss = torch.nn.functional.cross_entropy(
+                logits.flatten(0, 1).transpose(1, 2), labels.repeat(len(teachers), 1), ignore_index=IGNORE_INDEX, reduction="none"
+            ).view(len(teachers), *labels.shape)
             best = (token_loss.sum(-1) / (labels != IGNORE_INDEX).sum(-1).clamp_min(1)).argmin(0)  # per utterance
             chosen = logits[best, torch.arange(labels.shape[0])]
         student.train()
@@ -440,8 +473,11 @@ class ServerDistillation:
             parameters = dict(model.named_parameters())
             for name in uploaded_keys(options, tier, parameters):
                 parameters[name].requires_grad_(False)
-        self.optimizers = {tier: trainable_optimizer(model, options.kd_learning_rate) for tier, model in self.models.items()
-                           if any(p.requires_grad for p in model.parameters())}
+        self.optimizers = {
+            tier: trainable_optimizer(model, options.kd_learning_rate)
+            for tier, model in self.models.items()
+            if any(p.requires_grad for p in model.parameters())
+        }
         self.proxy = ProxyBatches(options, self.models[self.tiers[0]])
 
     def __call__(self, round_number: int, state: dict) -> dict:
@@ -469,11 +505,20 @@ def initial_tier_state(options: AsrFederationOptions, layers: int) -> dict[str, 
     if not options.proxy or layers == teacher_layers(options) or not options.init_steps:
         return trainable_state(model)
     proxy = Path(options.proxy).resolve()
-    path = options.cache_root / "tiers" / f"{Path(options.model).name}-decoder{layers}-init{options.init_steps}-{_digest(str(proxy), options.seed)}.safetensors"
+    path = (
+        options.cache_root
+        / "tiers"
+        / f"{Path(options.model).name}-decoder{layers}-init{options.init_steps}-{_digest(str(proxy), options.seed)}.safetensors"
+    )
     if not path.is_file():
         teacher = new_model(options, teacher_layers(options))
         batches = ProxyBatches(options, teacher)
-        distil(model, [teacher], [batches[k] for k in range(options.init_steps)], trainable_optimizer(model, options.kd_learning_rate))
+        distil(
+            model,
+            [teacher],
+            [batches[k] for k in range(options.init_steps)],
+            trainable_optimizer(model, options.kd_learning_rate),
+        )
         with atomic_path(path) as partial:
             save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, str(partial))
     return load_file(str(path))
@@ -521,7 +566,11 @@ class TierEvaluator:
 def round_row(stats: dict, plan: TierPlan) -> dict:
     """A round's record beyond WER: per tier, bytes down and up and simulated seconds per client, stragglers dropped;
     the simulated round time; fedmd's per-tier WER from its clients' reports."""
-    row = {"simulated_round_seconds": stats["simulated_round_seconds"], "stragglers": stats["stragglers"], "client_tiers": stats["client_tiers"]}
+    row = {
+        "simulated_round_seconds": stats["simulated_round_seconds"],
+        "stragglers": stats["stragglers"],
+        "client_tiers": stats["client_tiers"],
+    }
     for tier in ordered_tiers(plan.options.tiers):
         index = [i for i, t in enumerate(stats["client_tiers"]) if t == tier]
         row[f"bytes_up/{tier}"] = [stats["bytes_up"][i] for i in index]
@@ -550,7 +599,9 @@ def measure_costs(options: AsrFederationOptions) -> dict[int, float]:
         model = new_model(options, layers, upper)
         batches = batches_for(model, shard, train_config(options), options.cache_root / "costs", progress=False)
         config = replace(train_config(options), batch_size=min(options.batch_size, len(shard)))
-        costs[layers] = measure_cost(model, batches, config, loss_fn=nested_loss(options, model) if is_nested(options, layers) else None)
+        costs[layers] = measure_cost(
+            model, batches, config, loss_fn=nested_loss(options, model) if is_nested(options, layers) else None
+        )
     return costs
 
 
@@ -582,12 +633,16 @@ def check(options: AsrFederationOptions) -> None:
     check_federation(options)
     if options.algorithm in ("fedkad", "fedmd"):
         if not options.proxy:
-            raise FedwhisperError(f"--algorithm {options.algorithm} needs --proxy: prepared features of a public corpus the server holds")
+            raise FedwhisperError(
+                f"--algorithm {options.algorithm} needs --proxy: prepared features of a public corpus the server holds"
+            )
         proxy, manifest = features_of(str(Path(options.proxy).resolve()))
         if "train" not in proxy or len(proxy["train"]) < options.batch_size:
             raise FedwhisperError(f"{options.proxy}: the proxy corpus needs a train split of at least {options.batch_size} clips")
         if manifest["vocab_size"] != len(base_model(options.model)[1].tokenizer):
-            raise FedwhisperError(f"{options.proxy} was prepared with another tokenizer ({manifest['model']}); prepare it for {options.model}")
+            raise FedwhisperError(
+                f"{options.proxy} was prepared with another tokenizer ({manifest['model']}); prepare it for {options.model}"
+            )
 
 
 def test_models(options: AsrFederationOptions, evaluator: TierEvaluator, state: dict, out: Path) -> dict:
@@ -599,7 +654,12 @@ def test_models(options: AsrFederationOptions, evaluator: TierEvaluator, state: 
     for group, model in evaluator.models.items():
         load_trainable_state(model, group_state(state, group))
         tested = evaluate_model(options, model, rows)
-        result[group] = {"tiers": evaluator.tiers_of(group), "wer": tested["wer"], "cer": tested["cer"], "clips": len(rows),
-                         "speakers": speaker_wer(tested["rows"], "en")}
+        result[group] = {
+            "tiers": evaluator.tiers_of(group),
+            "wer": tested["wer"],
+            "cer": tested["cer"],
+            "clips": len(rows),
+            "speakers": speaker_wer(tested["rows"], "en"),
+        }
     out.write_text(json.dumps(result, indent=2))
     return result

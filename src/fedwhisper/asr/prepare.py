@@ -2,8 +2,9 @@
 
 Features are stored compact: Whisper pads every clip to 30 s, and every padded frame of its log-mel holds the same
 value, the clip's floor (Whisper clamps at 8 log10 units under the peak, then scales by 1/4: floor = max - 2), so only
-the frames that hold audio are stored ([frames, n_mels] float16) and :func:`full_features` rebuilds the 30-s input. Work is done in shards that are saved as they finish, so an
-interrupted run resumes at the first missing shard; clips a training job must not see are dropped and reported.
+the frames that hold audio are stored ([frames, n_mels] float16) and :func:`full_features` rebuilds the 30-s input.
+Work is done in shards that are saved as they finish, so an interrupted run resumes at the first missing shard; clips
+a training job must not see are dropped and reported.
 """
 
 from __future__ import annotations
@@ -110,22 +111,33 @@ def prepare_features(source, model: str, out: str | Path, options: PrepareOption
     multilingual = is_multilingual(from_pretrained(WhisperConfig, location).vocab_size)
     corpus = load_corpus(source)
     if any("transcription" not in dataset.column_names for dataset in corpus.values()):
-        raise FedwhisperError(f"{source}: no transcriptions (a keyword corpus?); asr prepare needs an audiofolder with metadata.csv "
-                              "or a Common Voice directory")
-    if not options.keep_untranscribed and not any(text.strip() for dataset in corpus.values() for text in dataset["transcription"]):
-        raise FedwhisperError(f"{source}: no clip has a transcript; training needs them (`fedwhisper distill label` labels "
-                              "untranscribed audio with a teacher)")
+        raise FedwhisperError(
+            f"{source}: no transcriptions (a keyword corpus?); asr prepare needs an audiofolder with metadata.csv "
+            "or a Common Voice directory"
+        )
+    if not options.keep_untranscribed and not any(
+        text.strip() for dataset in corpus.values() for text in dataset["transcription"]
+    ):
+        raise FedwhisperError(
+            f"{source}: no clip has a transcript; training needs them (`fedwhisper distill label` labels "
+            "untranscribed audio with a teacher)"
+        )
     corpus = _with_validation_split(corpus, options.validation_speakers, options.seed)
     manifest = {
-        "source": str(source), "model": str(model), "vocab_size": len(processor.tokenizer),
-        "n_mels": processor.feature_extractor.feature_size, "multilingual": multilingual,
+        "source": str(source),
+        "model": str(model),
+        "vocab_size": len(processor.tokenizer),
+        "n_mels": processor.feature_extractor.feature_size,
+        "multilingual": multilingual,
         # parallelism does not change the result; keep_untranscribed is named only when set (earlier features stay valid)
         "options": {k: v for k, v in asdict(options).items() if k != "keep_untranscribed" or v} | {"num_proc": None},
     }
     work = out / ".shards"
     manifest_path = out / MANIFEST
     if manifest_path.is_file() and json.loads(manifest_path.read_text()) != manifest:
-        raise FedwhisperError(f"{out} holds features prepared from other inputs ({manifest_path}); choose a new directory or delete it")
+        raise FedwhisperError(
+            f"{out} holds features prepared from other inputs ({manifest_path}); choose a new directory or delete it"
+        )
     if manifest_path.is_file() and (out / REPORT).is_file() and (out / "dataset_dict.json").is_file():
         return json.loads((out / REPORT).read_text())  # finished before with the same inputs
     out.mkdir(parents=True, exist_ok=True)
@@ -141,25 +153,39 @@ def prepare_features(source, model: str, out: str | Path, options: PrepareOption
                 rows = dataset.select(range(start, min(start + options.shard_size, len(dataset))))
                 processes = min(options.num_proc, len(rows))
                 featurised = rows.map(
-                    _featurise, batched=True, batch_size=16, remove_columns=["audio"],
-                    fn_kwargs={"processor": processor, "multilingual": multilingual, "language": options.language, "task": options.task,
-                               "keep_untranscribed": options.keep_untranscribed},
+                    _featurise,
+                    batched=True,
+                    batch_size=16,
+                    remove_columns=["audio"],
+                    fn_kwargs={
+                        "processor": processor,
+                        "multilingual": multilingual,
+                        "language": options.language,
+                        "task": options.task,
+                        "keep_untranscribed": options.keep_untranscribed,
+                    },
                     num_proc=processes if processes > 1 else None,
                     features=_feature_types(rows, manifest["n_mels"]),
-                    desc=f"prepare {split} {start}-{start + len(rows)} of {len(dataset)}", load_from_cache_file=False,
+                    desc=f"prepare {split} {start}-{start + len(rows)} of {len(dataset)}",
+                    load_from_cache_file=False,
                 )
                 with atomic_path(shard_dir) as partial:
                     featurised.save_to_disk(str(partial))
             shards.append(datasets.load_from_disk(str(shard_dir)))
         combined = datasets.concatenate_datasets(shards) if shards else dataset.remove_columns(["audio"])
         reasons = combined["drop_reason"] if len(combined) else []
-        dropped = [{"path": path, "reason": reason} for path, reason in zip(combined["path"] if len(combined) else [], reasons) if reason]
+        dropped = [
+            {"path": path, "reason": reason} for path, reason in zip(combined["path"] if len(combined) else [], reasons) if reason
+        ]
         kept = combined.filter(lambda reason: not reason, input_columns="drop_reason").remove_columns("drop_reason")
         finished[split] = kept
         report["splits"][split] = {
-            "kept": len(kept), "dropped": len(dropped), "hours": round(sum(kept["duration"]) / 3600, 3) if len(kept) else 0.0,
+            "kept": len(kept),
+            "dropped": len(dropped),
+            "hours": round(sum(kept["duration"]) / 3600, 3) if len(kept) else 0.0,
             "speakers": len(set(kept["speaker_id"])) if "speaker_id" in kept.column_names else None,
-            "dropped_by_reason": _count_reasons(dropped), "dropped_clips": dropped[:200],
+            "dropped_by_reason": _count_reasons(dropped),
+            "dropped_clips": dropped[:200],
         }
     for split, kept in finished.items():  # the layout DatasetDict.save_to_disk writes, one split at a time
         with atomic_path(out / split) as partial:
@@ -186,7 +212,8 @@ def _feature_types(rows, n_mels: int):
 
     kept = {name: feature for name, feature in rows.features.items() if name != "audio"}
     return datasets.Features(
-        kept | {
+        kept
+        | {
             "input_features": datasets.Array2D(shape=(None, n_mels), dtype="float16"),
             "labels": datasets.Sequence(datasets.Value("int32")),
             "drop_reason": datasets.Value("string"),

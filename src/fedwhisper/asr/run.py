@@ -78,8 +78,10 @@ class TrainingRun(RunDirectory):
         self.best = self.path / "best"
 
     def checkpoints_newest_first(self) -> list[Path]:
-        return sorted((p for p in self.checkpoints.glob("step-*") if (p / "state.json").is_file() and not p.name.endswith(".partial")),
-                      reverse=True)
+        return sorted(
+            (p for p in self.checkpoints.glob("step-*") if (p / "state.json").is_file() and not p.name.endswith(".partial")),
+            reverse=True,
+        )
 
     def latest_checkpoint(self) -> Path | None:
         done = self.checkpoints_newest_first()
@@ -125,8 +127,10 @@ class TrainingRun(RunDirectory):
         with atomic_path(self.checkpoints / f"step-{step:06d}") as partial:
             partial.mkdir(parents=True)
             save_file({k: v.contiguous() for k, v in trainable_state(model).items()}, partial / "trainable.safetensors")
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()},
-                       partial / "optimizer.pt")
+            torch.save(
+                {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()},
+                partial / "optimizer.pt",
+            )
             (partial / "state.json").write_text(json.dumps(state | {"step": step}, indent=2))
         for old in sorted(self.checkpoints.glob("step-*"))[:-CHECKPOINTS_KEPT]:
             shutil.rmtree(old, ignore_errors=True)

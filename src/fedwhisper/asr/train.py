@@ -4,7 +4,8 @@
 knows nothing of files; ``fine_tune`` drives it for a whole run with evaluation, checkpoints, exact resume and the
 best model by WER. Modes decide what trains: ``full``; ``encoder-only`` (new acoustics, the decoder's language and
 translation untouched); ``frozen-encoder`` (all but the encoder); ``decoder-only`` (the decoder's blocks, not its
-embeddings: a small update to send); ``lora`` (peft adapters on the decoder's attention). Whenever the encoder is frozen its outputs are computed once and reused (see ``batches``).
+embeddings: a small update to send); ``lora`` (peft adapters on the decoder's attention). Whenever the encoder is
+frozen its outputs are computed once and reused (see ``batches``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     spec_augment: bool = False  # SpecAugment on the log-mel input (the encoder then runs every step)
-    frozen_encoder_layers: int = 0  # full/encoder-only: keep the convolution stem and this many bottom blocks fixed, outputs cached
+    frozen_encoder_layers: int = (
+        0  # full/encoder-only: keep the convolution stem and this many bottom blocks fixed, outputs cached
+    )
     dropout: float = 0.0
     lora_rank: int = 32
     lora_alpha: int = 64
@@ -78,7 +81,9 @@ class TrainConfig:
         """What of the encoder is computed once: None for all of it, N for its bottom N blocks, False for nothing."""
         if self.spec_augment:  # masked log-mels: new encoder outputs every step
             return False
-        if self.mode == "lora" and any(re.fullmatch(self.lora_targets, f"model.encoder.layers.0.{name}") for name in _ENCODER_PROJECTIONS):
+        if self.mode == "lora" and any(
+            re.fullmatch(self.lora_targets, f"model.encoder.layers.0.{name}") for name in _ENCODER_PROJECTIONS
+        ):
             return False  # adapters inside the encoder: its outputs change every step
         if self.mode not in ("full", "encoder-only"):
             return None
@@ -103,7 +108,9 @@ def apply_mode(model, config: TrainConfig):
     if config.mode in ("full", "encoder-only") and config.frozen_encoder_layers:
         encoder = model.model.encoder
         if config.frozen_encoder_layers >= len(encoder.layers):
-            raise FedwhisperError(f"frozen_encoder_layers must be below the encoder's {len(encoder.layers)} blocks (use frozen-encoder mode)")
+            raise FedwhisperError(
+                f"frozen_encoder_layers must be below the encoder's {len(encoder.layers)} blocks (use frozen-encoder mode)"
+            )
         for part in (encoder.conv1, encoder.conv2, encoder.embed_positions, *encoder.layers[: config.frozen_encoder_layers]):
             part.requires_grad_(False)
     elif config.mode == "frozen-encoder":
@@ -115,8 +122,13 @@ def apply_mode(model, config: TrainConfig):
     elif config.mode == "lora":
         from peft import LoraConfig, get_peft_model
 
-        adapters = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                              target_modules=config.lora_targets, bias="none")
+        adapters = LoraConfig(
+            r=config.lora_rank,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=config.lora_targets,
+            bias="none",
+        )
         model = get_peft_model(model, adapters)
     if config.spec_augment:
         # Whisper's own SpecAugment (transformers): time and frequency masks on the log-mel during training
@@ -138,11 +150,17 @@ def _autocast(model, config: TrainConfig):
     device = next(model.parameters()).device
     if device.type != "cuda" or config.precision == "fp32":
         return torch.autocast("cpu", enabled=False)
-    dtype = torch.bfloat16 if config.precision == "bf16" or (config.precision == "auto" and torch.cuda.is_bf16_supported()) else torch.float16
+    dtype = (
+        torch.bfloat16
+        if config.precision == "bf16" or (config.precision == "auto" and torch.cuda.is_bf16_supported())
+        else torch.float16
+    )
     return torch.autocast("cuda", dtype=dtype)
 
 
-def train_on_batches(model, micro_batches: Iterable[dict], config: TrainConfig, optimizer, scheduler=None, extra_loss=None, loss_fn=None) -> dict:
+def train_on_batches(
+    model, micro_batches: Iterable[dict], config: TrainConfig, optimizer, scheduler=None, extra_loss=None, loss_fn=None
+) -> dict:
     """Forward/backward over ``micro_batches``, an optimizer step every ``gradient_accumulation`` of them.
     ``loss_fn(model, inputs)``, when given, replaces the model's cross-entropy (distillation's loss);
     ``extra_loss()`` is added to every micro-batch's objective (FedProx's proximal term) but not to the loss reported.
@@ -199,18 +217,20 @@ class TrainResult:
     run_dir: Path | None
 
 
-def _tensorboard(path: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # optional: tensorboard is not a dependency
-        return None
-    return SummaryWriter(str(path / "tensorboard"))
-
-
 def fine_tune(
-    model, processor, train_set, config: TrainConfig, *, eval_set=None, run_dir: str | os.PathLike | None = None,
-    resume: bool = False, on_evaluate: Callable[[int, dict], None] | None = None, cache_root: Path | None = None, progress: bool = True,
-    run_info: dict | None = None, loss_fn=None,
+    model,
+    processor,
+    train_set,
+    config: TrainConfig,
+    *,
+    eval_set=None,
+    run_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    on_evaluate: Callable[[int, dict], None] | None = None,
+    cache_root: Path | None = None,
+    progress: bool = True,
+    run_info: dict | None = None,
+    loss_fn=None,
 ) -> TrainResult:
     """Fine-tune ``model`` on a prepared split; evaluate every ``eval_every`` steps, checkpoint every ``save_every``.
 
@@ -233,34 +253,50 @@ def fine_tune(
     optimizer, scheduler = make_optimizer(model, config, total)
     run = TrainingRun(run_dir) if run_dir else None
     state = run.begin({"config": asdict(config), **(run_info or {})}, resume, model, optimizer, scheduler) if run else {"step": 0}
-    step, best_wer, best_step, elapsed_before = state["step"], state.get("best_wer"), state.get("best_step"), state.get("elapsed_seconds", 0.0)
+    step, best_wer, best_step, elapsed_before = (
+        state["step"],
+        state.get("best_wer"),
+        state.get("best_step"),
+        state.get("elapsed_seconds", 0.0),
+    )
     rows = list(run.rows) if run else []
-    writer = _tensorboard(run.path) if run else None
     per_epoch = train_batches.batches_per_epoch(config.batch_size)
     started, trained_samples, trained_seconds = time.perf_counter(), 0, 0.0
     bar = tqdm(total=total, initial=step, desc=f"train ({config.mode})", unit="step", disable=not progress)
     while step < total:
         stop_if_requested()
-        boundary = min(total, _next_multiple(step, config.log_every), _next_multiple(step, config.eval_every), _next_multiple(step, config.save_every))
-        micro = train_batches.micro_batches(config.batch_size, config.seed, step * config.gradient_accumulation, (boundary - step) * config.gradient_accumulation)
+        boundary = min(
+            total,
+            _next_multiple(step, config.log_every),
+            _next_multiple(step, config.eval_every),
+            _next_multiple(step, config.save_every),
+        )
+        micro = train_batches.micro_batches(
+            config.batch_size, config.seed, step * config.gradient_accumulation, (boundary - step) * config.gradient_accumulation
+        )
         result = train_on_batches(model, micro, config, optimizer, scheduler, loss_fn=loss_fn)
         step = boundary
         bar.update(result["steps"])
         trained_samples += result["samples"]
         trained_seconds += result["seconds"]
-        row = {"step": step, "epoch": round(step * config.gradient_accumulation / per_epoch, 3), "loss": round(result["loss"], 5),
-               "learning_rate": scheduler.get_last_lr()[0], "samples_per_second": round(result["samples"] / result["seconds"], 3)}
+        row = {
+            "step": step,
+            "epoch": round(step * config.gradient_accumulation / per_epoch, 3),
+            "loss": round(result["loss"], 5),
+            "learning_rate": scheduler.get_last_lr()[0],
+            "samples_per_second": round(result["samples"] / result["seconds"], 3),
+        }
         evaluated = None
         if eval_batches is not None and (step % config.eval_every == 0 or step == total):
             evaluated = evaluate_batches(model, processor.tokenizer, eval_batches, decoding_options(model, config))
-            row |= {"eval_loss": round(evaluated["loss"], 5), "eval_wer": round(evaluated["wer"], 5), "eval_cer": round(evaluated["cer"], 5)}
+            row |= {
+                "eval_loss": round(evaluated["loss"], 5),
+                "eval_wer": round(evaluated["wer"], 5),
+                "eval_cer": round(evaluated["cer"], 5),
+            }
             bar.set_postfix(loss=f"{row['loss']:.3f}", wer=f"{100 * evaluated['wer']:.1f}%")
         row["elapsed_seconds"] = round(elapsed_before + time.perf_counter() - started, 2)
         rows.append(row)
-        if writer is not None:
-            for key in ("loss", "learning_rate", "eval_loss", "eval_wer", "eval_cer"):
-                if row.get(key) is not None:
-                    writer.add_scalar(key, row[key], step)
         improved = evaluated is not None and (best_wer is None or evaluated["wer"] < best_wer)
         if improved:
             best_wer, best_step = evaluated["wer"], step
@@ -269,7 +305,13 @@ def fine_tune(
                 run.save_model(model, processor, config.window)
             run.record(row)  # before the checkpoint: a resume cuts the rows back to the checkpoint's step
             if step % config.save_every == 0 or step == total:
-                run.save_checkpoint(step, model, optimizer, scheduler, {"best_wer": best_wer, "best_step": best_step, "elapsed_seconds": row["elapsed_seconds"]})
+                run.save_checkpoint(
+                    step,
+                    model,
+                    optimizer,
+                    scheduler,
+                    {"best_wer": best_wer, "best_step": best_step, "elapsed_seconds": row["elapsed_seconds"]},
+                )
             if evaluated is not None:
                 run.plot()
         if evaluated is not None and on_evaluate is not None:
@@ -277,9 +319,9 @@ def fine_tune(
     bar.close()
     if run and best_step is None:  # nothing evaluated: the final weights are the model
         run.save_model(model, processor, config.window)
-    if writer is not None:
-        writer.close()
-    return TrainResult(step, best_wer, best_step, rows, trained_samples / trained_seconds if trained_seconds else 0.0, run.path if run else None)
+    return TrainResult(
+        step, best_wer, best_step, rows, trained_samples / trained_seconds if trained_seconds else 0.0, run.path if run else None
+    )
 
 
 def _next_multiple(step: int, every: int) -> int:
@@ -289,12 +331,23 @@ def _next_multiple(step: int, every: int) -> int:
 def decoding_options(model, config: TrainConfig):
     from fedwhisper.transcribe import DecodingOptions, is_multilingual
 
-    return DecodingOptions(language=config.language if is_multilingual(whisper_of(model)) else None, task=config.task,
-                           max_new_tokens=config.max_new_tokens, batch_size=config.eval_batch_size)
+    return DecodingOptions(
+        language=config.language if is_multilingual(whisper_of(model)) else None,
+        task=config.task,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.eval_batch_size,
+    )
 
 
-def train_run(out: str | os.PathLike, *, features: str | os.PathLike | None = None, model: str | None = None,
-              config: TrainConfig | None = None, resume: bool = False, progress: bool = True) -> TrainResult:
+def train_run(
+    out: str | os.PathLike,
+    *,
+    features: str | os.PathLike | None = None,
+    model: str | None = None,
+    config: TrainConfig | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
     """What `asr train` does: fine-tune ``model`` on prepared ``features`` into run directory ``out``, or (``resume``)
     continue the run in ``out`` with the features, model and config it was started with."""
     from fedwhisper.asr.prepare import load_features
@@ -312,10 +365,21 @@ def train_run(out: str | os.PathLike, *, features: str | os.PathLike | None = No
     eval_split = "validation" if "validation" in dataset else "test"
     whisper, processor = load_whisper(model, dropout=config.dropout)
     if len(processor.tokenizer) != manifest["vocab_size"]:
-        raise FedwhisperError(f"{features} was prepared with another tokenizer ({manifest['model']}); prepare it again for {model}")
+        raise FedwhisperError(
+            f"{features} was prepared with another tokenizer ({manifest['model']}); prepare it again for {model}"
+        )
     with interruption_kept(out, "asr train"):
-        return fine_tune(whisper, processor, dataset["train"], config, eval_set=dataset[eval_split], run_dir=out, resume=resume,
-                         progress=progress, run_info={"features": str(Path(features).resolve()), "model": model, "eval_split": eval_split})
+        return fine_tune(
+            whisper,
+            processor,
+            dataset["train"],
+            config,
+            eval_set=dataset[eval_split],
+            run_dir=out,
+            resume=resume,
+            progress=progress,
+            run_info={"features": str(Path(features).resolve()), "model": model, "eval_split": eval_split},
+        )
 
 
 @contextmanager
@@ -325,5 +389,9 @@ def interruption_kept(out: str | os.PathLike, command: str) -> Iterator[None]:
         yield
     except KeyboardInterrupt:
         checkpoint = TrainingRun(out).latest_checkpoint()
-        kept = f"the last checkpoint is {checkpoint.name}" if checkpoint else "no checkpoint was saved yet (resuming starts at step 0)"
+        kept = (
+            f"the last checkpoint is {checkpoint.name}"
+            if checkpoint
+            else "no checkpoint was saved yet (resuming starts at step 0)"
+        )
         raise Interrupted(f"interrupted: {kept} in {out}; continue with `fedwhisper {command} --resume {out}`") from None

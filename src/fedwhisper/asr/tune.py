@@ -75,12 +75,18 @@ def tune(model_ref: str, features: Path, out: Path, base, options: TuneOptions =
     out.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{out / 'study.db'}"
     study = optuna.create_study(
-        study_name="fedwhisper-asr", storage=storage, load_if_exists=True, direction="minimize",
-        sampler=_sampler(options, base), pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+        study_name="fedwhisper-asr",
+        storage=storage,
+        load_if_exists=True,
+        direction="minimize",
+        sampler=_sampler(options, base),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
     )
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)  # left running by a stopped search
-    write_json(out / "search.json", {"model": model_ref, "features": str(features), "base": asdict(base), "options": asdict(options)})
+    write_json(
+        out / "search.json", {"model": model_ref, "features": str(features), "base": asdict(base), "options": asdict(options)}
+    )
 
     def objective(trial) -> float:
         config = suggest_config(trial, base, options)
@@ -94,13 +100,23 @@ def tune(model_ref: str, features: Path, out: Path, base, options: TuneOptions =
                 raise StopTraining
 
         try:
-            result = fine_tune(model, processor, dataset["train"], replace(config, save_every=config.max_steps), eval_set=dataset[eval_split],
-                               run_dir=run_dir, on_evaluate=report, progress=progress)
+            result = fine_tune(
+                model,
+                processor,
+                dataset["train"],
+                replace(config, save_every=config.max_steps),
+                eval_set=dataset[eval_split],
+                run_dir=run_dir,
+                on_evaluate=report,
+                progress=progress,
+            )
         except StopTraining:
             raise optuna.TrialPruned() from None
         return result.best_wer
 
-    remaining = options.trials - len([t for t in study.trials if t.state.is_finished() and t.state != optuna.trial.TrialState.FAIL])
+    remaining = options.trials - len(
+        [t for t in study.trials if t.state.is_finished() and t.state != optuna.trial.TrialState.FAIL]
+    )
     if remaining > 0:
         study.optimize(objective, n_trials=remaining)
     return _report(study, out, eval_split, manifest)
@@ -112,10 +128,26 @@ def _report(study, out: Path, eval_split: str, manifest: dict) -> dict:
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = min(complete, key=lambda t: t.value) if complete else None
     report = {
-        "metric": f"WER on {eval_split}", "model": manifest.get("model"),
-        "best": {"trial": best.number, "wer": best.value, "params": best.params, "model_dir": str(out / f"trial-{best.number:03d}" / "best")} if best else None,
-        "trials": [{"number": t.number, "state": t.state.name, "wer": t.value, "params": t.params,
-                    "last_step": max(t.intermediate_values, default=None)} for t in study.trials],
+        "metric": f"WER on {eval_split}",
+        "model": manifest.get("model"),
+        "best": {
+            "trial": best.number,
+            "wer": best.value,
+            "params": best.params,
+            "model_dir": str(out / f"trial-{best.number:03d}" / "best"),
+        }
+        if best
+        else None,
+        "trials": [
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "wer": t.value,
+                "params": t.params,
+                "last_step": max(t.intermediate_values, default=None),
+            }
+            for t in study.trials
+        ],
     }
     if best:  # keep the best trial's model; the others' would only fill the disk
         for trial in study.trials:

@@ -57,8 +57,12 @@ class _Commands(TyperGroup):
             raise fail(str(error)) from None
 
 
-app = typer.Typer(help="Adapt OpenAI Whisper to private speech without moving the audio.", no_args_is_help=True,
-                  pretty_exceptions_show_locals=False, cls=_Commands)
+app = typer.Typer(
+    help="Adapt OpenAI Whisper to private speech without moving the audio.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    cls=_Commands,
+)
 app.add_typer(models.app, name="models")
 app.add_typer(data.app, name="data")
 app.add_typer(kws.app, name="kws")
@@ -89,3 +93,7 @@ def setup() -> None:
 
     transformers_logging.set_verbosity_error()  # generation-config notices drown the progress bars
     transformers_logging.disable_progress_bar()  # "Loading weights" bars for every model load
+    if not sys.stderr.isatty():  # in a log file datasets' bars ("Saving the dataset", map) are a frame per shard
+        import datasets
+
+        datasets.disable_progress_bars()

@@ -20,22 +20,30 @@ app = typer.Typer(help="Speech recognition: prepare features, fine-tune, evaluat
 def asr_prepare(
     data: Annotated[str, typer.Argument(help="corpus directory (audiofolder, Common Voice) or hub dataset id")],
     out: Annotated[Path, typer.Option(help="where the prepared features go (datasets Arrow)")],
-    model: Annotated[str, typer.Option(help="whose feature extractor and tokenizer: packaged name, model directory or hub id")] = "tiny.en",
+    model: Annotated[
+        str, typer.Option(help="whose feature extractor and tokenizer: packaged name, model directory or hub id")
+    ] = "tiny.en",
     language: Annotated[str, typer.Option(help="the corpus language (label prompt of multilingual models)")] = "en",
     task: Annotated[str, typer.Option(help="transcribe, or translate (labels are English translations)")] = "transcribe",
     num_proc: Annotated[int, typer.Option(min=1, help="parallel worker processes")] = 2,
     shard_size: Annotated[int, typer.Option(min=1, help="clips per resumable shard")] = 256,
-    validation_speakers: Annotated[int | None, typer.Option(min=0, help="training speakers held out as validation when the corpus has none [10 %]")] = None,
+    validation_speakers: Annotated[
+        int | None, typer.Option(min=0, help="training speakers held out as validation when the corpus has none [10 %]")
+    ] = None,
 ) -> None:
     """CPU feature pipeline: log-mel features and tokenised labels, saved once; resumable; bad clips dropped and reported."""
     from fedwhisper.asr.prepare import REPORT, PrepareOptions, prepare_features
 
-    options = PrepareOptions(language=language, task=task, num_proc=num_proc, shard_size=shard_size, validation_speakers=validation_speakers)
+    options = PrepareOptions(
+        language=language, task=task, num_proc=num_proc, shard_size=shard_size, validation_speakers=validation_speakers
+    )
     report = prepare_features(data, model, out, options)
     table = Table("split", "kept", "hours", "speakers", "dropped", "why")
     for split, row in report["splits"].items():
         why = ", ".join(f"{count} {reason}" for reason, count in row["dropped_by_reason"].items())
-        table.add_row(split, str(row["kept"]), f"{row['hours']:.2f}", str(row["speakers"] or "-"), str(row["dropped"]), escape(why or "-"))
+        table.add_row(
+            split, str(row["kept"]), f"{row['hours']:.2f}", str(row["speakers"] or "-"), str(row["dropped"]), escape(why or "-")
+        )
     console.print(table)
     console.print(f"features in {out}; dropped clips listed in {out / REPORT}")
 
@@ -54,8 +62,12 @@ def asr_train(
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     gradient_accumulation: Annotated[int, typer.Option(min=1)] = 1,
     spec_augment: Annotated[bool, typer.Option(help="SpecAugment masks on the log-mel (runs the encoder every step)")] = False,
-    window: Annotated[str, typer.Option(help="encoder window: full (Whisper's 30 s) or clip (the clip's length, 2-s buckets)")] = "full",
-    frozen_encoder_layers: Annotated[int, typer.Option(min=0, help="full mode: bottom encoder blocks kept fixed, their outputs computed once")] = 0,
+    window: Annotated[
+        str, typer.Option(help="encoder window: full (Whisper's 30 s) or clip (the clip's length, 2-s buckets)")
+    ] = "full",
+    frozen_encoder_layers: Annotated[
+        int, typer.Option(min=0, help="full mode: bottom encoder blocks kept fixed, their outputs computed once")
+    ] = 0,
     dropout: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.0,
     lora_rank: Annotated[int, typer.Option(min=1)] = 32,
     eval_every: Annotated[int, typer.Option(min=1, help="steps between evaluations (WER, CER)")] = 100,
@@ -69,12 +81,31 @@ def asr_train(
     from fedwhisper.asr.train import TrainConfig, train_run
     from fedwhisper.runs import runs_root
 
-    config = None if resume else TrainConfig(
-        mode=mode, learning_rate=learning_rate, warmup_steps=warmup_steps, max_steps=max_steps, epochs=epochs, batch_size=batch_size,
-        gradient_accumulation=gradient_accumulation, spec_augment=spec_augment, frozen_encoder_layers=frozen_encoder_layers, dropout=dropout,
-        window=window,
-        lora_rank=lora_rank, lora_alpha=2 * lora_rank, eval_every=eval_every, save_every=save_every, log_every=log_every,
-        eval_clips=eval_clips or None, language=language, seed=seed)
+    config = (
+        None
+        if resume
+        else TrainConfig(
+            mode=mode,
+            learning_rate=learning_rate,
+            warmup_steps=warmup_steps,
+            max_steps=max_steps,
+            epochs=epochs,
+            batch_size=batch_size,
+            gradient_accumulation=gradient_accumulation,
+            spec_augment=spec_augment,
+            frozen_encoder_layers=frozen_encoder_layers,
+            dropout=dropout,
+            window=window,
+            lora_rank=lora_rank,
+            lora_alpha=2 * lora_rank,
+            eval_every=eval_every,
+            save_every=save_every,
+            log_every=log_every,
+            eval_clips=eval_clips or None,
+            language=language,
+            seed=seed,
+        )
+    )
     out = resume or out or runs_root() / f"asr-{time.strftime('%Y%m%d-%H%M%S')}"
     console.print(f"run directory: {out}")
     result = train_run(out, features=features, model=model, config=config, resume=bool(resume))
@@ -88,29 +119,39 @@ def _print_federated_round(row: dict) -> None:
         line = f"round {row['round']:>3}: WER {tiers or 'n/a'}" + (f"  (global {row['wer']:.2%})" if "wer" in row else "")
         if "clients_trained" in row:
             late = len(row["stragglers"])
-            line += (f"  ({row['clients_trained']} clients trained{f', {late} stragglers dropped' if late else ''}; "
-                     f"{sum(row['bytes_up']) / 1e6:.2f} MB up in all; {row['simulated_round_seconds']:.0f} s on the devices)")
+            line += (
+                f"  ({row['clients_trained']} clients trained{f', {late} stragglers dropped' if late else ''}; "
+                f"{sum(row['bytes_up']) / 1e6:.2f} MB up in all; {row['simulated_round_seconds']:.0f} s on the devices)"
+            )
         console.print(line)
         return
     line = f"round {row['round']:>3}: WER {row['wer']:.2%}  CER {row['cer']:.2%}"
     if "clients_trained" in row:
         up = sum(row["bytes_up"]) / max(len(row["bytes_up"]), 1)
-        line += (f"  ({row['clients_trained']} clients trained, {row['clients_skipped']} could not"
-                 f"{', ' + str(row['clients_failed']) + ' failed' if row['clients_failed'] else ''}; "
-                 f"{row['bytes_down_per_client'] / 1e6:.2f} MB down, {up / 1e6:.2f} MB up per client; {row['seconds']:.1f} s)")
+        line += (
+            f"  ({row['clients_trained']} clients trained, {row['clients_skipped']} could not"
+            f"{', ' + str(row['clients_failed']) + ' failed' if row['clients_failed'] else ''}; "
+            f"{row['bytes_down_per_client'] / 1e6:.2f} MB down, {up / 1e6:.2f} MB up per client; {row['seconds']:.1f} s)"
+        )
     console.print(line)
 
 
 @app.command("federate")
 def asr_federate(
-    features: Annotated[Path | None, typer.Argument(help="prepared features (`asr prepare`); clients are groups of training speakers")] = None,
-    run_dir: Annotated[Path | None, typer.Option(help="metrics, checkpoints of the trained tensors, best/ (a plain model)")] = None,
+    features: Annotated[
+        Path | None, typer.Argument(help="prepared features (`asr prepare`); clients are groups of training speakers")
+    ] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="metrics, checkpoints of the trained tensors, best/ (a plain model)")
+    ] = None,
     resume: Annotated[Path | None, typer.Option(help="continue this run directory from its last saved round")] = None,
     model: Annotated[str | None, typer.Option(help="starting model: packaged name, model directory or hub id [tiny.en]")] = None,
     mode: Annotated[str | None, typer.Option(help="what trains and travels: lora, encoder-top or full [lora]")] = None,
     lora_rank: Annotated[int | None, typer.Option(min=1, help="[32]")] = None,
     lora_alpha: Annotated[int | None, typer.Option(min=1, help="[64]")] = None,
-    lora_modules: Annotated[str | None, typer.Option(help="adapted projections in every encoder and decoder block [q_proj,v_proj,fc1,fc2]")] = None,
+    lora_modules: Annotated[
+        str | None, typer.Option(help="adapted projections in every encoder and decoder block [q_proj,v_proj,fc1,fc2]")
+    ] = None,
     top_blocks: Annotated[int | None, typer.Option(min=1, help="encoder-top: trainable top encoder blocks [2]")] = None,
     window: Annotated[str | None, typer.Option(help="encoder window in training and evaluation: clip or full [clip]")] = None,
     num_clients: Annotated[int | None, typer.Option(min=1, help="speaker groups [20]")] = None,
@@ -120,8 +161,12 @@ def asr_federate(
     batch_size: Annotated[int | None, typer.Option(min=1, help="[8]")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="[0.002]")] = None,
     optimizer: Annotated[str | None, typer.Option(help="a client's optimizer: adamw or sgd [adamw]")] = None,
-    lr_schedule: Annotated[str | None, typer.Option(help="clients' learning rate over the rounds: constant or cosine (to a tenth) [constant]")] = None,
-    strategy: Annotated[str | None, typer.Option(help="server strategy (Flower's): fedavg, fedavgm, fedadam or fedprox [fedavg]")] = None,
+    lr_schedule: Annotated[
+        str | None, typer.Option(help="clients' learning rate over the rounds: constant or cosine (to a tenth) [constant]")
+    ] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="server strategy (Flower's): fedavg, fedavgm, fedadam or fedprox [fedavg]")
+    ] = None,
     server_learning_rate: Annotated[float | None, typer.Option(help="fedavgm: server step [1.0]")] = None,
     server_momentum: Annotated[float | None, typer.Option(help="fedavgm: server momentum [0.9]")] = None,
     fedadam_eta: Annotated[float | None, typer.Option(help="fedadam: server Adam step size [0.01]")] = None,
@@ -129,16 +174,36 @@ def asr_federate(
     eval_clips: Annotated[int | None, typer.Option(min=0, help="validation clips decoded every round (0: all) [100]")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="encoder-output caches [$FEDWHISPER_HOME/cache/asr-federated]")] = None,
     seed: Annotated[int | None, typer.Option(help="[0]")] = None,
-    algorithm: Annotated[str | None, typer.Option(help="fedavg (one model for all: --mode, --strategy), or with device tiers: "
-                                                       "fedkad, fedmd, fedavg-uniform (the weakest tier's model for all), "
-                                                       "fedavg-large (full-size model; devices that cannot train it are left out) [fedavg]")] = None,
-    tiers: Annotated[str | None, typer.Option(help="device tier:share of the clients (pi, phone, laptop) [pi:0.4,phone:0.4,laptop:0.2]")] = None,
-    tier_costs: Annotated[str | None, typer.Option(help="seconds per training sample by decoder layers, e.g. 1:0.1,4:0.2 [measured]")] = None,
-    proxy: Annotated[Path | None, typer.Option(help="fedkad/fedmd: prepared features of the server's public corpus (voices and sentences no client has)")] = None,
-    upper_blocks: Annotated[int | None, typer.Option(min=1, help="fedkad: top decoder blocks a client trains and sends [1]")] = None,
-    server_steps: Annotated[int | None, typer.Option(min=1, help="fedkad: server distillation steps a round, per model [10]")] = None,
-    init_steps: Annotated[int | None, typer.Option(min=0, help="with --proxy: the smaller tiers' models distilled from the teacher first [200]")] = None,
-    kd_learning_rate: Annotated[float | None, typer.Option(help="fedkad distillation / fedmd digest learning rate [0.0005]")] = None,
+    algorithm: Annotated[
+        str | None,
+        typer.Option(
+            help="fedavg (one model for all: --mode, --strategy), or with device tiers: "
+            "fedkad, fedmd, fedavg-uniform (the weakest tier's model for all), "
+            "fedavg-large (full-size model; devices that cannot train it are left out) [fedavg]"
+        ),
+    ] = None,
+    tiers: Annotated[
+        str | None, typer.Option(help="device tier:share of the clients (pi, phone, laptop) [pi:0.4,phone:0.4,laptop:0.2]")
+    ] = None,
+    tier_costs: Annotated[
+        str | None, typer.Option(help="seconds per training sample by decoder layers, e.g. 1:0.1,4:0.2 [measured]")
+    ] = None,
+    proxy: Annotated[
+        Path | None,
+        typer.Option(help="fedkad/fedmd: prepared features of the server's public corpus (voices and sentences no client has)"),
+    ] = None,
+    upper_blocks: Annotated[
+        int | None, typer.Option(min=1, help="fedkad: top decoder blocks a client trains and sends [1]")
+    ] = None,
+    server_steps: Annotated[
+        int | None, typer.Option(min=1, help="fedkad: server distillation steps a round, per model [10]")
+    ] = None,
+    init_steps: Annotated[
+        int | None, typer.Option(min=0, help="with --proxy: the smaller tiers' models distilled from the teacher first [200]")
+    ] = None,
+    kd_learning_rate: Annotated[
+        float | None, typer.Option(help="fedkad distillation / fedmd digest learning rate [0.0005]")
+    ] = None,
     public_clips: Annotated[int | None, typer.Option(min=1, help="fedmd: public clips a round [32]")] = None,
     top_k: Annotated[int | None, typer.Option(min=1, help="fedmd: logits sent per token [10]")] = None,
     verbose: Annotated[bool, typer.Option(help="show Flower's and Ray's logs")] = False,
@@ -150,26 +215,64 @@ def asr_federate(
     from fedwhisper.fl.asr_app import simulate
 
     run_dir, config = resumable_run(
-        "asr-fed", resume, run_dir, "features", "FEATURES",
-        features=str(features.resolve()) if features else None, model=model, mode=mode, lora_rank=lora_rank, lora_alpha=lora_alpha,
-        lora_modules=lora_modules, top_blocks=top_blocks, window=window, num_clients=num_clients, clients_per_round=clients_per_round,
-        rounds=rounds, local_steps=local_steps, batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer,
-        lr_schedule=lr_schedule, strategy=strategy, server_learning_rate=server_learning_rate, server_momentum=server_momentum,
-        fedadam_eta=fedadam_eta, proximal_mu=proximal_mu,
-        eval_clips=eval_clips, cache_dir=str(cache_dir) if cache_dir else None, seed=seed, algorithm=algorithm, tiers=tiers,
-        tier_costs=tier_costs, proxy=str(proxy.resolve()) if proxy else None, upper_blocks=upper_blocks, init_steps=init_steps, server_steps=server_steps,
-        kd_learning_rate=kd_learning_rate, public_clips=public_clips, top_k=top_k)
+        "asr-fed",
+        resume,
+        run_dir,
+        "features",
+        "FEATURES",
+        features=str(features.resolve()) if features else None,
+        model=model,
+        mode=mode,
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
+        lora_modules=lora_modules,
+        top_blocks=top_blocks,
+        window=window,
+        num_clients=num_clients,
+        clients_per_round=clients_per_round,
+        rounds=rounds,
+        local_steps=local_steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        optimizer=optimizer,
+        lr_schedule=lr_schedule,
+        strategy=strategy,
+        server_learning_rate=server_learning_rate,
+        server_momentum=server_momentum,
+        fedadam_eta=fedadam_eta,
+        proximal_mu=proximal_mu,
+        eval_clips=eval_clips,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        seed=seed,
+        algorithm=algorithm,
+        tiers=tiers,
+        tier_costs=tier_costs,
+        proxy=str(proxy.resolve()) if proxy else None,
+        upper_blocks=upper_blocks,
+        init_steps=init_steps,
+        server_steps=server_steps,
+        kd_learning_rate=kd_learning_rate,
+        public_clips=public_clips,
+        top_k=top_k,
+    )
     options = AsrFederationOptions.from_config(config)
     run = simulate(options, run_dir, resume=bool(resume), on_round=_print_federated_round, verbose=verbose)
     if options.algorithm != "fedavg":
         tested = json.loads((run.path / "test.json").read_text()) if (run.path / "test.json").is_file() else {}
         for group, result in tested.items():
-            console.print(f"{group} model ({', '.join(result['tiers'])}): test WER {result['wer']:.2%} over {result['clips']} held-out clips")
-        console.print(f"models in {run.path / 'models'}" if tested else f"fedmd: each client keeps its own model; metrics in {run.path}")
+            console.print(
+                f"{group} model ({', '.join(result['tiers'])}): test WER {result['wer']:.2%} over {result['clips']} held-out "
+                "clips"
+            )
+        console.print(
+            f"models in {run.path / 'models'}" if tested else f"fedmd: each client keeps its own model; metrics in {run.path}"
+        )
         return
     test = json.loads((run.path / "test.json").read_text())
     tested = f"; test WER {test['wer']:.2%} over {test['clips']} held-out clips" if "wer" in test else ""
-    console.print(f"best validation WER {test['validation_wer']:.2%} at round {test['round']}{tested}; model in {run_dir / 'best'}")
+    console.print(
+        f"best validation WER {test['validation_wer']:.2%} at round {test['round']}{tested}; model in {run_dir / 'best'}"
+    )
 
 
 @app.command("evaluate")
@@ -177,18 +280,33 @@ def asr_evaluate(
     data: Annotated[Path, typer.Argument(help="prepared features (`asr prepare`) or a corpus directory")],
     model: Annotated[str, typer.Option(help="packaged name, model directory (e.g. RUN/best) or hub id")] = "tiny.en",
     split: Annotated[str, typer.Option(help="which split")] = "test",
-    language: Annotated[str | None, typer.Option(help="multilingual models: the spoken language [from the features, or detected]")] = None,
+    language: Annotated[
+        str | None, typer.Option(help="multilingual models: the spoken language [from the features, or detected]")
+    ] = None,
     task: Annotated[str, typer.Option(help="transcribe or translate")] = "transcribe",
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     num_beams: Annotated[int, typer.Option(min=1)] = 1,
     limit: Annotated[int, typer.Option(min=0, help="first N clips only (0: all)")] = 0,
-    window: Annotated[str | None, typer.Option(help="encoder window: full (Whisper's 30 s) or clip (the clip's length) [the one "
-                                                    "the model was fine-tuned on; full for others]")] = None,
-    backend: Annotated[str, typer.Option(help="transformers, or ctranslate2 (faster-whisper on the model's CTranslate2 "
-                                              "export)")] = "transformers",
-    assistant: Annotated[str | None, typer.Option(help="a student of --model drafting tokens that --model checks (speculative "
-                                                       "decoding: same transcripts, one clip at a time)")] = None,
-    csv_out: Annotated[Path | None, typer.Option("--csv", help="per-utterance CSV [DATA-SPLIT-wer.csv in the current directory]")] = None,
+    window: Annotated[
+        str | None,
+        typer.Option(
+            help="encoder window: full (Whisper's 30 s) or clip (the clip's length) [the one "
+            "the model was fine-tuned on; full for others]"
+        ),
+    ] = None,
+    backend: Annotated[
+        str, typer.Option(help="transformers, or ctranslate2 (faster-whisper on the model's CTranslate2 export)")
+    ] = "transformers",
+    assistant: Annotated[
+        str | None,
+        typer.Option(
+            help="a student of --model drafting tokens that --model checks (speculative "
+            "decoding: same transcripts, one clip at a time)"
+        ),
+    ] = None,
+    csv_out: Annotated[
+        Path | None, typer.Option("--csv", help="per-utterance CSV [DATA-SPLIT-wer.csv in the current directory]")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing CSV")] = False,
 ) -> None:
     """WER and CER (after Whisper's normalisers) with batched generation; a per-utterance CSV."""
@@ -204,9 +322,13 @@ def asr_evaluate(
     for speaker, wer in speaker_wer(result["rows"], result["language"]).items():
         table.add_row(escape(speaker or "-"), f"{wer:.2%}")
     console.print(table)
-    console.print(f"WER {result['wer']:.2%}  CER {result['cer']:.2%} over {result['clips']} clips; {result['audio_seconds']:.0f} s of audio "
-                  f"in {result['seconds']:.1f} s ({result['audio_seconds'] / result['seconds']:.1f}x real time, {result['window']} windows, "
-                  f"{backend}); per-utterance CSV {csv_out}")
+    console.print(
+        f"WER {result['wer']:.2%}  CER {result['cer']:.2%} over {result['clips']} clips; {result['audio_seconds']:.0f} s of "
+        "audio "
+        f"in {result['seconds']:.1f} s ({result['audio_seconds'] / result['seconds']:.1f}x real time, {result['window']} "
+        "windows, "
+        f"{backend}); per-utterance CSV {csv_out}"
+    )
 
 
 @app.command("tune")
@@ -230,14 +352,37 @@ def asr_tune(
     from fedwhisper.asr.tune import TuneOptions, tune
 
     _, manifest = load_features(features)
-    base = TrainConfig.from_dict(dict(mode=mode, batch_size=batch_size, eval_every=eval_every, log_every=eval_every, eval_clips=eval_clips,
-                              language=manifest["options"]["language"], seed=seed))
-    report = tune(model, features, out, base, TuneOptions(trials=trials, sampler=sampler, min_steps=min_steps, max_steps=max_steps, seed=seed))
+    base = TrainConfig.from_dict(
+        dict(
+            mode=mode,
+            batch_size=batch_size,
+            eval_every=eval_every,
+            log_every=eval_every,
+            eval_clips=eval_clips,
+            language=manifest["options"]["language"],
+            seed=seed,
+        )
+    )
+    report = tune(
+        model,
+        features,
+        out,
+        base,
+        TuneOptions(trials=trials, sampler=sampler, min_steps=min_steps, max_steps=max_steps, seed=seed),
+    )
     table = Table("trial", "state", "WER", "parameters", "last step", title=report["metric"])
     for trial in report["trials"]:
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial["params"].items())
-        table.add_row(str(trial["number"]), trial["state"], f"{trial['wer']:.2%}" if trial["wer"] is not None else "-", escape(params), str(trial["last_step"] or "-"))
+        table.add_row(
+            str(trial["number"]),
+            trial["state"],
+            f"{trial['wer']:.2%}" if trial["wer"] is not None else "-",
+            escape(params),
+            str(trial["last_step"] or "-"),
+        )
     console.print(table)
     if report["best"]:
-        console.print(f"best: trial {report['best']['trial']}, WER {report['best']['wer']:.2%}, model {report['best']['model_dir']}")
+        console.print(
+            f"best: trial {report['best']['trial']}, WER {report['best']['wer']:.2%}, model {report['best']['model_dir']}"
+        )
     console.print(f"report in {out / 'report.json'}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -10,7 +11,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-console = Console()
+# Piped to a file or another program, rich would fold every line and fit every table to 80 columns: lines stay whole
+# and tables take the width their cells need.
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 1000)
 
 
 def fail(message: str) -> typer.Exit:
@@ -45,7 +48,9 @@ def given_options(**options) -> dict:
     return {key: value for key, value in options.items() if value is not None}
 
 
-def resumable_run(prefix: str, resume: Path | None, run_dir: Path | None, data_key: str, data_label: str, **options) -> tuple[Path, dict]:
+def resumable_run(
+    prefix: str, resume: Path | None, run_dir: Path | None, data_key: str, data_label: str, **options
+) -> tuple[Path, dict]:
     """A federation's run directory and config: a resumed run's saved options, overridden by the options given (None:
     not given); a fresh run needs its data (``data_key``) and gets ``RUNS/PREFIX-TIME`` unless ``run_dir`` is given."""
     from fedwhisper.errors import FedwhisperError

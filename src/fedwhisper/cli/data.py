@@ -22,7 +22,9 @@ def _engines(value: str | None) -> tuple[str, ...] | None:
 @app.command("synth-kws")
 def data_synth_kws(
     out: Annotated[Path, typer.Argument(help="corpus directory to write (resumed if it exists)")],
-    speakers: Annotated[int, typer.Option(min=1, help="number of synthetic speakers (the original has ~2,100 in train+val+test)")] = 200,
+    speakers: Annotated[
+        int, typer.Option(min=1, help="number of synthetic speakers (the original has ~2,100 in train+val+test)")
+    ] = 200,
     repeats: Annotated[int, typer.Option(min=1, help="clips of each word per speaker")] = 1,
     words: Annotated[str | None, typer.Option(help="comma-separated words (default: the 35 of Speech Commands v0.02)")] = None,
     noise_seconds: Annotated[float, typer.Option(min=0.0, help="length of each background-noise file")] = 60.0,
@@ -35,7 +37,9 @@ def data_synth_kws(
     from fedwhisper.data.synth_kws import KwsSynthesisOptions, synthesize_speech_commands
 
     word_list = tuple(w.strip() for w in words.split(",") if w.strip()) if words else WORDS
-    options = KwsSynthesisOptions(speakers=speakers, words=word_list, repeats=repeats, seed=seed, noise_seconds=noise_seconds, engines=_engines(engines))
+    options = KwsSynthesisOptions(
+        speakers=speakers, words=word_list, repeats=repeats, seed=seed, noise_seconds=noise_seconds, engines=_engines(engines)
+    )
     report = synthesize_speech_commands(out, options, workers)
     _print_report(out, report)
 
@@ -56,8 +60,13 @@ def data_synth_asr(
     from fedwhisper.data.synth_asr import AsrSynthesisOptions, synthesize_audiofolder
 
     options = AsrSynthesisOptions(
-        language=language, sentences=sentences, speakers=speakers, test_speakers=test_speakers,
-        seed=seed, text=str(text) if text else None, engines=_engines(engines),
+        language=language,
+        sentences=sentences,
+        speakers=speakers,
+        test_speakers=test_speakers,
+        seed=seed,
+        text=str(text) if text else None,
+        engines=_engines(engines),
     )
     report = synthesize_audiofolder(out, options, workers)
     _print_report(out, report)
@@ -76,7 +85,9 @@ def _print_report(out: Path, report) -> None:
 
 
 @app.command("info")
-def data_info(source: Annotated[str, typer.Argument(help="corpus directory (Speech Commands, Common Voice, audiofolder) or hub id")]) -> None:
+def data_info(
+    source: Annotated[str, typer.Argument(help="corpus directory (Speech Commands, Common Voice, audiofolder) or hub id")],
+) -> None:
     """Which layout a corpus follows, and its splits, sizes and speakers."""
     from fedwhisper.data.corpus import corpus_kind, load_corpus
 
@@ -113,5 +124,7 @@ def data_check(
         write_json(report, bad)
         console.print(f"list written to {report}")
     if bad:
-        raise FedwhisperError(f"{len(bad)} of {total} clips are bad ({'listed in ' + str(report) if report else 'see above'}); "
-                              "training and federation skip them")
+        raise FedwhisperError(
+            f"{len(bad)} of {total} clips are bad ({'listed in ' + str(report) if report else 'see above'}); "
+            "training and federation skip them"
+        )

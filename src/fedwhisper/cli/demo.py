@@ -20,15 +20,19 @@ def demo(
     if job == "kws":
         from fedwhisper.demo import DEMO_KWS_CORPUS, run_kws_demo
 
-        console.print(f"Federated keyword spotting: {DEMO_KWS_CORPUS.speakers} synthetic speakers, training speakers grouped into "
-                      f"100 clients, 10 sampled per round, 10 rounds of FedAvg; frozen {model} encoder on a 1-s window, "
-                      f"only the small head is trained and shared. Accuracy is on speakers no client holds.")
+        console.print(
+            f"Federated keyword spotting: {DEMO_KWS_CORPUS.speakers} synthetic speakers, training speakers grouped into "
+            f"100 clients, 10 sampled per round, 10 rounds of FedAvg; frozen {model} encoder on a 1-s window, "
+            f"only the small head is trained and shared. Accuracy is on speakers no client holds."
+        )
         started = time.perf_counter()
         run = run_kws_demo(model, on_round=print_round)
         final = run.rows[-1]
-        console.print(f"held-out speakers after {final['round']} rounds: test accuracy {final['test_accuracy']:.2%} "
-                      f"(validation {final['validation_accuracy']:.2%}); {time.perf_counter() - started:.0f} s in all; "
-                      f"metrics, plot and head in {run.path}")
+        console.print(
+            f"held-out speakers after {final['round']} rounds: test accuracy {final['test_accuracy']:.2%} "
+            f"(validation {final['validation_accuracy']:.2%}); {time.perf_counter() - started:.0f} s in all; "
+            f"metrics, plot and head in {run.path}"
+        )
         return
     if job != "asr":
         raise fail(f"unknown demo {job!r}: kws or asr")

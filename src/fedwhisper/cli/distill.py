@@ -20,7 +20,9 @@ def distill_student(
     out: Annotated[Path, typer.Option(help="the student's model directory")],
     teacher: Annotated[str, typer.Option(help="packaged name, model directory (e.g. RUN/best) or hub id")] = "tiny.en",
     decoder_layers: Annotated[int, typer.Option(min=1, help="decoder layers kept: evenly spaced, first and last included")] = 2,
-    encoder_layers: Annotated[int | None, typer.Option(min=1, help="encoder layers kept [all: the encoder stays the teacher's]")] = None,
+    encoder_layers: Annotated[
+        int | None, typer.Option(min=1, help="encoder layers kept [all: the encoder stays the teacher's]")
+    ] = None,
 ) -> None:
     """A student initialised from its teacher: its encoder, and decoder layers linspace(0, L-1, n)."""
     from fedwhisper.distill import make_student
@@ -31,15 +33,26 @@ def distill_student(
 
 @app.command("label")
 def distill_label(
-    source: Annotated[Path, typer.Argument(help="prepared features (`asr prepare` with the teacher's tokenizer), or a corpus (an "
-                                                "audiofolder: transcripts optional)")],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="prepared features (`asr prepare` with the teacher's tokenizer), or a corpus (an "
+            "audiofolder: transcripts optional)"
+        ),
+    ],
     out: Annotated[Path, typer.Option(help="the pseudo-labelled features (same layout)")],
     teacher: Annotated[str, typer.Option(help="packaged name, model directory (e.g. RUN/best) or hub id")] = "tiny.en",
-    wer_threshold: Annotated[float | None, typer.Option(min=0.0, help="drop a clip whose label's WER against its reference exceeds this (%%)")] = 10.0,
+    wer_threshold: Annotated[
+        float | None, typer.Option(min=0.0, help="drop a clip whose label's WER against its reference exceeds this (%%)")
+    ] = 10.0,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    window: Annotated[str, typer.Option(help="encoder window: full (Whisper's 30 s) or clip (for a teacher trained on clip windows)")] = "full",
+    window: Annotated[
+        str, typer.Option(help="encoder window: full (Whisper's 30 s) or clip (for a teacher trained on clip windows)")
+    ] = "full",
     language: Annotated[str, typer.Option(help="a corpus's language (features carry their own)")] = "en",
-    backend: Annotated[str, typer.Option(help="transformers, or ctranslate2: faster-whisper on the teacher's int8 export (faster on a CPU)")] = "transformers",
+    backend: Annotated[
+        str, typer.Option(help="transformers, or ctranslate2: faster-whisper on the teacher's int8 export (faster on a CPU)")
+    ] = "transformers",
 ) -> None:
     """Greedy pseudo-labels from the teacher for every training clip; labels far from their reference dropped and
     reported, clips without a reference all kept. Validation and test keep their references (a split with none takes
@@ -54,14 +67,21 @@ def distill_label(
 
 @app.command("train")
 def distill_train(
-    labelled: Annotated[Path | None, typer.Argument(help="pseudo-labelled features (`distill label`); not needed with --resume")] = None,
+    labelled: Annotated[
+        Path | None, typer.Argument(help="pseudo-labelled features (`distill label`); not needed with --resume")
+    ] = None,
     student: Annotated[str | None, typer.Option(help="the student's model directory (`distill student`)")] = None,
     teacher: Annotated[str | None, typer.Option(help="the teacher that labelled the features")] = None,
     out: Annotated[Path | None, typer.Option(help="run directory: checkpoints, metrics.csv, curves.png, best/")] = None,
     resume: Annotated[Path | None, typer.Option(help="continue this run directory exactly where it stopped")] = None,
-    mode: Annotated[str, typer.Option(help="decoder-only: the decoder blocks train, the token embeddings (tied to the output "
-                                            "projection) stay the teacher's; frozen-encoder: the whole decoder trains. A student with "
-                                            "fewer encoder layers than its teacher trains whole")] = "decoder-only",
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="decoder-only: the decoder blocks train, the token embeddings (tied to the output "
+            "projection) stay the teacher's; frozen-encoder: the whole decoder trains. A student with "
+            "fewer encoder layers than its teacher trains whole"
+        ),
+    ] = "decoder-only",
     learning_rate: Annotated[float, typer.Option()] = 5e-4,
     warmup_steps: Annotated[int, typer.Option(min=0)] = 20,
     max_steps: Annotated[int, typer.Option(min=1, help="optimizer steps")] = 300,
@@ -73,7 +93,9 @@ def distill_train(
     save_every: Annotated[int, typer.Option(min=1, help="steps between checkpoints")] = 100,
     eval_clips: Annotated[int, typer.Option(min=0, help="evaluation clips (0: the whole split)")] = 200,
     seed: Annotated[int, typer.Option()] = 0,
-    window: Annotated[str, typer.Option(help="encoder window: full (Whisper's 30 s, outputs cached once) or clip (the clip's length)")] = "full",
+    window: Annotated[
+        str, typer.Option(help="encoder window: full (Whisper's 30 s, outputs cached once) or clip (the clip's length)")
+    ] = "full",
 ) -> None:
     """Distil the teacher into the student: 0.8·CE + 1.0·KL·T² (T = 2), encoder outputs computed once and shared."""
     from fedwhisper.asr.train import TrainConfig
@@ -82,9 +104,23 @@ def distill_train(
 
     if mode not in ("decoder-only", "frozen-encoder"):
         raise FedwhisperError(f"--mode must be one of decoder-only, frozen-encoder (got {mode!r})")
-    config = None if resume else TrainConfig(mode=mode, learning_rate=learning_rate, warmup_steps=warmup_steps, max_steps=max_steps,
-                                             batch_size=batch_size, eval_every=eval_every, save_every=save_every, log_every=min(10, eval_every),
-                                             eval_clips=eval_clips or None, seed=seed, window=window)
+    config = (
+        None
+        if resume
+        else TrainConfig(
+            mode=mode,
+            learning_rate=learning_rate,
+            warmup_steps=warmup_steps,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            eval_every=eval_every,
+            save_every=save_every,
+            log_every=min(10, eval_every),
+            eval_clips=eval_clips or None,
+            seed=seed,
+            window=window,
+        )
+    )
     loss = DistillLoss(ce_weight=ce_weight, kl_weight=kl_weight, temperature=temperature)
     out = resume or out or runs_root() / f"distill-{time.strftime('%Y%m%d-%H%M%S')}"
     console.print(f"run directory: {out}")

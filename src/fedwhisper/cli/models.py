@@ -11,7 +11,9 @@ from rich.table import Table
 
 from fedwhisper.cli.common import console
 
-app = typer.Typer(help="Pretrained Whisper: list and import packaged checkpoints; export any model to CTranslate2.", no_args_is_help=True)
+app = typer.Typer(
+    help="Pretrained Whisper: list and import packaged checkpoints; export any model to CTranslate2.", no_args_is_help=True
+)
 
 
 @app.command("list")
@@ -50,7 +52,9 @@ def models_import(
 
 @app.command("export")
 def models_export(
-    model: Annotated[str, typer.Argument(help="packaged name, transformers model directory (e.g. RUN/best, a student) or hub id")],
+    model: Annotated[
+        str, typer.Argument(help="packaged name, transformers model directory (e.g. RUN/best, a student) or hub id")
+    ],
     out: Annotated[Path, typer.Option(help="the CTranslate2 directory to write")],
     quantization: Annotated[str, typer.Option(help="int8, int8_float32 or float32")] = "int8",
     force: Annotated[bool, typer.Option(help="convert again even if a finished export of this model exists")] = False,

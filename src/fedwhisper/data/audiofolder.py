@@ -8,7 +8,7 @@ import csv
 import json
 from pathlib import Path
 
-from fedwhisper.data.corpus import audio_dataset
+from fedwhisper.data.corpus import audio_dataset, with_skipped
 from fedwhisper.errors import FedwhisperError
 
 METADATA_NAMES = ("metadata.csv", "metadata.jsonl")
@@ -85,6 +85,4 @@ def read_audiofolder(root: str | Path):
         columns, missing = _split_rows(metadata)
         corpus[split] = audio_dataset(columns, {name: "string" for name in columns if name != "audio"})
         skipped += missing
-    corpus = datasets.DatasetDict(corpus)
-    corpus.skipped_files = skipped
-    return corpus
+    return with_skipped(datasets.DatasetDict(corpus), skipped, root, "metadata rows name audio files that do not exist")

@@ -24,7 +24,9 @@ def check_corpus(source, max_seconds: float = 30.0, num_proc: int | None = None)
         if len(dataset) == 0:
             continue
         processes = min(num_proc or os.cpu_count() or 1, len(dataset))
-        probed = dataset.map(_probe, fn_kwargs={"max_seconds": max_seconds}, num_proc=processes if processes > 1 else None, desc=f"check {split}")
+        probed = dataset.map(
+            _probe, fn_kwargs={"max_seconds": max_seconds}, num_proc=processes if processes > 1 else None, desc=f"check {split}"
+        )
         total += len(probed)
         for path_entry, error in zip(probed["audio"], probed["error"]):
             if error:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from fedwhisper.data.corpus import audio_dataset
+from fedwhisper.data.corpus import audio_dataset, with_skipped
 from fedwhisper.errors import FedwhisperError
 
 SPLIT_FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
@@ -46,6 +46,4 @@ def read_common_voice(root: str | Path):
                 columns["transcription"].append(row["sentence"] or "")
                 columns["speaker_id"].append(row["client_id"] or "")
         corpus[split] = audio_dataset(columns, {"transcription": "string", "speaker_id": "string"})
-    corpus = datasets.DatasetDict(corpus)
-    corpus.skipped_files = skipped
-    return corpus
+    return with_skipped(datasets.DatasetDict(corpus), skipped, root, "rows name clips that do not exist")

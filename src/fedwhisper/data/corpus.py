@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from fedwhisper.errors import FedwhisperError
 
 AUDIO_COLUMN = "audio"
+log = logging.getLogger("fedwhisper.data")
+
+
+def with_skipped(corpus, skipped: list[str], source: str | Path, why: str):
+    """``corpus`` with ``skipped_files`` (what ``data info`` and ``data check`` list), and one warning line saying what
+    was left out and why: a reader never drops a row in silence."""
+    corpus.skipped_files = skipped
+    if skipped:
+        shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        log.warning("%s: %d %s, left out: %s", source, len(skipped), why, shown)
+    return corpus
 
 
 def audio_dataset(columns: dict[str, list], value_types: dict[str, str]):
@@ -65,11 +77,17 @@ def corpus_kind(source: str | Path) -> str:
 
     path = Path(source)
     if path.is_dir():
-        for kind, matches in (("speech_commands", is_speech_commands), ("common_voice", is_common_voice), ("audiofolder", is_audiofolder)):
+        for kind, matches in (
+            ("speech_commands", is_speech_commands),
+            ("common_voice", is_common_voice),
+            ("audiofolder", is_audiofolder),
+        ):
             if matches(path):
                 return kind
         raise FedwhisperError(f"{path}: not a Speech Commands, Common Voice or audiofolder directory")
-    if path.exists() or str(source).startswith((".", "/", "~")):
+    if path.exists():
+        raise FedwhisperError(f"{source}: a file, not a corpus directory (give the folder that holds the corpus)")
+    if str(source).startswith((".", "/", "~")):
         raise FedwhisperError(f"{source}: corpus directory not found")
     return "hub"
 

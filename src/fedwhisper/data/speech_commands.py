@@ -11,13 +11,45 @@ import hashlib
 import re
 from pathlib import Path
 
-from fedwhisper.data.corpus import audio_dataset
+from fedwhisper.data.corpus import audio_dataset, with_skipped
 from fedwhisper.errors import FedwhisperError
 
 WORDS = (
-    "backward", "bed", "bird", "cat", "dog", "down", "eight", "five", "follow", "forward", "four", "go",
-    "happy", "house", "learn", "left", "marvin", "nine", "no", "off", "on", "one", "right", "seven",
-    "sheila", "six", "stop", "three", "tree", "two", "up", "visual", "wow", "yes", "zero",
+    "backward",
+    "bed",
+    "bird",
+    "cat",
+    "dog",
+    "down",
+    "eight",
+    "five",
+    "follow",
+    "forward",
+    "four",
+    "go",
+    "happy",
+    "house",
+    "learn",
+    "left",
+    "marvin",
+    "nine",
+    "no",
+    "off",
+    "on",
+    "one",
+    "right",
+    "seven",
+    "sheila",
+    "six",
+    "stop",
+    "three",
+    "tree",
+    "two",
+    "up",
+    "visual",
+    "wow",
+    "yes",
+    "zero",
 )
 COMMANDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 BACKGROUND_NOISE_DIR = "_background_noise_"
@@ -88,5 +120,4 @@ def read_speech_commands(root: str | Path):
         raise FedwhisperError(f"{root}: no <word>/<speaker>_nohash_<n>.wav files found")
     types = {"label": "string", "speaker_id": "string", "utterance": "int32"}
     corpus = datasets.DatasetDict({split: audio_dataset(data, types) for split, data in columns.items()})
-    corpus.skipped_files = skipped  # names that do not follow the layout, reported by `data info`
-    return corpus
+    return with_skipped(corpus, skipped, root, "files do not follow the <word>/<speaker>_nohash_<n>.wav layout")

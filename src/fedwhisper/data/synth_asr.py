@@ -32,11 +32,15 @@ class AsrSynthesisOptions:
     snr_db: tuple[float, float] = (10.0, 30.0)
 
 
-def synthesize_audiofolder(out: str | Path, options: AsrSynthesisOptions = AsrSynthesisOptions(), workers: int | None = None) -> SynthesisReport:
+def synthesize_audiofolder(
+    out: str | Path, options: AsrSynthesisOptions = AsrSynthesisOptions(), workers: int | None = None
+) -> SynthesisReport:
     """Write ``out/train`` and ``out/test`` audiofolders (wav + metadata.csv); resumes where a run stopped."""
     out = Path(out)
     if not 0 < options.test_speakers < options.speakers:
-        raise FedwhisperError(f"test speakers ({options.test_speakers}) must be between 1 and speakers - 1 ({options.speakers - 1})")
+        raise FedwhisperError(
+            f"test speakers ({options.test_speakers}) must be between 1 and speakers - 1 ({options.speakers - 1})"
+        )
     pool = load_sentences(options.language, options.text)
     if len(pool) < options.sentences:
         raise FedwhisperError(f"the text source has {len(pool)} usable sentences, fewer than the {options.sentences} asked for")
@@ -58,8 +62,15 @@ def synthesize_audiofolder(out: str | Path, options: AsrSynthesisOptions = AsrSy
             speaker = f"{options.language}{v:04d}"
             voice = voices[v]
             rows[split].append(
-                {"file_name": f"{speaker}/{speaker}-{i:05d}.wav", "transcription": text, "speaker_id": speaker,
-                 "engine": voice.engine, "voice": voice.name, "_voice": v, "_index": i}
+                {
+                    "file_name": f"{speaker}/{speaker}-{i:05d}.wav",
+                    "transcription": text,
+                    "speaker_id": speaker,
+                    "engine": voice.engine,
+                    "voice": voice.name,
+                    "_voice": v,
+                    "_index": i,
+                }
             )
     write_json(out / "speakers.json", {f"{options.language}{v:04d}": voices[v].describe() for v in range(options.speakers)})
 
@@ -75,7 +86,9 @@ def synthesize_audiofolder(out: str | Path, options: AsrSynthesisOptions = AsrSy
         speech = voices[row["_voice"]].synthesize(row["transcription"])
         speech = np.pad(speech, (int(rng.integers(800, 4000)), int(rng.integers(800, 4000))))
         if rng.random() < options.noise_probability:
-            speech = noise.mix_at_snr(speech, noise.coloured_noise(rng, speech.size, float(rng.uniform(0, 2))), rng.uniform(*options.snr_db))
+            speech = noise.mix_at_snr(
+                speech, noise.coloured_noise(rng, speech.size, float(rng.uniform(0, 2))), rng.uniform(*options.snr_db)
+            )
         write_audio(target(task), speech)
 
     report = run_tasks(tasks, target, work, workers, f"synth-asr ({options.language})")
@@ -83,7 +96,9 @@ def synthesize_audiofolder(out: str | Path, options: AsrSynthesisOptions = AsrSy
     for split, split_rows in rows.items():
         # metadata lists only clips that exist, so readers never meet a missing file
         with open(out / split / "metadata.csv", "w", newline="", encoding="utf-8") as stream:
-            writer = csv.DictWriter(stream, fieldnames=["file_name", "transcription", "speaker_id", "engine", "voice"], extrasaction="ignore")
+            writer = csv.DictWriter(
+                stream, fieldnames=["file_name", "transcription", "speaker_id", "engine", "voice"], extrasaction="ignore"
+            )
             writer.writeheader()
             writer.writerows(r for r in split_rows if str(out / split / r["file_name"]) not in failed)
     write_json(out / "synthesis_report.json", report.as_dict())

@@ -73,7 +73,9 @@ def _babble_utterances(rng: np.random.Generator, voices: list[Voice], words: tup
     return [voice.synthesize(" ".join(rng.choice(words, size=6))) for voice in talkers]
 
 
-def synthesize_speech_commands(out: str | Path, options: KwsSynthesisOptions = KwsSynthesisOptions(), workers: int | None = None) -> SynthesisReport:
+def synthesize_speech_commands(
+    out: str | Path, options: KwsSynthesisOptions = KwsSynthesisOptions(), workers: int | None = None
+) -> SynthesisReport:
     """Write a Speech Commands v0.02-style corpus to ``out``; resumes where a previous run stopped."""
     out = Path(out)
     voices = speaker_voices(options.speakers, "en", options.seed, options.engines)

@@ -39,9 +39,15 @@ def _clean(candidates, language: str) -> list[str]:
 
 
 def english_sentences() -> list[str]:
-    files = [p for p in FORTUNES_DIR.glob("*") if p.is_file() and not p.suffix and not p.is_symlink()] if FORTUNES_DIR.is_dir() else []
+    files = (
+        [p for p in FORTUNES_DIR.glob("*") if p.is_file() and not p.suffix and not p.is_symlink()]
+        if FORTUNES_DIR.is_dir()
+        else []
+    )
     if not files:
-        raise TextSourceError(f"no English text source: install the Debian package 'fortunes' ({FORTUNES_DIR}) or pass --text FILE")
+        raise TextSourceError(
+            f"no English text source: install the Debian package 'fortunes' ({FORTUNES_DIR}) or pass --text FILE"
+        )
     entries = []
     for path in sorted(files):
         for entry in path.read_text(encoding="utf-8", errors="replace").split("\n%\n"):

@@ -79,12 +79,21 @@ def _espeak(voice: Voice, text: str) -> bytes:
 def _flite(voice: Voice, text: str) -> bytes:
     with tempfile.TemporaryDirectory(prefix="fedwhisper-flite-") as tmp:
         out = Path(tmp) / "speech.wav"
-        _run([
-            "flite", "-voice", voice.name,
-            "--setf", f"duration_stretch={1 / voice.rate:.3f}",
-            "--setf", f"int_f0_target_mean={110 * voice.pitch:.1f}",
-            "-t", text, "-o", str(out),
-        ])
+        _run(
+            [
+                "flite",
+                "-voice",
+                voice.name,
+                "--setf",
+                f"duration_stretch={1 / voice.rate:.3f}",
+                "--setf",
+                f"int_f0_target_mean={110 * voice.pitch:.1f}",
+                "-t",
+                text,
+                "-o",
+                str(out),
+            ]
+        )
         return out.read_bytes()
 
 

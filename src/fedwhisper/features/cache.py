@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from fedwhisper.files import atomic_path, write_json
+
+log = logging.getLogger("fedwhisper.features")
 
 
 def content_key(entry) -> str:
@@ -54,11 +57,16 @@ class FeatureCache:
             try:
                 keys = json.loads(keys_file.read_text())
                 rows = np.load(self._chunk_path(chunk), mmap_mode="r")
-            except (OSError, ValueError):
-                continue  # damaged: its clips are encoded again
-            if len(keys) == len(rows):
-                self._chunks[chunk] = rows
-                self._where.update((key, (chunk, row)) for row, key in enumerate(keys))
+            except (OSError, ValueError) as error:
+                log.warning("%s: damaged cache chunk left out, its rows are encoded again (%s)", keys_file, error)
+                continue
+            if len(keys) != len(rows):
+                log.warning(
+                    "%s: %d keys for %d rows, chunk left out; its rows are encoded again", keys_file, len(keys), len(rows)
+                )
+                continue
+            self._chunks[chunk] = rows
+            self._where.update((key, (chunk, row)) for row, key in enumerate(keys))
 
     def __len__(self) -> int:
         self._refresh()
@@ -95,7 +103,9 @@ class FeatureCache:
         """The stored rows of ``keys``, in order (KeyError for a key not stored)."""
         return np.stack([self._chunks[chunk][row] for chunk, row in (self._where[key] for key in keys)])
 
-    def get_or_compute(self, keys: Sequence[str], compute: Callable[[list[int]], np.ndarray], chunk_rows: int = 1024) -> tuple[np.ndarray, int]:
+    def get_or_compute(
+        self, keys: Sequence[str], compute: Callable[[list[int]], np.ndarray], chunk_rows: int = 1024
+    ) -> tuple[np.ndarray, int]:
         """Rows for ``keys`` in order, calling ``compute(indices)`` (indices into ``keys``) only for keys not stored yet,
         ``chunk_rows`` at a time, each chunk stored as soon as it is computed. Returns (rows, number computed now)."""
         missing = self.missing(keys)

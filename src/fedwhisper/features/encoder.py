@@ -75,20 +75,28 @@ class FrozenEncoder:
     def log_mel(self, clips: Sequence[np.ndarray]) -> torch.Tensor:
         """Log-mel features of each clip padded or cut to the window: ``[clips, n_mels, frames]``."""
         features = self.feature_extractor(
-            [np.asarray(c, dtype=np.float32) for c in clips], sampling_rate=SAMPLE_RATE, return_tensors="pt",
-            padding="max_length", max_length=self.window_samples, truncation=True,
+            [np.asarray(c, dtype=np.float32) for c in clips],
+            sampling_rate=SAMPLE_RATE,
+            return_tensors="pt",
+            padding="max_length",
+            max_length=self.window_samples,
+            truncation=True,
         ).input_features
         return features[..., : self.frames]
 
     @torch.inference_mode()
     def forward_features(self, features: torch.Tensor) -> torch.Tensor:
         """The encoder on ``[batch, n_mels, frames]`` for any frame count up to 3000."""
-        return encoder_top(self.encoder, encoder_bottom(self.encoder, features, len(self.encoder.layers)), len(self.encoder.layers))
+        return encoder_top(
+            self.encoder, encoder_bottom(self.encoder, features, len(self.encoder.layers)), len(self.encoder.layers)
+        )
 
     def __call__(self, clips: Sequence[np.ndarray], progress: bool = False) -> np.ndarray:
         outputs = np.empty((len(clips), self.positions, self.d_model), dtype=np.float16)
         starts = range(0, len(clips), self.batch_size)
-        for start in tqdm(starts, desc=f"encode ({self.window_seconds:g}-s window)", unit="batch", disable=not progress or len(starts) < 2):
+        for start in tqdm(
+            starts, desc=f"encode ({self.window_seconds:g}-s window)", unit="batch", disable=not progress or len(starts) < 2
+        ):
             batch = clips[start : start + self.batch_size]
             outputs[start : start + len(batch)] = self.forward_features(self.log_mel(batch)).numpy().astype(np.float16)
         return outputs

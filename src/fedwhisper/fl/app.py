@@ -21,8 +21,9 @@ def task_config(run_config: dict) -> tuple[str, dict]:
     if task not in TASKS:
         raise FedwhisperError(f"--run-config task must be one of {', '.join(TASKS)} (got {task!r})")
     prefix = f"{task}."
-    return task, {key[len(prefix):]: value for key, value in run_config.items() if key.startswith(prefix)} | {
-        key: run_config[key] for key in SHARED if key in run_config}
+    return task, {key[len(prefix) :]: value for key, value in run_config.items() if key.startswith(prefix)} | {
+        key: run_config[key] for key in SHARED if key in run_config
+    }
 
 
 server_app = ServerApp()

@@ -45,24 +45,39 @@ def round_row(stats: dict) -> dict:
     row = {"clients_rejected_nan": int(sum(m.get("rejected-nan", 0) for m in stats["replied_metrics"]))}
     if clients:
         samples = sum(m["num-examples"] for m in clients)
-        row |= {"train_loss": sum(m["train_loss"] * m["num-examples"] for m in clients) / samples,
-                "client_samples_per_second": [round(m["samples-per-second"], 3) for m in clients],
-                "client_round_seconds": [round(m["round-seconds"], 2) for m in clients]}
+        row |= {
+            "train_loss": sum(m["train_loss"] * m["num-examples"] for m in clients) / samples,
+            "client_samples_per_second": [round(m["samples-per-second"], 3) for m in clients],
+            "client_round_seconds": [round(m["round-seconds"], 2) for m in clients],
+        }
     return row
 
 
-def federate(grid: Grid, options: AsrFederationOptions, run_dir: str | Path, resume: bool = False,
-             on_round: Callable[[dict], None] | None = None) -> RunDirectory:
+def federate(
+    grid: Grid,
+    options: AsrFederationOptions,
+    run_dir: str | Path,
+    resume: bool = False,
+    on_round: Callable[[dict], None] | None = None,
+) -> RunDirectory:
     """The server's job: rounds of the chosen strategy over speaker clients, WER on held-out validation speakers every
     round (``wer.png``), the best global model kept in ``RUN/best`` as a plain transformers directory and, at the end,
     evaluated on the whole held-out test split (``RUN/test.json``)."""
     federated.check(options)
     evaluator = ServerSide(options, Path(run_dir))
-    federation = Federation(initial_arrays=lambda: federated.initial_state(options), evaluate=evaluator, rounds=options.rounds,
-                            train_config={}, clients_per_round=options.clients_per_round, seed=options.seed,
-                            meta={"mode": options.mode, "model": options.model, "full_model_bytes": federated.full_model_bytes(options)},
-                            round_metrics=round_row, checkpoint="trainable", strategy=options.strategy,
-                            strategy_options=options.strategy_options())
+    federation = Federation(
+        initial_arrays=lambda: federated.initial_state(options),
+        evaluate=evaluator,
+        rounds=options.rounds,
+        train_config={},
+        clients_per_round=options.clients_per_round,
+        seed=options.seed,
+        meta={"mode": options.mode, "model": options.model, "full_model_bytes": federated.full_model_bytes(options)},
+        round_metrics=round_row,
+        checkpoint="trainable",
+        strategy=options.strategy,
+        strategy_options=options.strategy_options(),
+    )
     run = RunDirectory(run_dir)
 
     def record(row: dict) -> None:
@@ -103,8 +118,13 @@ def serve(grid: Grid, config: dict, on_round: Callable[[dict], None] | None = No
     federate(grid, options, str(config["run-dir"]), bool(config["resume"]), on_round)
 
 
-def simulate(options: AsrFederationOptions, run_dir: str | Path, resume: bool = False, on_round: Callable[[dict], None] | None = None,
-             verbose: bool = False) -> RunDirectory:
+def simulate(
+    options: AsrFederationOptions,
+    run_dir: str | Path,
+    resume: bool = False,
+    on_round: Callable[[dict], None] | None = None,
+    verbose: bool = False,
+) -> RunDirectory:
     """The federation in this process on Flower's simulation engine; fails unless every round was recorded."""
     RunDirectory(run_dir).check_start(resume)
     if options.algorithm != "fedavg":  # device tiers: serve and the client app hand the run to fl.hetero_app
@@ -115,6 +135,12 @@ def simulate(options: AsrFederationOptions, run_dir: str | Path, resume: bool = 
         federated.check(options)
     static = options.to_config()
     serve_run = functools.partial(serve, on_round=on_round)
-    return simulate_run(build_server_app(serve_run, {**static, "run-dir": str(run_dir), "resume": resume}), build_asr_client_app(static),
-                        options.num_clients, run_dir, options.rounds, "asr federate", verbose)
-
+    return simulate_run(
+        build_server_app(serve_run, {**static, "run-dir": str(run_dir), "resume": resume}),
+        build_asr_client_app(static),
+        options.num_clients,
+        run_dir,
+        options.rounds,
+        "asr federate",
+        verbose,
+    )

@@ -32,7 +32,7 @@ def poisoned(sent: dict[str, torch.Tensor], trained: dict[str, torch.Tensor], at
         generator = torch.Generator().manual_seed(seed)
         norm = float(torch.sqrt(sum((v.double() ** 2).sum() for v in update.values())))
         noise = {key: torch.randn(value.shape, generator=generator, dtype=torch.float64) for key, value in update.items()}
-        noise_norm = float(torch.sqrt(sum((v ** 2).sum() for v in noise.values())))
+        noise_norm = float(torch.sqrt(sum((v**2).sum() for v in noise.values())))
         update = {key: (value * norm / max(noise_norm, 1e-12)).to(update[key].dtype) for key, value in noise.items()}
     else:
         raise ValueError(f"not a model attack: {attack}")

@@ -24,15 +24,28 @@ def check_defences(options) -> None:
     require(options.strategy in ("fedavg", *ROBUST), "strategy", f"must be one of fedavg, {', '.join(ROBUST)}", options.strategy)
     require(options.assumed_malicious >= 0, "assumed_malicious", "must be at least 0", options.assumed_malicious)
     if options.strategy == "bulyan":  # Bulyan needs n >= 4f + 3 replies
-        require(options.clients_per_round >= 4 * options.assumed_malicious + 3, "assumed_malicious",
-                f"must leave 4f + 3 <= --clients-per-round ({options.clients_per_round}) for bulyan", options.assumed_malicious)
+        require(
+            options.clients_per_round >= 4 * options.assumed_malicious + 3,
+            "assumed_malicious",
+            f"must leave 4f + 3 <= --clients-per-round ({options.clients_per_round}) for bulyan",
+            options.assumed_malicious,
+        )
     require(options.norm_limit == 0 or options.norm_limit > 1, "norm_limit", "must be 0 (off) or above 1", options.norm_limit)
     require(options.dp_noise_multiplier >= 0, "dp_noise_multiplier", "must be at least 0", options.dp_noise_multiplier)
     require(options.dp_clip > 0, "dp_clip", "must be positive", options.dp_clip)
-    require(options.dp_noise_multiplier == 0 or options.strategy == "fedavg", "strategy",
-            "must be fedavg with --dp-noise-multiplier (the noise is calibrated to a mean of clipped updates)", options.strategy)
+    require(
+        options.dp_noise_multiplier == 0 or options.strategy == "fedavg",
+        "strategy",
+        "must be fedavg with --dp-noise-multiplier (the noise is calibrated to a mean of clipped updates)",
+        options.strategy,
+    )
     require(options.attack in ATTACKS, "attack", f"must be one of {', '.join(ATTACKS)}", options.attack)
-    require(0 <= options.attackers <= options.num_clients, "attackers", f"must be in [0, --num-clients ({options.num_clients})]", options.attackers)
+    require(
+        0 <= options.attackers <= options.num_clients,
+        "attackers",
+        f"must be in [0, --num-clients ({options.num_clients})]",
+        options.attackers,
+    )
 
 
 def dp_epsilon(noise_multiplier: float, clients_per_round: int, num_clients: int, rounds: int, delta: float = DP_DELTA) -> float:
@@ -48,9 +61,18 @@ def dp_epsilon(noise_multiplier: float, clients_per_round: int, num_clients: int
 
     if noise_multiplier <= 0:
         return float("inf")
-    accountant = RdpAccountant(PrivacyConfig(target_delta=delta, population_size=num_clients, sampling_method=SamplingMethod.WITHOUT_REPLACEMENT,
-                                             neighboring_relation=NeighboringRelation.REPLACE_ONE))
-    accountant.compose(GaussianPrivacyEvent(noise_multiplier=noise_multiplier, sample_size=clients_per_round, population_size=num_clients), rounds)
+    accountant = RdpAccountant(
+        PrivacyConfig(
+            target_delta=delta,
+            population_size=num_clients,
+            sampling_method=SamplingMethod.WITHOUT_REPLACEMENT,
+            neighboring_relation=NeighboringRelation.REPLACE_ONE,
+        )
+    )
+    accountant.compose(
+        GaussianPrivacyEvent(noise_multiplier=noise_multiplier, sample_size=clients_per_round, population_size=num_clients),
+        rounds,
+    )
     return accountant.get_epsilon(delta)
 
 
@@ -70,4 +92,3 @@ def clipping_when_asked(message, context, call_next):
     if configs and CLIPPING_NORM in configs[0]:
         return fixedclipping_mod(message, context, call_next)
     return call_next(message, context)
-

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import logging
 import os
 import shutil
 import socket
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedwhisper.errors import FedwhisperError
+
+log = logging.getLogger("fedwhisper.fl")
 
 CONNECTION = "fedwhisper"  # the SuperLink connection's name in the deployment's Flower configuration
 PROJECT = Path(__file__).resolve().parents[3]  # the Flower app: the repository's pyproject.toml
@@ -38,7 +41,9 @@ class Credentials:
     key: Path
 
 
-def make_certificates(out: str | os.PathLike, hosts: tuple[str, ...] = ("localhost", "127.0.0.1"), days: int = 365) -> Credentials:
+def make_certificates(
+    out: str | os.PathLike, hosts: tuple[str, ...] = ("localhost", "127.0.0.1"), days: int = 365
+) -> Credentials:
     """A self-signed CA and a server certificate it signs, valid for ``hosts`` (names or IP addresses)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -47,27 +52,42 @@ def make_certificates(out: str | os.PathLike, hosts: tuple[str, ...] = ("localho
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def certificate(subject: str, public_key, issuer, signing_key, extensions):
-        builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-                   .issuer_name(issuer).public_key(public_key).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=days)))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days))
+        )
         for extension, critical in extensions:
             builder = builder.add_extension(extension, critical=critical)
         return builder.sign(signing_key, hashes.SHA256())
 
     ca_key, server_key = ec.generate_private_key(ec.SECP384R1()), ec.generate_private_key(ec.SECP384R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedwhisper federation CA")])
-    ca = certificate("fedwhisper federation CA", ca_key.public_key(), ca_name, ca_key, [(x509.BasicConstraints(ca=True, path_length=0), True)])
+    ca = certificate(
+        "fedwhisper federation CA", ca_key.public_key(), ca_name, ca_key, [(x509.BasicConstraints(ca=True, path_length=0), True)]
+    )
     names = [x509.IPAddress(ipaddress.ip_address(h)) if _is_ip(h) else x509.DNSName(h) for h in hosts]
-    server = certificate(hosts[0], server_key.public_key(), ca.subject, ca_key,
-                         [(x509.SubjectAlternativeName(names), False), (x509.BasicConstraints(ca=False, path_length=None), True)])
+    server = certificate(
+        hosts[0],
+        server_key.public_key(),
+        ca.subject,
+        ca_key,
+        [(x509.SubjectAlternativeName(names), False), (x509.BasicConstraints(ca=False, path_length=None), True)],
+    )
     credentials = Credentials(out / "ca.crt", out / "server.crt", out / "server.key")
     credentials.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     credentials.certificate.write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    _write_private(credentials.key, server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                             serialization.NoEncryption()))
+    _write_private(
+        credentials.key,
+        server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
     return credentials
 
 
@@ -80,7 +100,9 @@ def make_node_key(out: str | os.PathLike, name: str) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP384R1())
     private, public = out / name, out / f"{name}.pub"
-    _write_private(private, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
+    _write_private(
+        private, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    )
     public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n")
     return private, public
 
@@ -160,16 +182,23 @@ def _members(leader: int) -> list:
     for process in psutil.process_iter(["cmdline"]):
         try:
             cmdline = process.info["cmdline"] or []
-            owned = os.getsid(process.pid) == leader or any(a == "--parent-pid" and b == str(leader) for a, b in zip(cmdline, cmdline[1:]))
-        except (psutil.Error, OSError):
+            owned = os.getsid(process.pid) == leader or any(
+                a == "--parent-pid" and b == str(leader) for a, b in zip(cmdline, cmdline[1:])
+            )
+        except (psutil.NoSuchProcess, ProcessLookupError):
+            continue  # ended while the table was read: nothing to stop
+        except (psutil.Error, OSError) as error:
+            log.warning("process %d left alone: it cannot be inspected (%s)", process.pid, error)
             continue
         if owned or process.pid == leader:
             members[process.pid] = process
     for pid in list(members):
         try:
             members.update({child.pid: child for child in members[pid].children(recursive=True)})
-        except psutil.Error:
-            pass
+        except psutil.NoSuchProcess:
+            pass  # ended meanwhile, and its children with it or re-parented to the session (found above)
+        except psutil.Error as error:
+            log.warning("children of process %d left alone: they cannot be listed (%s)", pid, error)
     return list(members.values())
 
 
@@ -179,7 +208,7 @@ def _signal(process, how: str) -> None:
     try:
         getattr(process, how)()
     except psutil.NoSuchProcess:
-        pass
+        pass  # already gone: what the signal was for
 
 
 class Deployment:
@@ -192,14 +221,22 @@ class Deployment:
         self.host, self.port = host, port or free_port(host)
         self.startup_timeout = startup_timeout
         self.processes = Processes()
-        self.credentials = make_certificates(self.home / "keys", hosts=("localhost", host) if host != "localhost" else ("localhost",))
+        self.credentials = make_certificates(
+            self.home / "keys", hosts=("localhost", host) if host != "localhost" else ("localhost",)
+        )
         self.flwr_home = self.home / "flwr"
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         (self.flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\naddress = "{self.address}"\n'
-            f'root-certificates = "{self.credentials.ca}"\n', encoding="utf-8")
-        self.env = {**os.environ, "FLWR_HOME": str(self.flwr_home), "FLWR_DISABLE_UPDATE_CHECK": "1",
-                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+            f'root-certificates = "{self.credentials.ca}"\n',
+            encoding="utf-8",
+        )
+        self.env = {
+            **os.environ,
+            "FLWR_HOME": str(self.flwr_home),
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
 
     @property
     def address(self) -> str:
@@ -217,16 +254,35 @@ class Deployment:
     def start_superlink(self) -> None:
         """The SuperLink over TLS with SuperNode authentication; returns once it answers on its port."""
         c = self.credentials
-        process = self.processes.start("superlink", [
-            _tool("flower-superlink"), "--ssl-ca-certfile", str(c.ca), "--ssl-certfile", str(c.certificate), "--ssl-keyfile", str(c.key),
-            "--enable-supernode-auth", "--disable-runtime-dependency-installation", "--host", self.host, "--port", str(self.port)],
-            self.log("superlink"), self.env)
+        process = self.processes.start(
+            "superlink",
+            [
+                _tool("flower-superlink"),
+                "--ssl-ca-certfile",
+                str(c.ca),
+                "--ssl-certfile",
+                str(c.certificate),
+                "--ssl-keyfile",
+                str(c.key),
+                "--enable-supernode-auth",
+                "--disable-runtime-dependency-installation",
+                "--host",
+                self.host,
+                "--port",
+                str(self.port),
+            ],
+            self.log("superlink"),
+            self.env,
+        )
         deadline = time.monotonic() + self.startup_timeout
         while not self._answers():
             if process.poll() is not None:
                 raise FedwhisperError(f"the SuperLink exited with code {process.returncode} (see {self.log('superlink')})")
             if time.monotonic() > deadline:
-                raise FedwhisperError(f"the SuperLink did not answer on {self.address} within {self.startup_timeout:g} s (see {self.log('superlink')})")
+                raise FedwhisperError(
+                    f"the SuperLink did not answer on {self.address} within {self.startup_timeout:g} s (see "
+                    f"{self.log('superlink')})"
+                )
             time.sleep(0.3)
 
     def _answers(self) -> bool:
@@ -253,14 +309,25 @@ class Deployment:
         try:
             return int(json.loads(result.stdout)["node-id"])
         except (ValueError, KeyError) as error:
-            raise FedwhisperError(f"registering {public_key.name} failed: {(result.stdout + result.stderr).strip()[-300:]}") from error
+            raise FedwhisperError(
+                f"registering {public_key.name} failed: {(result.stdout + result.stderr).strip()[-300:]}"
+            ) from error
 
-    def start_supernode(self, name: str, private_key: Path | None, node_config: dict, insecure: bool = False,
-                        max_wait: float | None = None) -> subprocess.Popen:
+    def start_supernode(
+        self, name: str, private_key: Path | None, node_config: dict, insecure: bool = False, max_wait: float | None = None
+    ) -> subprocess.Popen:
         """A SuperNode named ``name`` given ``node_config`` (its client name and data); authenticated with ``private_key``
         over TLS, or (``insecure``) over plain HTTP without a key, which the SuperLink must refuse."""
         config = " ".join(f"{key}={json.dumps(value)}" for key, value in {"client-name": name, **node_config}.items())
-        argv = [_tool("flower-supernode"), "--superlink", self.address, "--node-config", config, "--port", str(free_port(self.host))]
+        argv = [
+            _tool("flower-supernode"),
+            "--superlink",
+            self.address,
+            "--node-config",
+            config,
+            "--port",
+            str(free_port(self.host)),
+        ]
         argv += ["--insecure"] if insecure else ["--root-certificates", str(self.credentials.ca)]
         if private_key is not None:
             argv += ["--auth-supernode-private-key", str(private_key)]
@@ -281,7 +348,9 @@ class Deployment:
         deadline = time.monotonic() + timeout
         while (online := self.online_nodes()) < count:
             if time.monotonic() > deadline:
-                raise FedwhisperError(f"only {online} of {count} SuperNodes came online within {timeout:g} s (see {self.home / 'logs'})")
+                raise FedwhisperError(
+                    f"only {online} of {count} SuperNodes came online within {timeout:g} s (see {self.home / 'logs'})"
+                )
             time.sleep(1.0)
 
     def run(self, run_config: dict, on_line: Callable[[str], None] | None = None, timeout: float = 3600.0) -> int:
@@ -293,7 +362,9 @@ class Deployment:
         overrides = " ".join(f"{key}={json.dumps(value)}" for key, value in run_config.items())
         argv = [_tool("flwr"), "run", str(app), CONNECTION, "--stream", "--run-config", overrides]
         with open(self.log("run"), "a", encoding="utf-8") as log:
-            process = subprocess.Popen(argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            process = subprocess.Popen(
+                argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+            )
             watchdog = threading.Timer(timeout, process.kill)  # a stalled run prints nothing: reading its output would not notice
             watchdog.start()
             try:

@@ -32,8 +32,13 @@ def build_hetero_client_app(overrides: dict | None = None):
     return build_client_app(update, METRICS)
 
 
-def federate(grid: Grid, options: AsrFederationOptions, run_dir: str | Path, resume: bool = False,
-             on_round: Callable[[dict], None] | None = None) -> RunDirectory:
+def federate(
+    grid: Grid,
+    options: AsrFederationOptions,
+    run_dir: str | Path,
+    resume: bool = False,
+    on_round: Callable[[dict], None] | None = None,
+) -> RunDirectory:
     """The server's job: rounds of the algorithm over tiered speaker clients, each server model's WER on the
     validation speakers every round; at the end the models in ``RUN/models/GROUP`` and tested on the held-out test
     split (``RUN/test.json``, per speaker too)."""
@@ -43,10 +48,18 @@ def federate(grid: Grid, options: AsrFederationOptions, run_dir: str | Path, res
         hetero.initial_tier_state(options, hetero.model_layers(options, tier))
     plan = hetero.TierPlan(options, hetero.costs_for(options, run_dir))
     evaluator = hetero.TierEvaluator(options, plan)
-    federation = Federation(initial_arrays=lambda: hetero.initial_state(options), evaluate=evaluator, rounds=options.rounds, train_config={},
-                            clients_per_round=options.clients_per_round, seed=options.seed,
-                            meta={"algorithm": options.algorithm, "model": options.model, "tiers": options.tiers},
-                            round_metrics=lambda stats: hetero.round_row(stats, plan), checkpoint="tiers", plan=plan)
+    federation = Federation(
+        initial_arrays=lambda: hetero.initial_state(options),
+        evaluate=evaluator,
+        rounds=options.rounds,
+        train_config={},
+        clients_per_round=options.clients_per_round,
+        seed=options.seed,
+        meta={"algorithm": options.algorithm, "model": options.model, "tiers": options.tiers},
+        round_metrics=lambda stats: hetero.round_row(stats, plan),
+        checkpoint="tiers",
+        plan=plan,
+    )
     run = run_federation(grid, federation, RunDirectory(run_dir), options.to_config(), resume, on_round)
     if evaluator.models:
         state, _ = load_arrays(run_dir / "tiers.safetensors")
@@ -57,4 +70,3 @@ def federate(grid: Grid, options: AsrFederationOptions, run_dir: str | Path, res
 
 def serve(grid: Grid, config: dict, on_round: Callable[[dict], None] | None = None) -> None:
     federate(grid, AsrFederationOptions.from_config(config), str(config["run-dir"]), bool(config["resume"]), on_round)
-

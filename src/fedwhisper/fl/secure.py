@@ -33,7 +33,9 @@ def _client_app(options: KwsOptions):
                 return parameters, 0, {}
             return [new_state[key].numpy() for key in keys], int(metrics["num-examples"]), {}
 
-    return ClientApp(client_fn=lambda context: HeadClient(int(context.node_config["partition-id"])).to_client(), mods=[secaggplus_mod])
+    return ClientApp(
+        client_fn=lambda context: HeadClient(int(context.node_config["partition-id"])).to_client(), mods=[secaggplus_mod]
+    )
 
 
 def _server_app(options: KwsOptions, run: RunDirectory, shares: int, threshold: int, max_weight: float, received: list | None):
@@ -58,11 +60,19 @@ def _server_app(options: KwsOptions, run: RunDirectory, shares: int, threshold: 
 
     @app.main()
     def main(grid, context) -> None:
-        strategy = FedAvg(fraction_fit=1.0, min_fit_clients=options.num_clients, min_available_clients=options.num_clients, fraction_evaluate=0.0,
-                          evaluate_fn=evaluate, on_fit_config_fn=lambda server_round: {"server-round": server_round},
-                          initial_parameters=ndarrays_to_parameters([v.numpy() for v in new_head(options).state_dict().values()]))
+        strategy = FedAvg(
+            fraction_fit=1.0,
+            min_fit_clients=options.num_clients,
+            min_available_clients=options.num_clients,
+            fraction_evaluate=0.0,
+            evaluate_fn=evaluate,
+            on_fit_config_fn=lambda server_round: {"server-round": server_round},
+            initial_parameters=ndarrays_to_parameters([v.numpy() for v in new_head(options).state_dict().values()]),
+        )
         legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=options.rounds), strategy=strategy)
-        workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(num_shares=shares, reconstruction_threshold=threshold, max_weight=max_weight))
+        workflow = DefaultWorkflow(
+            fit_workflow=SecAggPlusWorkflow(num_shares=shares, reconstruction_threshold=threshold, max_weight=max_weight)
+        )
         workflow(_Recording(grid, received) if received is not None else grid, legacy)
 
     return app
@@ -83,8 +93,14 @@ class _Recording:
         return getattr(self.grid, name)
 
 
-def simulate_secure(options: KwsOptions, run_dir: str | Path, shares: int = 3, threshold: int = 2, max_weight: float = 1000.0,
-                    received: list | None = None) -> RunDirectory:
+def simulate_secure(
+    options: KwsOptions,
+    run_dir: str | Path,
+    shares: int = 3,
+    threshold: int = 2,
+    max_weight: float = 1000.0,
+    received: list | None = None,
+) -> RunDirectory:
     """``options.rounds`` rounds of every client, aggregated with SecAgg+ (``shares`` key shares per client, any
     ``threshold`` of which rebuild a dropped client's mask), in Flower's simulation engine; each round's head and
     held-out accuracy in ``run_dir``. A client's update is scaled by its examples / ``max_weight`` before it is quantised
@@ -94,6 +110,10 @@ def simulate_secure(options: KwsOptions, run_dir: str | Path, shares: int = 3, t
     options.check()
     run = RunDirectory(run_dir)
     run.start(options.to_config(), resume=False)
-    run_in_process(_server_app(options, run, shares, threshold, max_weight, received), _client_app(options), options.num_clients,
-                   log_file=Path(run_dir) / "federation.log")
+    run_in_process(
+        _server_app(options, run, shares, threshold, max_weight, received),
+        _client_app(options),
+        options.num_clients,
+        log_file=Path(run_dir) / "federation.log",
+    )
     return run

@@ -47,7 +47,9 @@ class Federation:
     dp_clip: float = 1.0
     num_clients: int = 0  # the population clients are drawn from (DP accounting)
     min_clients: int = 1  # a round with fewer clients connected, or trained, keeps the model (dead nodes: the others go on)
-    round_timeout: float = 3600.0  # seconds a round waits for replies; a node that died replies with an error once the SuperLink notices
+    round_timeout: float = (
+        3600.0  # seconds a round waits for replies; a node that died replies with an error once the SuperLink notices
+    )
 
 
 def identify_clients(grid: Grid, expected: int, timeout: float) -> dict[int, str]:
@@ -63,8 +65,10 @@ def identify_clients(grid: Grid, expected: int, timeout: float) -> dict[int, str
 
 def ask_names(grid: Grid, nodes: list[int], timeout: float = 120.0) -> dict[int, str]:
     """The names ``nodes`` give for themselves (``node-ID`` for one that does not answer)."""
-    messages = [Message(RecordDict({"config": ConfigRecord({"ask": CLIENT_NAME})}), dst_node_id=node, message_type=MessageType.QUERY)
-                for node in nodes]
+    messages = [
+        Message(RecordDict({"config": ConfigRecord({"ask": CLIENT_NAME})}), dst_node_id=node, message_type=MessageType.QUERY)
+        for node in nodes
+    ]
     names = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
         node = reply.metadata.src_node_id
@@ -89,8 +93,14 @@ def resume_point(run: RunDirectory, checkpoint: str) -> tuple[dict[str, torch.Te
     raise FedwhisperError(f"{run.path}: no intact {checkpoint} checkpoint to resume from")
 
 
-def run_federation(grid: Grid, federation: Federation, run: RunDirectory, options: dict, resume: bool = False,
-                   on_round: Callable[[dict], None] | None = None) -> RunDirectory:
+def run_federation(
+    grid: Grid,
+    federation: Federation,
+    run: RunDirectory,
+    options: dict,
+    resume: bool = False,
+    on_round: Callable[[dict], None] | None = None,
+) -> RunDirectory:
     """Rounds ``run.last + 1 .. federation.rounds``: sample, train, aggregate, evaluate on the server, record."""
     run.start(options, resume)
     resume = resume and bool(run.rows)  # a run stopped before its round 0 was recorded starts from the beginning
@@ -106,14 +116,27 @@ def run_federation(grid: Grid, federation: Federation, run: RunDirectory, option
     if federation.plan is not None:
         strategy = SeededGroups(federation.clients_per_round, federation.seed, names, start_round, federation.plan)
     else:
-        strategy = seeded_strategy(federation.strategy, federation.clients_per_round, federation.seed, names, start_round,
-                                   norm_limit=federation.norm_limit, uniform=federation.dp_noise_multiplier > 0,
-                                   min_clients=federation.min_clients, identify=ask_names, **federation.strategy_options)
+        strategy = seeded_strategy(
+            federation.strategy,
+            federation.clients_per_round,
+            federation.seed,
+            names,
+            start_round,
+            norm_limit=federation.norm_limit,
+            uniform=federation.dp_noise_multiplier > 0,
+            min_clients=federation.min_clients,
+            identify=ask_names,
+            **federation.strategy_options,
+        )
     rounds_of = strategy  # what the rounds are run by: the strategy, or the DP wrapper around it
     if federation.dp_noise_multiplier > 0:
         rounds_of = CentralDp(strategy, federation.dp_noise_multiplier, federation.dp_clip, federation.clients_per_round)
     if resume and federation.strategy in ("fedavgm", "fedadam"):
-        log.warning("%s keeps server-optimizer state that is not checkpointed; it starts afresh at round %d", federation.strategy, start_round + 1)
+        log.warning(
+            "%s keeps server-optimizer state that is not checkpointed; it starts afresh at round %d",
+            federation.strategy,
+            start_round + 1,
+        )
     round_started = [time.perf_counter()]
 
     def evaluate(server_round: int, record: ArrayRecord) -> MetricRecord | None:
@@ -124,12 +147,28 @@ def run_federation(grid: Grid, federation: Federation, run: RunDirectory, option
         row = {"round": start_round + server_round, **metrics, "seconds": round(time.perf_counter() - round_started[0], 2)}
         if server_round:
             stats = strategy.last_round
-            row |= {k: stats[k] for k in ("clients_trained", "clients_skipped", "clients_failed", "failure_reasons", "clients_rejected", "rejections") if k in stats}
+            row |= {
+                k: stats[k]
+                for k in (
+                    "clients_trained",
+                    "clients_skipped",
+                    "clients_failed",
+                    "failure_reasons",
+                    "clients_rejected",
+                    "rejections",
+                )
+                if k in stats
+            }
             # what crossed the network, from the messages' own arrays: the same to every sampled client, and each reply
             row |= {"bytes_down_per_client": stats["bytes_down_per_client"], "bytes_up": stats["bytes_up"]}
             row |= federation.round_metrics(stats)
             if federation.dp_noise_multiplier > 0:
-                row["dp_epsilon"] = round(dp_epsilon(federation.dp_noise_multiplier, federation.clients_per_round, federation.num_clients, row["round"]), 4)
+                row["dp_epsilon"] = round(
+                    dp_epsilon(
+                        federation.dp_noise_multiplier, federation.clients_per_round, federation.num_clients, row["round"]
+                    ),
+                    4,
+                )
         run.save_arrays(f"{federation.checkpoint}-round-{row['round']:03d}", state, federation.meta)
         run.save_arrays(federation.checkpoint, state, federation.meta)
         run.record(row)  # after its arrays: a recorded round always has them
@@ -138,18 +177,28 @@ def run_federation(grid: Grid, federation: Federation, run: RunDirectory, option
         lost = row.get("clients_failed", 0) + row.get("clients_rejected", 0)
         if server_round and lost and lost == strategy.last_round["clients_sent"]:  # a broken setup: more rounds would fail alike
             what = "failed or were rejected" if row.get("clients_rejected") else "failed"
-            raise FedwhisperError(f"round {row['round']}: all {lost} clients {what} "
-                                  f"({'; '.join(row.get('failure_reasons', []) + row.get('rejections', []))}); the run stops here")
+            raise FedwhisperError(
+                f"round {row['round']}: all {lost} clients {what} "
+                f"({'; '.join(row.get('failure_reasons', []) + row.get('rejections', []))}); the run stops here"
+            )
         round_started[0] = time.perf_counter()
         return MetricRecord(metrics)
 
     config = ConfigRecord({**federation.train_config, "round-offset": start_round, "seed": federation.seed})
-    rounds_of.start(grid=grid, initial_arrays=ArrayRecord(arrays), num_rounds=remaining, train_config=config, evaluate_fn=evaluate,
-                    timeout=federation.round_timeout)
+    rounds_of.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(arrays),
+        num_rounds=remaining,
+        train_config=config,
+        evaluate_fn=evaluate,
+        timeout=federation.round_timeout,
+    )
     idle = [row["round"] for row in run.rows if row.get("clients_trained") == 0]
     if idle:
-        raise FedwhisperError(f"no client trained in round{'s' if len(idle) > 1 else ''} {', '.join(map(str, idle))}: the model did not "
-                              f"change there (clients too small or failing; see {run.path / 'metrics.csv'})")
+        raise FedwhisperError(
+            f"no client trained in round{'s' if len(idle) > 1 else ''} {', '.join(map(str, idle))}: the model did not "
+            f"change there (clients too small or failing; see {run.path / 'metrics.csv'})"
+        )
     return run
 
 

@@ -17,8 +17,15 @@ from fedwhisper.errors import FedwhisperError, Interrupted
 from fedwhisper.runs import OPTIONS, RunDirectory
 
 
-def simulate_run(server_app: ServerApp, client_app: ClientApp, num_clients: int, run_dir: str | os.PathLike, rounds: int,
-                 command: str, verbose: bool = False) -> RunDirectory:
+def simulate_run(
+    server_app: ServerApp,
+    client_app: ClientApp,
+    num_clients: int,
+    run_dir: str | os.PathLike,
+    rounds: int,
+    command: str,
+    verbose: bool = False,
+) -> RunDirectory:
     """Run a federation to ``rounds`` in this process; its run directory, or a one-line error: stopped early, or
     interrupted (Ctrl-C, kill) with the ``command`` that continues it."""
     try:
@@ -26,16 +33,25 @@ def simulate_run(server_app: ServerApp, client_app: ClientApp, num_clients: int,
     except KeyboardInterrupt:
         if not (Path(run_dir) / OPTIONS).is_file():
             raise Interrupted("interrupted before the first round; nothing was saved") from None
-        raise Interrupted(f"interrupted: {RunDirectory(run_dir).last} of {rounds} rounds are saved in {run_dir}; "
-                          f"continue with `fedwhisper {command} --resume {run_dir}`") from None
+        raise Interrupted(
+            f"interrupted: {RunDirectory(run_dir).last} of {rounds} rounds are saved in {run_dir}; "
+            f"continue with `fedwhisper {command} --resume {run_dir}`"
+        ) from None
     run = RunDirectory(run_dir)
     if run.last < rounds:
-        raise FedwhisperError(f"the federation stopped after round {run.last} of {rounds} (see {Path(run_dir) / 'federation.log'})")
+        raise FedwhisperError(
+            f"the federation stopped after round {run.last} of {rounds} (see {Path(run_dir) / 'federation.log'})"
+        )
     return run
 
 
-def run_in_process(server_app: ServerApp, client_app: ClientApp, num_clients: int, verbose: bool = False,
-                   log_file: str | os.PathLike | None = None) -> None:
+def run_in_process(
+    server_app: ServerApp,
+    client_app: ClientApp,
+    num_clients: int,
+    verbose: bool = False,
+    log_file: str | os.PathLike | None = None,
+) -> None:
     """Run the apps to completion. Unless ``verbose``, Flower's and Ray's own logging (a client's exception is a
     Ray traceback of hundreds of lines) goes only to ``log_file``; the server's one-line round summaries stay."""
     from flwr.common.logger import FLOWER_LOGGER, console_handler
@@ -58,8 +74,13 @@ def run_in_process(server_app: ServerApp, client_app: ClientApp, num_clients: in
             logging.getLogger(name).addHandler(file_handler)
     try:
         with _callers_sigterm_handler():
-            run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_clients, backend_config=backend_config,
-                           verbose_logging=verbose)
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=num_clients,
+                backend_config=backend_config,
+                verbose_logging=verbose,
+            )
     finally:
         console_handler.setLevel(console_level)
         if file_handler:

@@ -41,10 +41,26 @@ class SeededSampling:
     with the client's name and the reason, and the round goes on. ``last_round`` holds the round's client statistics
     and, in name order, each replying client's metrics."""
 
-    def __init__(self, clients_per_round: int, seed: int, client_names: dict[int, str], round_offset: int = 0,
-                 norm_limit: float = 10.0, uniform: bool = False, min_clients: int = 1, identify=None, **kwargs):
-        super().__init__(fraction_train=1.0, min_train_nodes=min_clients, min_available_nodes=min_clients,
-                         fraction_evaluate=0.0, weighted_by_key=WEIGHT, **kwargs)
+    def __init__(
+        self,
+        clients_per_round: int,
+        seed: int,
+        client_names: dict[int, str],
+        round_offset: int = 0,
+        norm_limit: float = 10.0,
+        uniform: bool = False,
+        min_clients: int = 1,
+        identify=None,
+        **kwargs,
+    ):
+        super().__init__(
+            fraction_train=1.0,
+            min_train_nodes=min_clients,
+            min_available_nodes=min_clients,
+            fraction_evaluate=0.0,
+            weighted_by_key=WEIGHT,
+            **kwargs,
+        )
         self.clients_per_round = clients_per_round
         self.seed = seed
         self.client_names = client_names
@@ -68,9 +84,15 @@ class SeededSampling:
         if len(nodes) < self.min_clients:
             raise RuntimeError(f"at least {self.min_clients} clients per round, but only {len(nodes)} are connected")
         if len(nodes) < self.clients_per_round:  # nodes died or have not come back: the round goes on with the others
-            log.warning("round %d: %d clients per round, but only %d are connected; sampling them all",
-                        server_round + self.round_offset, self.clients_per_round, len(nodes))
-        chosen = random.Random(round_seed(self.seed, server_round + self.round_offset)).sample(nodes, min(self.clients_per_round, len(nodes)))
+            log.warning(
+                "round %d: %d clients per round, but only %d are connected; sampling them all",
+                server_round + self.round_offset,
+                self.clients_per_round,
+                len(nodes),
+            )
+        chosen = random.Random(round_seed(self.seed, server_round + self.round_offset)).sample(
+            nodes, min(self.clients_per_round, len(nodes))
+        )
         self._sent = {key: arrays[key].numpy() for key in arrays.keys()}
         self._bytes_down = record_bytes(arrays)
         # the strategy's own configure_train (it keeps its server-optimizer state, FedProx adds its mu) over the chosen
@@ -96,10 +118,17 @@ class SeededSampling:
             trained.remove(reply)
             answered.remove(reply)
         metrics = [dict(r.content["metrics"]) for r in answered]
-        self.last_round = {"clients_sent": len(replies), "clients_trained": len(trained), "clients_skipped": len(metrics) - len(trained),
-                           "clients_failed": len(failed), "clients_rejected": len(rejections), "client_metrics": [m for m in metrics if m[WEIGHT] > 0],
-                           "replied_metrics": metrics, "bytes_down_per_client": self._bytes_down,
-                           "bytes_up": [record_bytes(next(iter(r.content.array_records.values()))) for r in answered]}
+        self.last_round = {
+            "clients_sent": len(replies),
+            "clients_trained": len(trained),
+            "clients_skipped": len(metrics) - len(trained),
+            "clients_failed": len(failed),
+            "clients_rejected": len(rejections),
+            "client_metrics": [m for m in metrics if m[WEIGHT] > 0],
+            "replied_metrics": metrics,
+            "bytes_down_per_client": self._bytes_down,
+            "bytes_up": [record_bytes(next(iter(r.content.array_records.values()))) for r in answered],
+        }
         if failed:
             reasons = sorted({_reason(r) for r in failed})
             self.last_round["failure_reasons"] = reasons
@@ -111,7 +140,12 @@ class SeededSampling:
             log.warning("round %d: no client trained; the model stays as it was", round_number)
             return None, None
         if len(trained) < self.min_clients:
-            log.warning("round %d: %d clients trained, fewer than the %d required; the model stays as it was", round_number, len(trained), self.min_clients)
+            log.warning(
+                "round %d: %d clients trained, fewer than the %d required; the model stays as it was",
+                round_number,
+                len(trained),
+                self.min_clients,
+            )
             return None, None
         if self.uniform:
             for reply in trained:
@@ -125,13 +159,16 @@ def update_problem(reply: Message, sent: dict[str, np.ndarray]) -> str:
     the whole round, or poison the model."""
     content = reply.content
     if len(content.array_records) != 1 or len(content.metric_records) != 1:
-        return f"{len(content.array_records)} array records and {len(content.metric_records)} metric records (expected one of each)"
+        return (
+            f"{len(content.array_records)} array records and {len(content.metric_records)} metric records (expected one of each)"
+        )
     arrays, metrics = next(iter(content.array_records.values())), next(iter(content.metric_records.values()))
     weight = metrics.get(WEIGHT)
     if not isinstance(weight, int | float) or not weight >= 0:
         return f"weight {WEIGHT} missing or negative ({weight!r})"
     if set(arrays.keys()) != set(sent):
-        return f"arrays other than those sent (unexpected {sorted(set(arrays.keys()) - set(sent))}, missing {sorted(set(sent) - set(arrays.keys()))})"
+        unexpected, missing = sorted(set(arrays.keys()) - set(sent)), sorted(set(sent) - set(arrays.keys()))
+        return f"arrays other than those sent (unexpected {unexpected}, missing {missing})"
     for key in sent:
         array = arrays[key].numpy()
         if array.shape != sent[key].shape or array.dtype != sent[key].dtype:
@@ -153,8 +190,11 @@ def outlying_norms(replies: list[Message], sent: dict[str, np.ndarray], limit: f
         return {}
     norms = {reply: update_norm(reply, sent) for reply in replies}
     median = float(np.median(list(norms.values())))
-    return {reply: f"update norm {norm:.3g} is {norm / median:.0f}x the round's median {median:.3g} (limit {limit:g}x)"
-            for reply, norm in norms.items() if norm > limit * median > 0}
+    return {
+        reply: f"update norm {norm:.3g} is {norm / median:.0f}x the round's median {median:.3g} (limit {limit:g}x)"
+        for reply, norm in norms.items()
+        if norm > limit * median > 0
+    }
 
 
 class SeededFedAvg(SeededSampling, FedAvg):
@@ -239,13 +279,21 @@ class SeededGroups(SeededSampling, FedAvg):
             client = self.name_of(node)
             assignment = self.plan.assign(client, round_number)
             if assignment.simulated_seconds > assignment.deadline_seconds:
-                self._stragglers.append({"client": client, "tier": assignment.tier, "simulated_seconds": round(assignment.simulated_seconds, 1),
-                                         "deadline_seconds": assignment.deadline_seconds})
+                self._stragglers.append(
+                    {
+                        "client": client,
+                        "tier": assignment.tier,
+                        "simulated_seconds": round(assignment.simulated_seconds, 1),
+                        "deadline_seconds": assignment.deadline_seconds,
+                    }
+                )
                 continue
             prefix = assignment.group + "/"
-            part = ArrayRecord({key[len(prefix):]: arrays[key] for key in arrays.keys() if key.startswith(prefix)})
+            part = ArrayRecord({key[len(prefix) :]: arrays[key] for key in arrays.keys() if key.startswith(prefix)})
             self._sent[node] = (client, assignment, set(part.keys()), record_bytes(part))
-            content = RecordDict({"arrays": part, "config": ConfigRecord({**config, **assignment.config, "server-round": server_round})})
+            content = RecordDict(
+                {"arrays": part, "config": ConfigRecord({**config, **assignment.config, "server-round": server_round})}
+            )
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
         return messages
 
@@ -271,11 +319,23 @@ class SeededGroups(SeededSampling, FedAvg):
             if values[WEIGHT] > 0:
                 trained.append((client, assignment, arrays.to_torch_state_dict(), values))
                 seconds.append(assignment.simulated_seconds)
-        waited = max((s["deadline_seconds"] for s in self._stragglers), default=0.0)  # the server waits for a straggler until its deadline
-        self.last_round = {"clients_sent": len(self._sent), "clients_trained": len(trained), "clients_skipped": len(metrics) - len(trained),
-                           "clients_failed": len(failed), "client_metrics": [m for m in metrics if m[WEIGHT] > 0], "replied_metrics": metrics,
-                           "client_tiers": tiers, "client_simulated_seconds": replied_seconds, "bytes_down_per_client": bytes_down, "bytes_up": bytes_up, "stragglers": self._stragglers,
-                           "simulated_round_seconds": round(max([*seconds, waited]), 2)}
+        waited = max(
+            (s["deadline_seconds"] for s in self._stragglers), default=0.0
+        )  # the server waits for a straggler until its deadline
+        self.last_round = {
+            "clients_sent": len(self._sent),
+            "clients_trained": len(trained),
+            "clients_skipped": len(metrics) - len(trained),
+            "clients_failed": len(failed),
+            "client_metrics": [m for m in metrics if m[WEIGHT] > 0],
+            "replied_metrics": metrics,
+            "client_tiers": tiers,
+            "client_simulated_seconds": replied_seconds,
+            "bytes_down_per_client": bytes_down,
+            "bytes_up": bytes_up,
+            "stragglers": self._stragglers,
+            "simulated_round_seconds": round(max([*seconds, waited]), 2),
+        }
         if failed:
             reasons = sorted({_reason(r) for r in failed})
             self.last_round["failure_reasons"] = reasons
@@ -297,10 +357,18 @@ class SeededGroups(SeededSampling, FedAvg):
         return all(np.isfinite(array.numpy()).all() for array in arrays.values() if array.numpy().dtype.kind == "f")
 
 
-STRATEGIES = {"fedavg": SeededFedAvg, "fedavgm": SeededFedAvgM, "fedadam": SeededFedAdam, "fedprox": SeededFedProx,
-              # robust to malicious clients: coordinate-wise median or trimmed mean, Krum's closest update(s), Bulyan
-              "median": SeededFedMedian, "trimmed-mean": SeededFedTrimmedAvg, "krum": SeededKrum, "multikrum": SeededMultiKrum,
-              "bulyan": SeededBulyan}
+STRATEGIES = {
+    "fedavg": SeededFedAvg,
+    "fedavgm": SeededFedAvgM,
+    "fedadam": SeededFedAdam,
+    "fedprox": SeededFedProx,
+    # robust to malicious clients: coordinate-wise median or trimmed mean, Krum's closest update(s), Bulyan
+    "median": SeededFedMedian,
+    "trimmed-mean": SeededFedTrimmedAvg,
+    "krum": SeededKrum,
+    "multikrum": SeededMultiKrum,
+    "bulyan": SeededBulyan,
+}
 ROBUST = ("median", "trimmed-mean", "krum", "multikrum", "bulyan")
 
 
@@ -315,8 +383,9 @@ def robust_options(name: str, clients_per_round: int, assumed_malicious: int) ->
     return {}
 
 
-def seeded_strategy(name: str, clients_per_round: int, seed: int, client_names: dict[int, str], round_offset: int = 0,
-                    **strategy_options) -> SeededSampling:
+def seeded_strategy(
+    name: str, clients_per_round: int, seed: int, client_names: dict[int, str], round_offset: int = 0, **strategy_options
+) -> SeededSampling:
     """Flower's strategy ``name`` (``STRATEGIES``) with seeded sampling; ``strategy_options`` go to its constructor
     (e.g. ``server_momentum`` for FedAvgM, ``eta`` for FedAdam, ``proximal_mu`` for FedProx)."""
     return STRATEGIES[name](clients_per_round, seed, client_names, round_offset, **strategy_options)

@@ -22,11 +22,15 @@ def class_names(words: set[str], keywords: tuple[str, ...] = COMMANDS, has_noise
     """The keywords present in the corpus, then `_silence_` if background noise exists, then `_unknown_` if other words do."""
     present = tuple(k for k in keywords if k in words)
     if not present:
-        raise FedwhisperError(f"none of the keywords {', '.join(keywords)} is a word folder of this corpus ({', '.join(sorted(words))})")
+        raise FedwhisperError(
+            f"none of the keywords {', '.join(keywords)} is a word folder of this corpus ({', '.join(sorted(words))})"
+        )
     classes = present + ((SILENCE,) if has_noise else ()) + ((UNKNOWN,) if words - set(present) else ())
     if len(classes) < 2:  # one class is learnt to "100 %" and means nothing
-        raise FedwhisperError(f"the corpus gives one class ({classes[0]}): keyword spotting needs at least two "
-                              "(more keywords, other words for _unknown_, or _background_noise_ for _silence_)")
+        raise FedwhisperError(
+            f"the corpus gives one class ({classes[0]}): keyword spotting needs at least two "
+            "(more keywords, other words for _unknown_, or _background_noise_ for _silence_)"
+        )
     return classes
 
 
@@ -81,23 +85,38 @@ def silence_crops(noise: list[np.ndarray], count: int, seed: int) -> list[np.nda
 class KwsCorpus:
     """A Speech Commands-layout corpus seen through a fixed class set."""
 
-    def __init__(self, root: str | Path, keywords: tuple[str, ...] = COMMANDS, silence_fraction: float = 0.1):
+    def __init__(
+        self,
+        root: str | Path,
+        keywords: tuple[str, ...] = COMMANDS,
+        silence_fraction: float = 0.1,
+        classes: tuple[str, ...] | None = None,
+    ):
+        """``classes``: a trained head's class set, kept as it is (evaluation); otherwise the corpus decides it."""
         self.root = Path(root)
         self.splits = read_speech_commands(self.root)
-        words = {w for split in self.splits.values() for w in set(split["label"])}
+        self.words = {w for split in self.splits.values() for w in set(split["label"])}
         self.noise = [load_audio(p, allow_silent=True) for p in background_noise_files(self.root)]
-        self.classes = class_names(words, keywords, has_noise=bool(self.noise))
+        self.classes = tuple(classes) if classes else class_names(self.words, keywords, has_noise=bool(self.noise))
         self.silence_fraction = silence_fraction if self.noise else 0.0
 
     def label_of(self, word: str) -> int:
-        return self.classes.index(word) if word in self.classes else self.classes.index(UNKNOWN)
+        """The class of a clip's word; -1 for a word the class set has no place for (a head without ``_unknown_``)."""
+        if word in self.classes:
+            return self.classes.index(word)
+        return self.classes.index(UNKNOWN) if UNKNOWN in self.classes else -1
+
+    def keywords_without_training_clips(self, keywords: tuple[str, ...]) -> list[str]:
+        """The keywords no clip of the train split says: a class with nothing to learn from."""
+        said = set(self.splits["train"]["label"]) if "train" in self.splits else set()
+        return [k for k in keywords if k not in said]
 
     def examples(self, dataset, seed: int) -> KwsExamples:
         """Rows of ``dataset`` (a split or a partition of one) plus silence crops, ``silence_fraction`` of its size."""
         audio = list(dataset["audio"])
         labels = [self.label_of(w) for w in dataset["label"]]
         speakers = list(dataset["speaker_id"])
-        if self.noise:
+        if self.noise and SILENCE in self.classes:
             silence = silence_crops(self.noise, round(self.silence_fraction * len(audio)), seed)
             audio += silence
             labels += [self.classes.index(SILENCE)] * len(silence)

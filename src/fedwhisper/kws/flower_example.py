@@ -65,8 +65,9 @@ def sampler_weights(targets: np.ndarray, bins: int = RECIPE.sampler_bins) -> np.
     return per_class[targets]
 
 
-def silence_clips(noise: list[np.ndarray], client_examples: int, rng: np.random.Generator,
-                  recipe: FlowerExampleRecipe = RECIPE) -> list[np.ndarray]:
+def silence_clips(
+    noise: list[np.ndarray], client_examples: int, rng: np.random.Generator, recipe: FlowerExampleRecipe = RECIPE
+) -> list[np.ndarray]:
     """The example's `_silence_` rows for one client (dataset.py:38-46 and 82-111): ⌊ratio·n⌋ // files rows per
     noise file. Its loop appends the same row object each time and overwrites its array, so every row of one file
     holds that file's last 1-s crop: one distinct crop per file, repeated; no gain change."""
@@ -100,8 +101,10 @@ def _train_rows_with_noise(corpus: KwsCorpus):
 
     train = corpus.splits["train"]
     files = background_noise_files(corpus.root)
-    noise = audio_dataset({"audio": files, "label": [SILENCE] * len(files), "speaker_id": [None] * len(files), "utterance": [0] * len(files)},
-                          {"label": "string", "speaker_id": "string", "utterance": "int32"})
+    noise = audio_dataset(
+        {"audio": files, "label": [SILENCE] * len(files), "speaker_id": [None] * len(files), "utterance": [0] * len(files)},
+        {"label": "string", "speaker_id": "string", "utterance": "int32"},
+    )
     return datasets.concatenate_datasets([train, noise])
 
 
@@ -115,20 +118,25 @@ def load_client_data(corpus: KwsCorpus, feature_extractor, partition_id: int, rn
         return feature_extractor(waveform, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features[0]
 
     partition = grouped_partitioner(corpus).load_partition(partition_id)
-    partition = partition.map(lambda row: {"data": encode(load_audio(row["audio"], allow_silent=True)),
-                                          "targets": corpus.label_of(row["label"])}, remove_columns=partition.column_names)
+    partition = partition.map(
+        lambda row: {"data": encode(load_audio(row["audio"], allow_silent=True)), "targets": corpus.label_of(row["label"])},
+        remove_columns=partition.column_names,
+    )
     noise_rows = _train_rows_with_noise(corpus).filter(lambda row: row["label"] == SILENCE)  # dataset.py:92
     noise = [load_audio(entry, allow_silent=True) for entry in noise_rows["audio"]]
     silence = silence_clips(noise, len(partition), rng)
     if silence:
-        rows = datasets.Dataset.from_dict({"data": [encode(c) for c in silence], "targets": [corpus.classes.index(SILENCE)] * len(silence)},
-                                          features=partition.features)
+        rows = datasets.Dataset.from_dict(
+            {"data": [encode(c) for c in silence], "targets": [corpus.classes.index(SILENCE)] * len(silence)},
+            features=partition.features,
+        )
         partition = datasets.concatenate_datasets([partition, rows])
     return partition.with_format("torch", columns=["data", "targets"])
 
 
-def train_one_round(encoder: nn.Module, head: nn.Module, dataset, generator: torch.Generator,
-                    recipe: FlowerExampleRecipe = RECIPE) -> dict | None:
+def train_one_round(
+    encoder: nn.Module, head: nn.Module, dataset, generator: torch.Generator, recipe: FlowerExampleRecipe = RECIPE
+) -> dict | None:
     """The example's client training (client_app.py:64-104, model.py:57-101): balanced sampler when the client has more
     than one batch, batches of 8 with the last partial batch dropped, Adam, one epoch, the 30-s encoder run on every batch.
     Returns None when the client has fewer than two full batches (the example replies ``trained = False``)."""
@@ -160,5 +168,10 @@ def train_one_round(encoder: nn.Module, head: nn.Module, dataset, generator: tor
             accuracies.append(float((logits.argmax(-1) == batch["targets"]).float().mean()))
     head.eval()
     # the example averages per batch (model.py:30-40) and reports the whole dataset's size (client_app.py:103)
-    return {"train_loss": float(np.mean(losses)), "train_accuracy": float(np.mean(accuracies)), "num-examples": len(targets),
-            "steps": len(losses), "encode-seconds": encode_seconds}
+    return {
+        "train_loss": float(np.mean(losses)),
+        "train_accuracy": float(np.mean(accuracies)),
+        "num-examples": len(targets),
+        "steps": len(losses),
+        "encode-seconds": encode_seconds,
+    }

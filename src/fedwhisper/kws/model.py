@@ -17,7 +17,9 @@ class AnchorHead(nn.Sequential):
     With 1500 positions (30-s window), d_model 384 and 12 classes it has 781,964 parameters."""
 
     def __init__(self, positions: int, d_model: int, num_classes: int, hidden: int = 128):
-        super().__init__(nn.Conv1d(positions, hidden, kernel_size=1), nn.ReLU(), nn.Flatten(1), nn.Linear(hidden * d_model, num_classes))
+        super().__init__(
+            nn.Conv1d(positions, hidden, kernel_size=1), nn.ReLU(), nn.Flatten(1), nn.Linear(hidden * d_model, num_classes)
+        )
 
 
 class PooledHead(nn.Module):

@@ -17,8 +17,8 @@ from fedwhisper.data.partition import speaker_partitioner
 from fedwhisper.data.speech_commands import COMMANDS
 from fedwhisper.errors import FedwhisperError
 from fedwhisper.features.cache import FeatureCache
-from fedwhisper.fl.defences import check_defences
 from fedwhisper.features.encoder import FrozenEncoder
+from fedwhisper.fl.defences import check_defences
 from fedwhisper.kws import flower_example
 from fedwhisper.kws.data import KwsCorpus, KwsExamples
 from fedwhisper.kws.model import build_head
@@ -68,7 +68,15 @@ class KwsOptions(RunConfigOptions):
         from fedwhisper.kws.model import HEADS
         from fedwhisper.kws.train import OPTIMIZERS
 
-        for name in ("num_clients", "clients_per_round", "rounds", "local_epochs", "batch_size", "min_client_examples", "min_clients"):
+        for name in (
+            "num_clients",
+            "clients_per_round",
+            "rounds",
+            "local_epochs",
+            "batch_size",
+            "min_client_examples",
+            "min_clients",
+        ):
             require(getattr(self, name) >= 1, name, "must be at least 1", getattr(self, name))
         require(self.learning_rate > 0, "learning_rate", "must be positive", self.learning_rate)
         require(0 < self.window_seconds <= 30, "window_seconds", "must be in (0, 30] (Whisper's window)", self.window_seconds)
@@ -77,10 +85,19 @@ class KwsOptions(RunConfigOptions):
         require(self.head in HEADS, "head", f"must be one of {', '.join(HEADS)}", self.head)
         require(self.recipe in RECIPES, "recipe", f"must be one of {', '.join(RECIPES)}", self.recipe)
         require(bool(self.keyword_tuple), "keywords", "must name at least one keyword", self.keywords)
-        require(self.clients_per_round <= self.num_clients, "clients_per_round",
-                f"must be at most --num-clients ({self.num_clients})", self.clients_per_round)
+        require(
+            self.clients_per_round <= self.num_clients,
+            "clients_per_round",
+            f"must be at most --num-clients ({self.num_clients})",
+            self.clients_per_round,
+        )
         check_defences(self)
-        require(self.min_clients <= self.clients_per_round, "min_clients", f"must be at most --clients-per-round ({self.clients_per_round})", self.min_clients)
+        require(
+            self.min_clients <= self.clients_per_round,
+            "min_clients",
+            f"must be at most --clients-per-round ({self.clients_per_round})",
+            self.min_clients,
+        )
         require(self.round_timeout > 0, "round_timeout", "must be positive", self.round_timeout)
 
     @property
@@ -94,13 +111,33 @@ class KwsOptions(RunConfigOptions):
     def check(self) -> None:
         """Fail before any work on what would fail later: the corpus, the keywords, clients vs speakers, the model."""
         resolved = with_recipe(self)
+        check_keywords(resolved)
         client_partitions(resolved)
         encoder_for(resolved)  # loaded once per process: the server's evaluation reuses it
 
     def train_options(self, round_number: int, partition_id: int = 0) -> TrainOptions:
         return TrainOptions(
-            epochs=self.local_epochs, batch_size=self.batch_size, learning_rate=self.learning_rate, optimizer=self.optimizer,
-            class_balanced=self.class_balanced, seed=self.seed * 1_000_003 + round_number * 1_009 + partition_id,
+            epochs=self.local_epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            optimizer=self.optimizer,
+            class_balanced=self.class_balanced,
+            seed=self.seed * 1_000_003 + round_number * 1_009 + partition_id,
+        )
+
+
+def check_keywords(options: KwsOptions) -> None:
+    """Keywords the corpus never says are left out of the classes, in one warning line; a keyword said only outside
+    the train split would be a class with nothing to learn from, and fails."""
+    corpus = corpus_for(options)
+    if absent := [k for k in options.keyword_tuple if k not in corpus.words]:
+        log.warning(
+            "--keywords: %s not in %s, left out; the classes are %s", ", ".join(absent), options.corpus, ", ".join(corpus.classes)
+        )
+    if untrained := [k for k in corpus.keywords_without_training_clips(options.keyword_tuple) if k in corpus.words]:
+        raise FedwhisperError(
+            f"--keywords: {', '.join(untrained)} said only outside the train split of {options.corpus}: "
+            "a class with no training clips"
         )
 
 
@@ -130,10 +167,13 @@ def encoder_for(options: KwsOptions) -> FrozenEncoder:
     return frozen_encoder(options.model, options.window_seconds)
 
 
-def encode_examples(encoder: FrozenEncoder, examples: KwsExamples, cache_dir: Path, progress: bool = False) -> tuple[np.ndarray, int]:
+def encode_examples(
+    encoder: FrozenEncoder, examples: KwsExamples, cache_dir: Path, progress: bool = False
+) -> tuple[np.ndarray, int]:
     """Encoder outputs of ``examples`` from the cache in ``cache_dir``, encoding only what is not there yet.
     A clip that does not decode gets a row of NaN (stored too, so it is not decoded again every round); ``usable``
     drops those rows. Returns (features, clips encoded now)."""
+
     def compute(indices: list[int]) -> np.ndarray:
         clips = examples.waveforms(indices)
         rows = np.full((len(indices), encoder.positions, encoder.d_model), np.nan, dtype=np.float16)
@@ -164,18 +204,28 @@ def with_recipe(options: KwsOptions) -> KwsOptions:
     speakers = len(set(corpus_for(options).splits["train"]["speaker_id"]))
     clients, per_round = flower_example.clients_and_sample(speakers)
     recipe = flower_example.RECIPE
-    return replace(options, window_seconds=recipe.window_seconds, head=recipe.head, num_clients=clients, clients_per_round=per_round,
-                   local_epochs=recipe.local_epochs, batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
-                   optimizer=recipe.optimizer, silence_fraction=recipe.silence_ratio,
-                   min_client_examples=recipe.min_full_batches * recipe.batch_size)
+    return replace(
+        options,
+        window_seconds=recipe.window_seconds,
+        head=recipe.head,
+        num_clients=clients,
+        clients_per_round=per_round,
+        local_epochs=recipe.local_epochs,
+        batch_size=recipe.batch_size,
+        learning_rate=recipe.learning_rate,
+        optimizer=recipe.optimizer,
+        silence_fraction=recipe.silence_ratio,
+        min_client_examples=recipe.min_full_batches * recipe.batch_size,
+    )
 
 
 def client_partitions(options: KwsOptions):
     """The flwr-datasets partitioner of this run's training speakers (built once per process)."""
     if options.recipe == "flower-example":
         return flower_example.grouped_partitioner(corpus_for(options))
-    return partitioner(str(Path(options.corpus).resolve()), options.keyword_tuple, options.silence_fraction,
-                       options.num_clients, options.seed)
+    return partitioner(
+        str(Path(options.corpus).resolve()), options.keyword_tuple, options.silence_fraction, options.num_clients, options.seed
+    )
 
 
 def client_examples(options: KwsOptions, partition_id: int) -> KwsExamples:
@@ -198,8 +248,14 @@ def write_client_corpora(options: KwsOptions, out: str | Path) -> list[Path]:
     folders = []
     for partition_id in range(options.num_clients):
         folder = Path(out) / f"partition-{partition_id:05d}"
-        for source in [Path(a["path"]) for a in partitions.load_partition(partition_id)["audio"]] + background_noise_files(corpus.root):
-            target = folder / (BACKGROUND_NOISE_DIR if source.parent.name == BACKGROUND_NOISE_DIR else source.parent.name) / source.name
+        for source in [Path(a["path"]) for a in partitions.load_partition(partition_id)["audio"]] + background_noise_files(
+            corpus.root
+        ):
+            target = (
+                folder
+                / (BACKGROUND_NOISE_DIR if source.parent.name == BACKGROUND_NOISE_DIR else source.parent.name)
+                / source.name
+            )
             target.parent.mkdir(parents=True, exist_ok=True)
             if not target.exists():
                 try:
@@ -217,12 +273,19 @@ def new_head(options: KwsOptions) -> torch.nn.Module:
 
 def head_meta(options: KwsOptions) -> dict:
     encoder = encoder_for(options)
-    return {"head": options.head, "model": options.model, "window_seconds": options.window_seconds,
-            "positions": encoder.positions, "d_model": encoder.d_model, "classes": list(corpus_for(options).classes)}
+    return {
+        "head": options.head,
+        "model": options.model,
+        "window_seconds": options.window_seconds,
+        "positions": encoder.positions,
+        "d_model": encoder.d_model,
+        "classes": list(corpus_for(options).classes),
+    }
 
 
-def client_update(options: KwsOptions, partition_id: int, state: dict[str, torch.Tensor], round_number: int,
-                  flip_labels: bool = False) -> tuple[dict | None, dict]:
+def client_update(
+    options: KwsOptions, partition_id: int, state: dict[str, torch.Tensor], round_number: int, flip_labels: bool = False
+) -> tuple[dict | None, dict]:
     """One client's round: encode its own clips once (cached on its disk), train the head from the cache.
     ``flip_labels``: a label-flipping attacker's round (every clip trained as the next class).
 
@@ -245,8 +308,13 @@ def client_update(options: KwsOptions, partition_id: int, state: dict[str, torch
         labels = (labels + 1) % len(corpus_for(options).classes)
     metrics = train_head(head, features, labels, options.train_options(round_number, partition_id))
     finished = time.perf_counter()
-    metrics |= {"encoded-clips": encoded_now, "skipped-clips": skipped, "encode-seconds": encoded_at - started,
-                "train-seconds": finished - encoded_at, "round-seconds": finished - started}
+    metrics |= {
+        "encoded-clips": encoded_now,
+        "skipped-clips": skipped,
+        "encode-seconds": encoded_at - started,
+        "train-seconds": finished - encoded_at,
+        "round-seconds": finished - started,
+    }
     return {k: v.detach().clone() for k, v in head.state_dict().items()}, metrics
 
 
@@ -256,7 +324,9 @@ def _flower_example_update(options: KwsOptions, partition_id: int, state: dict, 
     started = time.perf_counter()
     encoder = encoder_for(options)
     seed = options.train_options(round_number, partition_id).seed
-    dataset = flower_example.load_client_data(corpus_for(options), encoder.feature_extractor, partition_id, np.random.default_rng(seed))
+    dataset = flower_example.load_client_data(
+        corpus_for(options), encoder.feature_extractor, partition_id, np.random.default_rng(seed)
+    )
     loaded_at = time.perf_counter()
     head = new_head(options)
     head.load_state_dict(state)
@@ -302,6 +372,7 @@ def train_centralized(options: KwsOptions, run_dir: str | Path, epochs: int = 10
     on the same held-out speakers as the federated run."""
     run = RunDirectory(run_dir)
     run.start({**options.to_config(), "epochs": epochs}, resume=False)
+    check_keywords(options)
     corpus = corpus_for(options)
     examples = corpus.examples(corpus.splits["train"], seed=options.seed * 7919 + 20_000_000)
     features, _ = encode_examples(encoder_for(options), examples, options.cache_root / "central", progress=True)
@@ -313,7 +384,12 @@ def train_centralized(options: KwsOptions, run_dir: str | Path, epochs: int = 10
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         metrics = train_head(head, features, labels, options.train_options(epoch))
-        row = {"round": epoch, **evaluator(head), "train_loss": metrics["train_loss"], "seconds": round(time.perf_counter() - started, 2)}
+        row = {
+            "round": epoch,
+            **evaluator(head),
+            "train_loss": metrics["train_loss"],
+            "seconds": round(time.perf_counter() - started, 2),
+        }
         run.save_arrays(f"head-round-{epoch:03d}", head.state_dict(), meta)
         run.save_arrays("head", head.state_dict(), meta)
         run.record(row)
@@ -351,10 +427,7 @@ def head_encoder_and_corpus(head_meta_: dict, corpus: str | Path | None = None):
     from fedwhisper.kws.data import SILENCE, UNKNOWN
 
     keywords = tuple(c for c in head_meta_["classes"] if c not in (SILENCE, UNKNOWN))
-    kws = kws_corpus(str(Path(corpus).resolve()), keywords, 0.1)
-    if list(kws.classes) != list(head_meta_["classes"]):
-        raise FedwhisperError(f"{corpus} gives classes {list(kws.classes)}, the head was trained on {head_meta_['classes']}")
-    return encoder, kws
+    return encoder, KwsCorpus(Path(corpus).resolve(), keywords, 0.1, classes=tuple(head_meta_["classes"]))
 
 
 def evaluate_saved_head(head_path: str | Path, corpus: str | Path, split: str = "test") -> dict:
@@ -367,12 +440,25 @@ def evaluate_saved_head(head_path: str | Path, corpus: str | Path, split: str = 
     if split not in kws.splits or len(kws.splits[split]) == 0:
         raise FedwhisperError(f"{corpus} has no {split} clips")
     examples = kws.examples(kws.splits[split], seed=1)
-    clips = examples.waveforms(list(range(len(examples))))
-    good = [i for i, clip in enumerate(clips) if clip is not None]
+    scorable = [i for i in range(len(examples)) if examples.labels[i] >= 0]  # words the head has no class for: not scored
+    unscored_words = sorted({w for w in kws.splits[split]["label"] if kws.label_of(w) < 0})
+    clips = dict(zip(scorable, examples.waveforms(scorable)))
+    good = [i for i in scorable if clips[i] is not None]
     if not good:
-        raise FedwhisperError(f"{corpus}: none of the {split} clips decodes")
+        raise FedwhisperError(f"{corpus}: none of the {split} clips decodes or belongs to the head's classes {meta['classes']}")
     labels = examples.labels[good]
     predicted = predict_proba(head, encoder([clips[i] for i in good], progress=True)).argmax(-1)
-    per_class = [{"class": name, "clips": int((labels == index).sum()), "accuracy": float(np.mean(predicted[labels == index] == index))}
-                 for index, name in enumerate(meta["classes"]) if (labels == index).any()]
-    return {"accuracy": float(np.mean(predicted == labels)), "clips": len(good), "skipped": len(examples) - len(good), "per_class": per_class}
+    per_class = [
+        {"class": name, "clips": int((labels == index).sum()), "accuracy": float(np.mean(predicted[labels == index] == index))}
+        for index, name in enumerate(meta["classes"])
+        if (labels == index).any()
+    ]
+    return {
+        "accuracy": float(np.mean(predicted == labels)),
+        "clips": len(good),
+        "skipped": len(scorable) - len(good),
+        "per_class": per_class,
+        "absent_classes": [name for index, name in enumerate(meta["classes"]) if not (labels == index).any()],
+        "unscored_words": unscored_words,
+        "unscored_clips": len(examples) - len(scorable),
+    }

@@ -173,7 +173,10 @@ def convert_checkpoint(checkpoint: Checkpoint, tokenizer_json: Path, package_con
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor
 
     config = whisper_config_from_checkpoint(checkpoint, package_config)
-    state = {name: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)) for name, value in state_dict_from_checkpoint(checkpoint).items()}
+    state = {
+        name: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+        for name, value in state_dict_from_checkpoint(checkpoint).items()
+    }
     with torch.device("meta"):
         model = WhisperForConditionalGeneration(config)
     expected = set(model.state_dict())

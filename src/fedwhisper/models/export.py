@@ -17,8 +17,19 @@ QUANTIZATIONS = ("int8", "int8_float32", "float32")
 EXPORT_MARKER = "fedwhisper_export.json"
 # beside model.bin: faster-whisper reads tokenizer.json and preprocessor_config.json; the rest lets transformers load
 # the processor from the export too (evaluation prepares features with it)
-PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json", "generation_config.json",
-                   "special_tokens_map.json", "vocab.json", "merges.txt", "normalizer.json", "added_tokens.json", TRAINED_WINDOW_FILE)
+PROCESSOR_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "normalizer.json",
+    "added_tokens.json",
+    TRAINED_WINDOW_FILE,
+)
 
 
 def is_ctranslate2_dir(path: str | os.PathLike) -> bool:
@@ -29,8 +40,10 @@ def _source_identity(location: str) -> dict:
     """What the export was made from: the model directory and its weights' sizes and times (a retrained model differs)."""
     path = Path(location)
     weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
-    return {"source": str(path.resolve()) if path.is_dir() else location,
-            "weights": {w.name: [w.stat().st_size, w.stat().st_mtime_ns] for w in weights}}
+    return {
+        "source": str(path.resolve()) if path.is_dir() else location,
+        "weights": {w.name: [w.stat().st_size, w.stat().st_mtime_ns] for w in weights},
+    }
 
 
 def export_ctranslate2(model: str, out: str | os.PathLike, quantization: str = "int8", force: bool = False) -> Path:
@@ -52,13 +65,19 @@ def export_ctranslate2(model: str, out: str | os.PathLike, quantization: str = "
     from ctranslate2.converters import TransformersConverter
 
     started = time.perf_counter()
-    copied = [name for name in PROCESSOR_FILES if (Path(location) / name).is_file()] if Path(location).is_dir() else ["tokenizer.json", "preprocessor_config.json"]
+    copied = (
+        [name for name in PROCESSOR_FILES if (Path(location) / name).is_file()]
+        if Path(location).is_dir()
+        else ["tokenizer.json", "preprocessor_config.json"]
+    )
     with atomic_path(out) as staging:  # an interrupted export never looks finished
         try:
             TransformersConverter(location, copy_files=copied).convert(str(staging), quantization=quantization, force=True)
         except (OSError, ValueError) as error:
             raise FedwhisperError(f"{model}: CTranslate2 could not convert it ({str(error).strip().splitlines()[0]})") from None
-        (staging / EXPORT_MARKER).write_text(json.dumps(identity | {"model": str(model), "seconds": round(time.perf_counter() - started, 2)}, indent=2))
+        (staging / EXPORT_MARKER).write_text(
+            json.dumps(identity | {"model": str(model), "seconds": round(time.perf_counter() - started, 2)}, indent=2)
+        )
     return out
 
 
@@ -80,6 +99,8 @@ def export_source(model: str) -> str:
         return model
     marker = Path(model).expanduser() / EXPORT_MARKER
     if not marker.is_file():
-        raise FedwhisperError(f"{model} is a CTranslate2 model not exported by fedwhisper: prepare the corpus with `fedwhisper asr prepare` "
-                              "for its transformers model, then evaluate those features")
+        raise FedwhisperError(
+            f"{model} is a CTranslate2 model not exported by fedwhisper: prepare the corpus with `fedwhisper asr prepare` "
+            "for its transformers model, then evaluate those features"
+        )
     return json.loads(marker.read_text())["source"]

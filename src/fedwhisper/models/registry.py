@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
+
 from fedwhisper.errors import FedwhisperError
 from fedwhisper.files import atomic_path
 from fedwhisper.models.convert import convert_checkpoint, read_package_config
@@ -119,23 +121,43 @@ def import_packaged_model(name: str, out: Path | None = None, force: bool = Fals
     files = {ref: _locate(model, ref) for ref in (*model.parts, model.tokenizer, model.config)}
     missing = [ref for ref, path in files.items() if not path.is_file()]
     if missing:
-        raise ModelNotAvailableError(f"model {name!r}: its installed packages lack {', '.join(missing)}; the packaged checkpoint is incomplete")
+        raise ModelNotAvailableError(
+            f"model {name!r}: its installed packages lack {', '.join(missing)}; the packaged checkpoint is incomplete"
+        )
     parts = [files[ref] for ref in model.parts]
     versions = _distribution_versions(model)
-    marker = out / IMPORT_MARKER
-    if not force and marker.is_file() and json.loads(marker.read_text()).get("packages") == versions:
-        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # one import at a time into the same directory: a second process (a parallel test, another command) waits for the
+    # first and then reuses its import instead of writing the same staging directory
+    with FileLock(out.with_name(f".{out.name}.lock")):
+        marker = out / IMPORT_MARKER
+        if not force and marker.is_file() and json.loads(marker.read_text()).get("packages") == versions:
+            return out
+        _convert(name, model, parts, versions, out)
+    return out
+
+
+def _convert(name: str, model: PackagedModel, parts: list[Path], versions: dict, out: Path) -> None:
     started = time.perf_counter()
     try:
         checkpoint = load_checkpoint(parts)
     except CheckpointFormatError as error:
         raise ModelNotAvailableError(f"model {name!r}: the packaged checkpoint is incomplete or damaged ({error})") from None
     with atomic_path(out) as staging:  # an interrupted import never looks finished
-        convert_checkpoint(checkpoint, _locate(model, model.tokenizer), read_package_config(_locate(model, model.config)), staging)
-        (staging / IMPORT_MARKER).write_text(
-            json.dumps({"name": name, "packages": versions, "license": model.license, "seconds": round(time.perf_counter() - started, 2)}, indent=2)
+        convert_checkpoint(
+            checkpoint, _locate(model, model.tokenizer), read_package_config(_locate(model, model.config)), staging
         )
-    return out
+        (staging / IMPORT_MARKER).write_text(
+            json.dumps(
+                {
+                    "name": name,
+                    "packages": versions,
+                    "license": model.license,
+                    "seconds": round(time.perf_counter() - started, 2),
+                },
+                indent=2,
+            )
+        )
 
 
 def resolve_model(ref: str | os.PathLike) -> str:
@@ -157,8 +179,10 @@ def resolve_model(ref: str | os.PathLike) -> str:
         if model_type != "whisper":
             raise ModelNotAvailableError(f"{path} holds a {model_type or 'model of unknown type'}, not a Whisper model")
         return str(path)
-    if path.exists() or ref.startswith((".", "/", "~")):
-        raise ModelNotAvailableError(f"model path {ref!r} does not exist or is not a directory")
+    if path.exists():
+        raise ModelNotAvailableError(f"{ref}: a file, not a model directory (give the directory that holds config.json)")
+    if ref.startswith((".", "/", "~")):
+        raise ModelNotAvailableError(f"model directory {ref!r} does not exist")
     return ref  # a hub id such as openai/whisper-tiny; needs a network
 
 
@@ -167,8 +191,10 @@ def from_pretrained(cls, location: str, **kwargs):
     try:
         return cls.from_pretrained(location, **kwargs)
     except (OSError, ValueError) as error:  # ValueError: a damaged tokenizer or weights file
-        raise ModelNotAvailableError(f"model {location!r} does not load: not a packaged model ({', '.join(PACKAGED_MODELS)}), a model "
-                                     f"directory, or a hub id reachable from here ({str(error).strip().splitlines()[0]})") from None
+        raise ModelNotAvailableError(
+            f"model {location!r} does not load: not a packaged model ({', '.join(PACKAGED_MODELS)}), a model "
+            f"directory, or a hub id reachable from here ({str(error).strip().splitlines()[0]})"
+        ) from None
 
 
 def load_processor(ref: str | os.PathLike):

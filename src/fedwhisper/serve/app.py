@@ -31,8 +31,9 @@ def _transcriber(model_ref: str, backend: str, assistant: str | None):
     return load_transcriber(model_ref, backend, assistant=assistant)
 
 
-def transcribe_and_translate(audio_path: str | None, model_ref: str, language: str = "auto", backend: str = "transformers",
-                             assistant: str = "none") -> tuple[str, str, str]:
+def transcribe_and_translate(
+    audio_path: str | None, model_ref: str, language: str = "auto", backend: str = "transformers", assistant: str = "none"
+) -> tuple[str, str, str]:
     """(transcript, English translation, timing note) for one file; errors come back as messages, not exceptions."""
     from fedwhisper.audio import load_audio
     from fedwhisper.errors import FedwhisperError
@@ -52,16 +53,22 @@ def transcribe_and_translate(audio_path: str | None, model_ref: str, language: s
         transcribe_seconds = time.perf_counter() - started
         if transcriber.multilingual:
             started = time.perf_counter()
-            translation = transcriber(audio, DecodingOptions(language=transcript.language, task="translate", temperatures=WHISPER_TEMPERATURES),
-                                      timestamps=False).text
+            translation = transcriber(
+                audio,
+                DecodingOptions(language=transcript.language, task="translate", temperatures=WHISPER_TEMPERATURES),
+                timestamps=False,
+            ).text
             translate_seconds = time.perf_counter() - started
         else:
             translation, translate_seconds = "(English-only model: the transcript is the English text)", 0.0
     except FedwhisperError as error:
         return "", "", f"Error: {error}"
     answered = f"{model_ref} on {backend}" + (f" (assistant {assistant})" if assistant else "")
-    timing = (f"{answered}: {transcript.duration:.1f} s of audio ({transcript.language}); transcribed in {transcribe_seconds:.1f} s"
-              + (f", translated in {translate_seconds:.1f} s" if translate_seconds else "") + (f"; model loaded in {loaded:.1f} s" if loaded > 0.5 else ""))
+    timing = (
+        f"{answered}: {transcript.duration:.1f} s of audio ({transcript.language}); transcribed in {transcribe_seconds:.1f} s"
+        + (f", translated in {translate_seconds:.1f} s" if translate_seconds else "")
+        + (f"; model loaded in {loaded:.1f} s" if loaded > 0.5 else "")
+    )
     return transcript.text, translation, timing
 
 
@@ -75,14 +82,30 @@ def build_app(models: list[str]):
                 audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Audio", elem_id="audio")
                 model = gr.Dropdown(choices=models, value=models[0], label="Model", allow_custom_value=True, elem_id="model")
                 language = gr.Dropdown(choices=list(LANGUAGES), value="auto", label="Spoken language", elem_id="language")
-                backend = gr.Radio(choices=list(BACKENDS), value="transformers", label="Backend", elem_id="backend",
-                                   info="ctranslate2: faster-whisper on the model's CTranslate2 export (made on first use)")
-                assistant = gr.Dropdown(choices=["none", *models], value="none", label="Assistant (speculative decoding)", elem_id="assistant",
-                                        allow_custom_value=True, info="a student of the model drafts tokens the model checks: same text")
+                backend = gr.Radio(
+                    choices=list(BACKENDS),
+                    value="transformers",
+                    label="Backend",
+                    elem_id="backend",
+                    info="ctranslate2: faster-whisper on the model's CTranslate2 export (made on first use)",
+                )
+                assistant = gr.Dropdown(
+                    choices=["none", *models],
+                    value="none",
+                    label="Assistant (speculative decoding)",
+                    elem_id="assistant",
+                    allow_custom_value=True,
+                    info="a student of the model drafts tokens the model checks: same text",
+                )
                 run = gr.Button("Transcribe", variant="primary", elem_id="run")
             with gr.Column():
                 transcript = gr.Textbox(label="Transcript", lines=6, elem_id="transcript")
                 translation = gr.Textbox(label="English translation", lines=6, elem_id="translation")
                 timing = gr.Markdown(elem_id="timing")
-        run.click(transcribe_and_translate, inputs=[audio, model, language, backend, assistant], outputs=[transcript, translation, timing], api_name="transcribe")
+        run.click(
+            transcribe_and_translate,
+            inputs=[audio, model, language, backend, assistant],
+            outputs=[transcript, translation, timing],
+            api_name="transcribe",
+        )
     return blocks

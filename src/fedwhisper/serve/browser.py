@@ -17,8 +17,15 @@ from pathlib import Path
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Offline machines: no update checks, sync or QUIC probes; no sandbox because CI runs as root.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _free_port() -> int:
@@ -42,7 +49,9 @@ def running_app(models: list[str], startup_timeout: float = 120) -> Iterator[str
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the app did not start:\n{server.stdout.read().decode(errors='replace')[-3000:]}") from None
+                    raise RuntimeError(
+                        f"the app did not start:\n{server.stdout.read().decode(errors='replace')[-3000:]}"
+                    ) from None
                 time.sleep(0.5)
         yield url
     finally:
@@ -61,13 +70,17 @@ def use_app(url: str, clip: str | Path, screenshot: str | Path | None = None, ti
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(url)
             page.locator("#audio input[type=file]").set_input_files(str(clip))
-            expect(page.locator("#audio audio, #audio .waveform-container, #audio [data-testid='waveform-Audio']").first).to_be_attached(timeout=30_000)
+            expect(
+                page.locator("#audio audio, #audio .waveform-container, #audio [data-testid='waveform-Audio']").first
+            ).to_be_attached(timeout=30_000)
             page.locator("#run").click()
             # the callback fills all three outputs at once; the timing line is the last to render
             expect(page.locator("#timing")).to_contain_text("transcribed in", timeout=timeout_seconds * 1000)
-            result = {"transcript": page.locator("#transcript textarea").input_value(),
-                      "translation": page.locator("#translation textarea").input_value(),
-                      "timing": page.locator("#timing").inner_text().strip()}
+            result = {
+                "transcript": page.locator("#transcript textarea").input_value(),
+                "translation": page.locator("#translation textarea").input_value(),
+                "timing": page.locator("#timing").inner_text().strip(),
+            }
             if screenshot:
                 page.screenshot(path=str(screenshot), full_page=True)
         finally:
