@@ -635,12 +635,12 @@ def _code_version() -> str:
     return head + ("+uncommitted" if changed.stdout.strip() else "")
 
 
-def recorded(entry: dict, name: str) -> dict:
-    """``entry`` with the exact command line that produced it and the code it ran; refused without its options."""
+def recorded(entry: dict, name: str, code: str) -> dict:
+    """``entry`` with the exact command line that produced it and the ``code`` it ran; refused without its options."""
     if not isinstance(entry, dict) or not isinstance(entry.get("options"), dict) or not entry["options"]:
         raise SystemExit(f"{name}: its results carry no options; every entry records what it ran with (return an 'options' dict)")
     scale = ["FEDWHISPER_BENCH_SCALE=small"] if SMALL else []
-    return entry | {"command": shlex.join([*scale, "python", *sys.argv]), "code": _code_version()}
+    return entry | {"command": shlex.join([*scale, "python", *sys.argv]), "code": code}
 
 
 def main(names: list[str]) -> None:
@@ -649,6 +649,7 @@ def main(names: list[str]) -> None:
         choices = [*SUITES, *(f"{suite}:{part}" for suite, parts in PARTS.items() for part in parts)]
         raise SystemExit(f"unknown suite(s) {', '.join(sorted(unknown))}; choose from {', '.join(choices)}")
     RESULTS.mkdir(parents=True, exist_ok=True)
+    code = _code_version()  # read before the work: the code that runs, whatever is edited meanwhile
     for name in names or list(SUITES):
         suite, _, part = name.partition(":")
         work = ROOT / "benchmarks" / "work" / name.replace(":", "-")
@@ -660,7 +661,7 @@ def main(names: list[str]) -> None:
         path = RESULTS / f"{suite}{'-small' if SMALL else ''}.json"
         started = time.perf_counter()
         if part:
-            result = recorded(PARTS[suite][part](work, SMALL), name)
+            result = recorded(PARTS[suite][part](work, SMALL), name, code)
             # keep the other parts' results (dropping entries no part writes any more) and their timings, read only
             # now so that a part of the suite that finished meanwhile in another process is kept too
             previous = json.loads(path.read_text()) if path.is_file() else {}
@@ -669,7 +670,7 @@ def main(names: list[str]) -> None:
             spent = time.perf_counter() - started + (seconds.get(part, 0) if resumed else 0)  # a resumed part's runs add up
             results["machine"] = {"parts_seconds": seconds | {part: round(spent, 1)}}
         else:
-            results = {key: recorded(entry, f"{suite}:{key}") for key, entry in SUITES[suite][0](work).items()}
+            results = {key: recorded(entry, f"{suite}:{key}", code) for key, entry in SUITES[suite][0](work).items()}
             results["machine"] = {"seconds": round(time.perf_counter() - started, 1)}
         results["machine"] |= {"cpus": os.cpu_count(), "python": platform.python_version()}
         path.write_text(json.dumps(results, indent=2))

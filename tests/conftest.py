@@ -7,19 +7,15 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-# torch reads these once, when it loads (after this file). Two xdist workers share the two cores: one thread each,
-# else four threads spin against each other; Ray's actors and the SuperNodes set their own one thread per client.
+# Two xdist workers share the machine's cores: each worker, and everything it starts (Ray and its actors, SuperLinks,
+# SuperNodes, CLI subprocesses), runs on a core of its own with one torch thread, so the Flower tests of one worker do
+# not fight the other's for CPUs (Flower's simulation sizes Ray by the cores it may use). Ray and the deployments pick
+# free ports. torch reads these once, when it loads (after this file).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-if os.environ.get("PYTEST_XDIST_WORKER"):
+if worker := os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-
-def pytest_collection_modifyitems(items):
-    """Tests that start Ray or a SuperLink take both cores and ports of their own: one such test at a time, all on one
-    xdist worker (``--dist loadgroup``), while the other worker runs the rest."""
-    for item in items:
-        if item.get_closest_marker("flower"):
-            item.add_marker(pytest.mark.xdist_group("flower"))
+    cores = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cores[int(worker.removeprefix("gw")) % len(cores)]})
 
 
 @pytest.fixture(autouse=True)
@@ -172,25 +168,23 @@ def tiny_features(tiny_asr_corpus, tiny_asr_model, tmp_path_factory) -> Path:
     return out
 
 
+def small_kws_options(corpus: Path, model: Path, cache_dir: Path, **changes):
+    """The tests' small keyword-spotting federation: yes/no/up, 3 clients, 2 a round, 2 rounds of one local epoch."""
+    from fedwhisper.kws.task import KwsOptions
+
+    base = {"keywords": "yes,no,up", "num_clients": 3, "clients_per_round": 2, "rounds": 2, "local_epochs": 1}
+    return KwsOptions(corpus=str(corpus), model=str(model), cache_dir=str(cache_dir), **(base | changes))
+
+
 @pytest.fixture(scope="session")
 def kws_simulated_run(tiny_whisper_dir, tiny_kws_corpus, tmp_path_factory):
     """One small keyword-spotting federation on Flower's simulation engine (3 clients, 2 a round, 2 rounds), shared by
     the tests that check its record, its reproducibility and the deployment that must match it. Returns
     (options, run directory, the rows the server reported as it went)."""
     from fedwhisper.fl.kws_app import simulate
-    from fedwhisper.kws.task import KwsOptions
 
     root = tmp_path_factory.mktemp("kws-simulated")
-    options = KwsOptions(
-        corpus=str(tiny_kws_corpus),
-        model=str(tiny_whisper_dir),
-        keywords="yes,no,up",
-        num_clients=3,
-        clients_per_round=2,
-        rounds=2,
-        local_epochs=1,
-        cache_dir=str(root / "cache"),
-    )
+    options = small_kws_options(tiny_kws_corpus, tiny_whisper_dir, root / "cache")
     seen = []
     simulate(options, root / "run", on_round=seen.append)
     return options, root / "run", seen

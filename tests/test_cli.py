@@ -89,3 +89,22 @@ def test_kws_train_evaluate_and_predict(tiny_whisper_dir, tiny_kws_corpus, tmp_p
     code, output = invoke("kws", "predict", str(head), str(clip), str(bad))
     assert code == 1, output  # one file failed: reported, and the exit code says so
     assert clip.name in output and "not readable as audio" in output
+
+
+def test_piped_output_keeps_each_line_whole_and_datasets_bars_off():
+    """With output going to a file (here: pytest's capture), a round line is one line however long, and datasets'
+    per-shard progress frames are off."""
+    import datasets
+
+    from fedwhisper.cli.common import console
+    from fedwhisper.cli.kws import print_round
+
+    row = {"round": 7, "validation_accuracy": 0.9, "test_accuracy": 0.91, "clients_trained": 10, "clients_skipped": 0}
+    row |= {"clients_failed": 2, "clients_rejected": 1, "dp_epsilon": 12.5, "clips_skipped": 3, "seconds": 14.2}
+    with console.capture() as captured:
+        print_round(row)
+    lines = captured.get().splitlines()
+    assert len(lines) == 1 and len(lines[0]) > 80 and lines[0].endswith("14.2 s)"), lines
+    datasets.enable_progress_bars()
+    assert invoke("models", "list")[0] == 0
+    assert datasets.utils.tqdm.are_progress_bars_disabled()

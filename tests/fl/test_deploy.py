@@ -15,6 +15,7 @@ from fedwhisper.kws.task import KwsOptions
 
 
 @pytest.mark.flower
+@pytest.mark.xdist_group("kws-simulated")  # one worker computes the shared run
 def test_a_tls_deployment_with_node_auth_trains_as_the_simulation_and_refuses_strangers(kws_simulated_run, tmp_path):
     simulated_options, simulated, _ = kws_simulated_run
     options = KwsOptions(**{**simulated_options.to_config(), "cache_dir": str(tmp_path / "server-cache")})

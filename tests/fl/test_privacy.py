@@ -6,12 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from tests.conftest import small_kws_options
 
 from fedwhisper.asr.federated import AsrFederationOptions, client_shard, initial_state
 from fedwhisper.fl import asr_app, kws_app
 from fedwhisper.fl.server import CLIENT_NAME
 from fedwhisper.fl.strategy import WEIGHT
-from fedwhisper.kws.task import TRAINING_FIELDS, KwsOptions, client_examples, new_head
+from fedwhisper.kws.task import TRAINING_FIELDS, client_examples, new_head
 
 
 def _sent_by_client(app, arrays: dict, config: dict, partition: int, run_config: dict) -> list[Message]:
@@ -55,16 +56,7 @@ def _check(replies: list[Message], arrays: dict, metric_keys: tuple[str, ...], s
 
 
 def test_a_kws_client_sends_only_head_weights_and_whitelisted_metrics(tiny_whisper_dir, tiny_kws_corpus, tmp_path):
-    options = KwsOptions(
-        corpus=str(tiny_kws_corpus),
-        model=str(tiny_whisper_dir),
-        keywords="yes,no,up",
-        num_clients=3,
-        clients_per_round=2,
-        rounds=1,
-        local_epochs=1,
-        cache_dir=str(tmp_path / "cache"),
-    )
+    options = small_kws_options(tiny_kws_corpus, tiny_whisper_dir, tmp_path / "cache", rounds=1)
     head = new_head(options).state_dict()
     config = {k: v for k, v in options.to_config().items() if k in TRAINING_FIELDS}
     replies = _sent_by_client(kws_app.build_kws_client_app(options.to_config()), head, config, 1, {})
@@ -102,16 +94,8 @@ def test_an_asr_client_sends_only_lora_adapters_and_whitelisted_metrics(tiny_fea
 
 
 def test_a_dp_round_clips_the_update_before_it_leaves(tiny_whisper_dir, tiny_kws_corpus, tmp_path):
-    options = KwsOptions(
-        corpus=str(tiny_kws_corpus),
-        model=str(tiny_whisper_dir),
-        keywords="yes,no,up",
-        num_clients=3,
-        clients_per_round=2,
-        rounds=1,
-        local_epochs=3,
-        learning_rate=0.05,
-        cache_dir=str(tmp_path / "cache"),
+    options = small_kws_options(
+        tiny_kws_corpus, tiny_whisper_dir, tmp_path / "cache", rounds=1, local_epochs=3, learning_rate=0.05
     )
     head = new_head(options).state_dict()
     config = {k: v for k, v in options.to_config().items() if k in TRAINING_FIELDS} | {"clipping_norm": 0.01}

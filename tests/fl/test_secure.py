@@ -5,25 +5,17 @@ import numpy as np
 import pytest
 from flwr.common import bytes_to_ndarray
 from safetensors.torch import load_file
+from tests.conftest import small_kws_options
 from tests.inprocess import InProcessGrid
 
 from fedwhisper.fl.kws_app import build_kws_client_app, federate
 from fedwhisper.fl.secure import simulate_secure
-from fedwhisper.kws.task import KwsOptions, new_head
+from fedwhisper.kws.task import new_head
 
 
 @pytest.mark.flower
 def test_secagg_plus_sums_what_fedavg_sums_and_never_shows_an_update(tiny_whisper_dir, tiny_kws_corpus, tmp_path):
-    options = KwsOptions(
-        corpus=str(tiny_kws_corpus),
-        model=str(tiny_whisper_dir),
-        keywords="yes,no,up",
-        num_clients=3,
-        clients_per_round=3,
-        rounds=1,
-        local_epochs=1,
-        cache_dir=str(tmp_path / "cache"),
-    )
+    options = small_kws_options(tiny_kws_corpus, tiny_whisper_dir, tmp_path / "cache", clients_per_round=3, rounds=1)
     received = []
     simulate_secure(options, tmp_path / "secure", max_weight=20, received=received)  # clients hold 11-17 examples
     config = options.to_config()  # plain FedAvg of the same round, messages passed in this process

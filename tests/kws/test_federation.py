@@ -9,6 +9,7 @@ from fedwhisper.errors import FedwhisperError
 from fedwhisper.fl.kws_app import build_kws_client_app, federate, simulate
 from fedwhisper.kws.model import load_head
 from fedwhisper.kws.task import KwsOptions, client_examples, client_update, new_head
+from tests.conftest import small_kws_options
 from tests.inprocess import InProcessGrid
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -16,19 +17,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def options(tiny_whisper_dir, tiny_kws_corpus, tmp_path):
-    return KwsOptions(
-        corpus=str(tiny_kws_corpus),
-        model=str(tiny_whisper_dir),
-        keywords="yes,no,up",
-        num_clients=3,
-        clients_per_round=2,
-        rounds=2,
-        local_epochs=1,
-        cache_dir=str(tmp_path / "cache"),
-    )
+    return small_kws_options(tiny_kws_corpus, tiny_whisper_dir, tmp_path / "cache")
 
 
 @pytest.mark.flower
+@pytest.mark.xdist_group("kws-simulated")  # one worker computes the shared run
 def test_two_rounds_record_every_round_and_its_head(kws_simulated_run):
     """(Resume after an interruption: tests/test_interruptions.py.)"""
     _, run_dir, seen = kws_simulated_run
@@ -51,6 +44,7 @@ def test_two_rounds_record_every_round_and_its_head(kws_simulated_run):
 
 
 @pytest.mark.flower
+@pytest.mark.xdist_group("kws-simulated")  # one worker computes the shared run
 def test_the_same_seed_gives_the_same_rounds_and_the_same_head(kws_simulated_run, tmp_path):
     """Clients drawn by name and seed, replies aggregated in name order (whichever Ray actor answers first), each
     client's training seeded per round: a second run of the same options is the first, bit for bit."""

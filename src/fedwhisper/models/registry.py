@@ -112,6 +112,12 @@ def is_installed(name: str) -> bool:
     return all(_module_dir(module) is not None for module in PACKAGED_MODELS[name].modules)
 
 
+def missing_files(name: str) -> list[str]:
+    """The checkpoint files that the installed packages of ``name`` lack (empty: complete)."""
+    model = PACKAGED_MODELS[name]
+    return [ref for ref in (*model.parts, model.tokenizer, model.config) if not _locate(model, ref).is_file()]
+
+
 def import_packaged_model(name: str, out: Path | None = None, force: bool = False) -> Path:
     """Convert packaged model ``name`` to a transformers directory (default under FEDWHISPER_HOME); reuse a finished import."""
     if name not in PACKAGED_MODELS:
@@ -119,8 +125,7 @@ def import_packaged_model(name: str, out: Path | None = None, force: bool = Fals
     model = PACKAGED_MODELS[name]
     out = Path(out) if out else fedwhisper_home() / "models" / name
     files = {ref: _locate(model, ref) for ref in (*model.parts, model.tokenizer, model.config)}
-    missing = [ref for ref, path in files.items() if not path.is_file()]
-    if missing:
+    if missing := missing_files(name):
         raise ModelNotAvailableError(
             f"model {name!r}: its installed packages lack {', '.join(missing)}; the packaged checkpoint is incomplete"
         )
