@@ -19,7 +19,7 @@ demo: setup
 test: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -q -n 3 --dist loadgroup --durations=15
 
 bench: setup
 	$(BIN)/python benchmarks/run.py

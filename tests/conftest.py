@@ -7,10 +7,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-# Two xdist workers share the machine's cores: each worker, and everything it starts (Ray and its actors, SuperLinks,
-# SuperNodes, CLI subprocesses), runs on a core of its own with one torch thread, so the Flower tests of one worker do
-# not fight the other's for CPUs (Flower's simulation sizes Ray by the cores it may use). Ray and the deployments pick
-# free ports. torch reads these once, when it loads (after this file).
+# xdist workers share the machine's cores: each worker, and everything it starts (Ray and its actors, SuperLinks,
+# SuperNodes, CLI subprocesses), is held to one core (worker k on core k mod cores) with one torch thread, so Flower's
+# simulation, which sizes Ray by the cores it may use, never spreads over another worker's core. Ray and the deployments
+# pick free ports. torch reads these once, when it loads (after this file).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 if worker := os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")

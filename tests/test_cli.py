@@ -95,6 +95,7 @@ def test_piped_output_keeps_each_line_whole_and_datasets_bars_off():
     """With output going to a file (here: pytest's capture), a round line is one line however long, and datasets'
     per-shard progress frames are off."""
     import datasets
+    from datasets.utils.tqdm import are_progress_bars_disabled
 
     from fedwhisper.cli.common import console
     from fedwhisper.cli.kws import print_round
@@ -107,4 +108,4 @@ def test_piped_output_keeps_each_line_whole_and_datasets_bars_off():
     assert len(lines) == 1 and len(lines[0]) > 80 and lines[0].endswith("14.2 s)"), lines
     datasets.enable_progress_bars()
     assert invoke("models", "list")[0] == 0
-    assert datasets.utils.tqdm.are_progress_bars_disabled()
+    assert are_progress_bars_disabled()

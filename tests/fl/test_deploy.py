@@ -31,9 +31,12 @@ def test_a_tls_deployment_with_node_auth_trains_as_the_simulation_and_refuses_st
             urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"
         ):  # under its own CA, which strangers do not trust
             urllib.request.urlopen(f"https://{deployment.address}/health", context=ssl.create_default_context(), timeout=5)
+        assert deployment.online_nodes() == 3
+        lines = []
+        assert deployment.run(deployed_run_config(options, run_dir), lines.append, timeout=600) == 0, "\n".join(lines[-40:])
         assert stranger.wait(timeout=60) != 0 and plaintext.wait(timeout=60) != 0
-        # refused for what each lacks: the stranger's key is not registered (the SuperLink names that key), and the
-        # plain-HTTP node gets no answer from a port that speaks only TLS
+        # both turned away (while the federation ran) for what each lacks: the stranger's key is not registered (the
+        # SuperLink names that key), and the plain-HTTP node gets no answer from a port that speaks only TLS
         public = serialization.load_ssh_public_key((tmp_path / "stranger" / "stranger.pub").read_bytes())
         pem = public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
         stranger_key = "".join(pem.strip().splitlines()[1:-1])  # as the SuperLink logs it, without the PEM's line breaks
@@ -41,9 +44,6 @@ def test_a_tls_deployment_with_node_auth_trains_as_the_simulation_and_refuses_st
         assert any(stranger_key in line.replace("\\n", "") for line in refusals), refusals
         assert "Failed to activate SuperNode" in deployment.log("stranger").read_text()
         assert "Server disconnected without sending a response" in deployment.log("plaintext").read_text()
-        assert deployment.online_nodes() == 3
-        lines = []
-        assert deployment.run(deployed_run_config(options, run_dir), lines.append, timeout=600) == 0, "\n".join(lines[-40:])
     assert [row["round"] for row in json.loads((run_dir / "metrics.json").read_text())] == [0, 1, 2]
     assert all(row["clients_trained"] == 2 for row in json.loads((run_dir / "metrics.json").read_text())[1:])
     # the same clients, data, seeds and aggregation order as the simulation engine's run: the same head
