@@ -77,7 +77,7 @@ def test_kws_federate_stops_at_once_and_resumes_past_a_damaged_checkpoint(
         "--rounds",
         "500",
         "--local-epochs",
-        "20",
+        "5",
         "--run-dir",
         str(run),
         "--cache-dir",

@@ -45,9 +45,15 @@ def options(tiny_features, tiny_asr_model, tmp_path):
     )
 
 
-@pytest.mark.flower
+def _in_process(options: AsrFederationOptions, run_dir, resume: bool = False):
+    """The federation's ServerApp job and ClientApps, messages passed in this process (the simulation engine itself:
+    test_a_client_that_raises_mid_round_does_not_stop_the_round)."""
+    config = options.to_config()
+    return federate(InProcessGrid(build_asr_client_app(config), config, options.num_clients), options, run_dir, resume=resume)
+
+
 def test_lora_rounds_send_only_adapters_and_resume_to_the_same_weights(options, tmp_path):
-    run = simulate(options, tmp_path / "run")
+    run = _in_process(options, tmp_path / "run")
     assert [row["round"] for row in run.rows] == [0, 1, 2]
     adapters = initial_state(options)
     assert adapters and all("lora_" in name for name in adapters)
@@ -66,11 +72,7 @@ def test_lora_rounds_send_only_adapters_and_resume_to_the_same_weights(options, 
     shutil.copytree(tmp_path / "run", tmp_path / "killed")
     RunDirectory(tmp_path / "killed").keep_until(1)
     (tmp_path / "killed" / "trainable-round-002.safetensors").unlink()
-    # resumed with the same ServerApp job and ClientApp, messages passed in this process: the resume point, sampling and
-    # seeds, not the engine, make round 2 the same (the same-seed test shows Ray's arrival order does not matter)
-    config = options.to_config()
-    grid = InProcessGrid(build_asr_client_app(config), config, options.num_clients)
-    resumed = federate(grid, options, tmp_path / "killed", resume=True)
+    resumed = _in_process(options, tmp_path / "killed", resume=True)
     assert [row["round"] for row in resumed.rows] == [0, 1, 2]
     untimed = [[{k: v for k, v in row.items() if "second" not in k} for row in r.rows] for r in (resumed, run)]
     assert untimed[0] == untimed[1]

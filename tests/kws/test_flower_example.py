@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from fedwhisper.errors import FedwhisperError
-from fedwhisper.fl.kws_app import simulate
+from fedwhisper.fl.kws_app import build_kws_client_app, federate
 from fedwhisper.kws import flower_example
 from fedwhisper.kws.flower_example import RECIPE, clients_and_sample, sampler_weights, silence_clips, train_one_round
 from fedwhisper.kws.model import build_head, load_head, parameter_count
 from fedwhisper.kws.task import KwsOptions, client_update, corpus_for, new_head, with_recipe
+from tests.inprocess import InProcessGrid
 
 
 def test_recipe_settings_are_the_examples():
@@ -116,9 +117,11 @@ def test_recipe_options_and_a_client_round(options):
     assert set(new_state) == set(state)
 
 
-@pytest.mark.flower
 def test_recipe_federates_on_flower(options, tmp_path):
-    row = simulate(options, tmp_path / "run").rows[-1]
+    """The recipe's round through Flower's ServerApp job and ClientApps, messages passed in this process (the
+    simulation engine itself: tests/kws/test_federation.py)."""
+    config, clients = options.to_config(), with_recipe(options).num_clients
+    row = federate(InProcessGrid(build_kws_client_app(config), config, clients), options, tmp_path / "run").rows[-1]
     # a client with fewer than two full batches of the example's batch size is skipped; the others train the head
     assert row["round"] == 1 and row["clients_trained"] >= 1
     assert row["clients_trained"] + row["clients_skipped"] == with_recipe(options).clients_per_round
