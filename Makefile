@@ -34,14 +34,12 @@ system-packages:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-# torch first and pinned: the CPU build; anything else would pull CUDA packages. --no-compile: Python compiles only the
-# modules a program imports, when it first imports them, instead of every file of torch, transformers and gradio now
-# (half of the install's time).
+# torch first and pinned: the CPU build; anything else would pull CUDA packages.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q --no-compile torch==2.13.0
-	$(BIN)/pip install -q --no-compile -e '.[$(EXTRAS)]'
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
 clean:
