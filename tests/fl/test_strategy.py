@@ -116,7 +116,7 @@ def test_zero_weight_composes_with_flowers_dp_wrapper_which_clips_and_adds_noise
     inner._sent = {"w": np.zeros(shape, np.float32)}
     dp = DifferentialPrivacyServerSideFixedClipping(inner, noise_multiplier=0.1, clipping_norm=2.0, num_sampled_clients=2)
     dp.current_arrays = ArrayRecord({"w": torch.zeros(shape)})
-    arrays, _ = dp.aggregate_train(1, [reply(1, 1.0, 10), reply(2, -500.0, 0), reply(3, 3.0, 30)])
+    arrays, _ = dp.aggregate_train(1, [reply(1, 1.0, 1), reply(2, -500.0, 0), reply(3, 3.0, 3)])
     w = arrays["w"].numpy()
     clipped = 2.0 / 100  # updates of norm 100 and 300 clipped to norm 2: every entry 0.02 (the weight-0 one: -0.02)
     sigma = 0.1 * 2.0 / 2
