@@ -7,15 +7,30 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-# xdist workers share the machine's cores: each worker, and everything it starts (Ray and its actors, SuperLinks,
-# SuperNodes, CLI subprocesses), is held to one core (worker k on core k mod cores) with one torch thread, so Flower's
-# simulation, which sizes Ray by the cores it may use, never spreads over another worker's core. Ray and the deployments
+# xdist workers share the machine's cores: each worker, and the CLI subprocesses it starts, is held to one core (worker
+# k on core k mod cores) with one torch thread; Flower's tests are the exception (below). Ray and the deployments
 # pick free ports. torch reads these once, when it loads (after this file).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+ALL_CORES = os.sched_getaffinity(0)
+PINNED = None
 if worker := os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    cores = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cores[int(worker.removeprefix("gw")) % len(cores)]})
+    cores = sorted(ALL_CORES)
+    PINNED = {cores[int(worker.removeprefix("gw")) % len(cores)]}
+    os.sched_setaffinity(0, PINNED)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A test that starts Flower's processes (marker `flower`) spreads them over every core: they mostly wait on each
+    other, and held to one core they would queue behind one another while the other core idles."""
+    if PINNED is None or item.get_closest_marker("flower") is None:
+        return (yield)
+    os.sched_setaffinity(0, ALL_CORES)
+    try:
+        return (yield)
+    finally:
+        os.sched_setaffinity(0, PINNED)
 
 
 @pytest.fixture(autouse=True)

@@ -32,11 +32,25 @@ def test_long_form_audio_is_chunked_and_timestamped(session_home, tmp_path):
     from fedwhisper.metrics import word_error_rate
 
     voice = next(v for v in speaker_voices(12, "en", 0) if v.engine == "flite")
+    # distinct sentences: repeated ones would compress so well that every window falls back to sampling
     sentences = [
         "The weather today is sunny and warm.",
         "Please close the door when you leave.",
         "We will meet again next week.",
-    ] * 6
+        "My brother bought a new bicycle yesterday.",
+        "The library opens at nine in the morning.",
+        "She planted tomatoes behind the old house.",
+        "Our train was late because of the snow.",
+        "He forgot his umbrella at the station.",
+        "The children played football after school.",
+        "Dinner will be ready in twenty minutes.",
+        "They painted the kitchen a bright yellow.",
+        "I read the whole newspaper on the bus.",
+        "The museum was full of tourists on Sunday.",
+        "Turn left at the bakery and walk straight on.",
+        "The doctor asked him to drink more water.",
+        "We listened to the radio during the long drive.",
+    ]
     audio = np.concatenate([np.pad(voice.synthesize(s), (4000, 8000)) for s in sentences])
     assert audio.size / 16_000 > 35  # longer than one 30-s window
     write_audio(tmp_path / "long.wav", audio)
