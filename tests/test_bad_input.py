@@ -245,7 +245,7 @@ CASES = [
         ["data", "info", "{tmp}"],
         None,
         1,
-        "not a Speech Commands, Common Voice or audiofolder directory",
+        "not a Speech Commands, Common Voice, Kaldi or audiofolder directory",
     ),
     (
         "asr-prepare-keyword-corpus",
@@ -427,7 +427,7 @@ def test_a_metadata_row_without_its_audio_is_reported_and_the_rest_kept(tmp_path
     (tmp_path / "af" / "train" / "metadata.csv").write_text("file_name,transcription,speaker_id\na.wav,hi,s1\ngone.wav,bye,s2\n")
     result = runner.invoke(app, ["data", "info", str(tmp_path / "af")])
     assert result.exit_code == 0, result.output
-    assert "1 metadata rows name audio files that do not exist, left out:" in result.output and "gone.wav" in result.output
+    assert "1 left out" in result.output and "gone.wav (not found)" in "".join(result.output.split("\n"))
     assert "│ train │ 1 " in result.output
 
 

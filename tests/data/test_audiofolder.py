@@ -23,7 +23,7 @@ def test_split_folders_with_csv_metadata(tmp_path):
     assert corpus["train"][0]["transcription"] == "Hello, world."
     assert corpus["train"]["engine"] == ["flite"]  # extra metadata columns are kept
     assert corpus["test"]["speaker_id"] == ["s2"]
-    assert corpus.skipped_files == [str(tmp_path / "train" / "s1" / "gone.wav")]
+    assert corpus.skipped == {str(tmp_path / "train" / "s1" / "gone.wav"): "not found"}
 
 
 def test_single_jsonl_metadata_is_the_train_split(tmp_path):

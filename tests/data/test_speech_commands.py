@@ -33,7 +33,7 @@ def test_hand_made_folder_is_read_with_splits_from_the_lists(tmp_path):
     assert [len(corpus[s]) for s in ("train", "validation", "test")] == [5, 1, 3]
     assert set(corpus["test"]["speaker_id"]) == {"0b09edd3"}
     assert set(corpus["train"]["label"]) == {"yes", "no", "marvin"}
-    assert corpus.skipped_files == [str(root / "yes" / "badname.wav")]
+    assert corpus.skipped == {str(root / "yes" / "badname.wav"): "not named <speaker>_nohash_<n>.wav"}
     assert load_audio(corpus["train"][0]["audio"]).size == 16_000
     assert [p.name for p in background_noise_files(root)] == ["white_noise.wav"]
 

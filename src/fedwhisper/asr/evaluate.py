@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from fedwhisper.asr.batches import WINDOWS, AsrBatches, model_inputs
 from fedwhisper.backends import decode_features
 from fedwhisper.constants import IGNORE_INDEX
+from fedwhisper.data.corpus import GROUP_COLUMNS
 from fedwhisper.errors import FedwhisperError
 from fedwhisper.metrics import character_error_rate, normalizer, word_error_rate
 from fedwhisper.transcribe import DecodingOptions, decode_batch, load_assistant, token_cap
@@ -31,7 +32,7 @@ def evaluate_batches(
         model.eval()
     dataset = batches.dataset
     references = dataset["transcription"]
-    columns = {name: dataset[name] for name in ("path", "speaker_id") if name in dataset.column_names}
+    columns = {name: dataset[name] for name in ("path", "speaker_id", *GROUP_COLUMNS) if name in dataset.column_names}
     seconds = dataset["duration"] if "duration" in dataset.column_names else None
     hypotheses, loss_sum, tokens = [""] * len(dataset), 0.0, 0
     steps = batches.in_order(options.batch_size)
@@ -70,22 +71,29 @@ def evaluate_batches(
         row["wer"] = round(word_error_rate([reference], [hypothesis], language), 4) if normalise(reference).strip() else None
         rows.append(row)
     scored = any(row["wer"] is not None for row in rows)  # untranscribed clips (pseudo-labelling) have no error rate
+    groups = {column: wer_by(rows, column, language) for column in GROUP_COLUMNS if column in columns and any(columns[column])}
     return {
         "loss": None if on_ctranslate2 else loss_sum / max(tokens, 1),
         "wer": word_error_rate(references, hypotheses, language) if scored else None,
         "cer": character_error_rate(references, hypotheses, language) if scored else None,
+        "groups": groups if scored else {},  # e.g. {"age_group": {"adult": 0.2, "child": 0.3}}: WER pooled per value
         "rows": rows,
     }
 
 
-def speaker_wer(rows: list[dict], language: str | None) -> dict[str, float]:
-    """WER per speaker (pooled over that speaker's utterances)."""
-    speakers: dict[str, tuple[list, list]] = {}
+def wer_by(rows: list[dict], column: str, language: str | None) -> dict[str, float]:
+    """WER per value of ``column`` (speaker_id, age_group, ...), pooled over that value's utterances."""
+    pooled: dict[str, tuple[list, list]] = {}
     for row in rows:
-        refs, hyps = speakers.setdefault(row.get("speaker_id") or "", ([], []))
+        refs, hyps = pooled.setdefault(row.get(column) or "", ([], []))
         refs.append(row["reference"])
         hyps.append(row["hypothesis"])
-    return {speaker: round(word_error_rate(refs, hyps, language), 4) for speaker, (refs, hyps) in sorted(speakers.items())}
+    return {value: round(word_error_rate(refs, hyps, language), 4) for value, (refs, hyps) in sorted(pooled.items())}
+
+
+def speaker_wer(rows: list[dict], language: str | None) -> dict[str, float]:
+    """WER per speaker (pooled over that speaker's utterances)."""
+    return wer_by(rows, "speaker_id", language)
 
 
 def write_rows(rows: list[dict], path: str | os.PathLike) -> Path:

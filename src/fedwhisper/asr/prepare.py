@@ -36,6 +36,7 @@ class PrepareOptions:
     num_proc: int = 1
     shard_size: int = 256
     validation_speakers: int | None = None  # carved from training speakers when the corpus has no validation split; None: ~10 %
+    test_speakers: int | None = None  # carved from training speakers when the corpus has no test split; None: none
     seed: int = 0
     keep_untranscribed: bool = False  # keep clips without a transcript (labels: the prompt only), for pseudo-labelling
 
@@ -78,22 +79,50 @@ def _featurise(batch: dict, processor, multilingual: bool, language: str, task: 
     return {"input_features": features, "labels": labels, "drop_reason": reasons, "duration": durations, "path": paths}
 
 
-def _with_validation_split(corpus, count: int | None, seed: int):
-    """Hold out whole training speakers as a validation split (for checkpoint choice and tuning) if none exists."""
+def _held_out_speakers(train, count: int, seed: int) -> set[str]:
+    """``count`` training speakers drawn with ``seed``, from each age group (where the corpus gives them) in proportion
+    to its size and at least one from each while ``count`` allows, so that children and adults are in every part."""
+    from fedwhisper.data.corpus import GROUP_COLUMNS
+
+    group_column = GROUP_COLUMNS[0]
+    group_of = dict(zip(train["speaker_id"], train[group_column])) if group_column in train.column_names else {}
+    groups: dict[str, list[str]] = {}
+    for speaker in sorted(set(train["speaker_id"])):
+        groups.setdefault(group_of.get(speaker, ""), []).append(speaker)
+    total = sum(len(members) for members in groups.values())
+    floor = 1 if count >= len(groups) else 0
+    quota = {group: max(floor, round(count * len(members) / total)) for group, members in groups.items()}
+    while sum(quota.values()) != count:  # rounding: take from, or give to, the largest group
+        largest = max(groups, key=lambda group: len(groups[group]) - quota[group])
+        quota[largest] += 1 if sum(quota.values()) < count else -1
+    rng = np.random.default_rng(seed)
+    return {
+        speaker
+        for group, members in sorted(groups.items())
+        for speaker in rng.choice(members, size=min(quota[group], len(members)), replace=False).tolist()
+    }
+
+
+def _with_held_out_splits(corpus, validation: int | None, test: int | None, seed: int):
+    """Hold out whole training speakers as a test split (``test`` of them, when asked and the corpus has none) and as a
+    validation split (for checkpoint choice and tuning; ``validation`` of them, None: ~10 %, when the corpus has none)."""
     import datasets
 
-    if "validation" in corpus or "train" not in corpus or "speaker_id" not in corpus["train"].column_names:
+    if "train" not in corpus or "speaker_id" not in corpus["train"].column_names:
         return corpus
-    speakers = sorted(set(corpus["train"]["speaker_id"]))
-    count = max(1, round(0.1 * len(speakers))) if count is None else count
-    if count <= 0 or len(speakers) < 2:
-        return corpus
-    held = set(np.random.default_rng(seed).choice(speakers, size=min(count, len(speakers) - 1), replace=False).tolist())
-    train = corpus["train"]
-    in_held = [speaker in held for speaker in train["speaker_id"]]
     splits = dict(corpus)
-    splits["train"] = train.select([i for i, held_row in enumerate(in_held) if not held_row])
-    splits["validation"] = train.select([i for i, held_row in enumerate(in_held) if held_row])
+    for split, count, salt in (("test", test, 1), ("validation", validation, 0)):
+        train = splits["train"]
+        speakers = sorted(set(train["speaker_id"]))
+        if split in splits or len(speakers) < 2 or (split == "test" and not count):
+            continue
+        count = max(1, round(0.1 * len(speakers))) if count is None else count
+        if count <= 0:
+            continue
+        held = _held_out_speakers(train, min(count, len(speakers) - 1), seed + salt)
+        in_held = [speaker in held for speaker in train["speaker_id"]]
+        splits["train"] = train.select([i for i, held_row in enumerate(in_held) if not held_row])
+        splits[split] = train.select([i for i, held_row in enumerate(in_held) if held_row])
     return datasets.DatasetDict(splits)
 
 
@@ -122,15 +151,16 @@ def prepare_features(source, model: str, out: str | Path, options: PrepareOption
             f"{source}: no clip has a transcript; training needs them (`fedwhisper distill label` labels "
             "untranscribed audio with a teacher)"
         )
-    corpus = _with_validation_split(corpus, options.validation_speakers, options.seed)
+    corpus = _with_held_out_splits(corpus, options.validation_speakers, options.test_speakers, options.seed)
     manifest = {
         "source": str(source),
         "model": str(model),
         "vocab_size": len(processor.tokenizer),
         "n_mels": processor.feature_extractor.feature_size,
         "multilingual": multilingual,
-        # parallelism does not change the result; keep_untranscribed is named only when set (earlier features stay valid)
-        "options": {k: v for k, v in asdict(options).items() if k != "keep_untranscribed" or v} | {"num_proc": None},
+        # parallelism does not change the result; later options are named only when set (earlier features stay valid)
+        "options": {k: v for k, v in asdict(options).items() if k not in ("keep_untranscribed", "test_speakers") or v}
+        | {"num_proc": None},
     }
     work = out / ".shards"
     manifest_path = out / MANIFEST

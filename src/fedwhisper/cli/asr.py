@@ -30,12 +30,21 @@ def asr_prepare(
     validation_speakers: Annotated[
         int | None, typer.Option(min=0, help="training speakers held out as validation when the corpus has none [10 %]")
     ] = None,
+    test_speakers: Annotated[
+        int | None,
+        typer.Option(min=1, help="training speakers held out as a test split when the corpus has none (age groups kept) [none]"),
+    ] = None,
 ) -> None:
     """CPU feature pipeline: log-mel features and tokenised labels, saved once; resumable; bad clips dropped and reported."""
     from fedwhisper.asr.prepare import REPORT, PrepareOptions, prepare_features
 
     options = PrepareOptions(
-        language=language, task=task, num_proc=num_proc, shard_size=shard_size, validation_speakers=validation_speakers
+        language=language,
+        task=task,
+        num_proc=num_proc,
+        shard_size=shard_size,
+        validation_speakers=validation_speakers,
+        test_speakers=test_speakers,
     )
     report = prepare_features(data, model, out, options)
     table = Table("split", "kept", "hours", "speakers", "dropped", "why")
@@ -322,6 +331,8 @@ def asr_evaluate(
     for speaker, wer in speaker_wer(result["rows"], result["language"]).items():
         table.add_row(escape(speaker or "-"), f"{wer:.2%}")
     console.print(table)
+    for column, values in result["groups"].items():
+        console.print(f"WER by {column}: " + ", ".join(f"{value or '?'} {wer:.2%}" for value, wer in values.items()))
     console.print(
         f"WER {result['wer']:.2%}  CER {result['cer']:.2%} over {result['clips']} clips; {result['audio_seconds']:.0f} s of "
         "audio "

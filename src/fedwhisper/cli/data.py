@@ -86,20 +86,38 @@ def _print_report(out: Path, report) -> None:
 
 @app.command("info")
 def data_info(
-    source: Annotated[str, typer.Argument(help="corpus directory (Speech Commands, Common Voice, audiofolder) or hub id")],
+    source: Annotated[
+        str, typer.Argument(help="corpus directory (Speech Commands, Common Voice, Kaldi data directory, audiofolder) or hub id")
+    ],
 ) -> None:
-    """Which layout a corpus follows, and its splits, sizes and speakers."""
-    from fedwhisper.data.corpus import corpus_kind, load_corpus
+    """Which layout a corpus follows, its splits, sizes and speakers, the speakers' groups (age, gender) where the
+    corpus gives them, and what the reader left out."""
+    from collections import Counter
+
+    from fedwhisper.data.corpus import GROUP_COLUMNS, corpus_kind, load_corpus
 
     kind = corpus_kind(source)
     corpus = load_corpus(source)
     table = Table("split", "clips", "speakers", title=f"{source} ({kind})")
+    groups = []
     for split, dataset in corpus.items():
         table.add_row(split, str(len(dataset)), str(len(set(dataset["speaker_id"]))))
+        for column in (c for c in GROUP_COLUMNS if c in dataset.column_names):
+            speakers = Counter(dict(zip(dataset["speaker_id"], dataset[column])).values())
+            if any(speakers):
+                groups.append(
+                    f"{split} {column}: " + ", ".join(f"{v or '?'} {n}" for v, n in sorted(speakers.items())) + " speakers"
+                )
     console.print(table)
-    skipped = getattr(corpus, "skipped_files", [])
+    for line in groups:
+        console.print(line)
+    skipped = getattr(corpus, "skipped", {})
     if skipped:
-        console.print(f"[yellow]{len(skipped)} listed or found files left out[/yellow], e.g. {skipped[0]}")
+        console.print(f"[yellow]{len(skipped)} left out[/yellow]:")
+        for name, why in list(skipped.items())[:10]:
+            console.print(f"  {name} ({why})")
+        if len(skipped) > 10:
+            console.print(f"  and {len(skipped) - 10} more (`fedwhisper data check` lists them all)")
 
 
 @app.command("check")

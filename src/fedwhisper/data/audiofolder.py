@@ -37,35 +37,37 @@ def _read_metadata(path: Path) -> list[dict]:
         return list(csv.DictReader(stream))
 
 
-def _split_rows(metadata: Path) -> tuple[dict[str, list], list[str]]:
+def _split_rows(metadata: Path, skipped: dict[str, str]) -> dict[str, list]:
     """Columns of one split: audio, transcription (empty where the metadata has none), speaker_id, plus any other
-    metadata columns as strings."""
+    metadata columns as strings. A row whose file is missing, or without a speaker where the metadata has a speaker
+    column, goes to ``skipped``."""
     rows = _read_metadata(metadata)
     columns: dict[str, list] = {"audio": [], "transcription": [], "speaker_id": []}
     if not rows:
-        return columns, []
+        return columns
     if "file_name" not in rows[0]:
         raise FedwhisperError(f"{metadata}: no 'file_name' column (columns: {', '.join(rows[0])})")
     text_column = next((name for name in TEXT_COLUMNS if name in rows[0]), None)  # None: untranscribed audio (empty texts)
     extra = [name for name in rows[0] if name not in {"file_name", text_column, "speaker_id", *columns}]
     columns |= {name: [] for name in extra}
-    missing = []
+    speaker_column = next((name for name in ("speaker_id", "client_id") if name in rows[0]), None)
     for row in rows:
         path = metadata.parent / row["file_name"]
-        if not path.is_file():
-            missing.append(str(path))
+        speaker = str(row.get(speaker_column) or "") if speaker_column else ""
+        if not path.is_file() or (speaker_column and not speaker):
+            skipped[str(path)] = "not found" if not path.is_file() else f"no {speaker_column}"
             continue
         columns["audio"].append(str(path))
         columns["transcription"].append((row[text_column] if text_column else "") or "")
-        columns["speaker_id"].append(str(row.get("speaker_id") or row.get("client_id") or ""))
+        columns["speaker_id"].append(speaker)
         for name in extra:
             columns[name].append("" if row.get(name) is None else str(row[name]))
-    return columns, missing
+    return columns
 
 
 def read_audiofolder(root: str | Path):
     """A ``datasets.DatasetDict`` with columns ``audio``, ``transcription`` and ``speaker_id``.
-    Rows whose audio file is missing are left out and listed in ``.skipped_files``."""
+    Rows whose audio file is missing or that name no speaker are left out and named in ``.skipped``."""
     import datasets
 
     root = Path(root)
@@ -80,9 +82,8 @@ def read_audiofolder(root: str | Path):
         if single is None:
             raise FedwhisperError(f"{root}: no metadata.csv or metadata.jsonl (audiofolder layout)")
         metadata_files = {"train": single}
-    corpus, skipped = {}, []
+    corpus, skipped = {}, {}
     for split, metadata in metadata_files.items():
-        columns, missing = _split_rows(metadata)
+        columns = _split_rows(metadata, skipped)
         corpus[split] = audio_dataset(columns, {name: "string" for name in columns if name != "audio"})
-        skipped += missing
-    return with_skipped(datasets.DatasetDict(corpus), skipped, root, "metadata rows name audio files that do not exist")
+    return with_skipped(datasets.DatasetDict(corpus), skipped, root, "metadata rows")

@@ -31,6 +31,6 @@ def check_corpus(source, max_seconds: float = 30.0, num_proc: int | None = None)
         for path_entry, error in zip(probed["audio"], probed["error"]):
             if error:
                 bad.append({"split": split, "path": path_entry.get("path"), "error": error})
-    missing = getattr(corpus, "skipped_files", [])
-    bad += [{"split": "", "path": path, "error": f"{path}: listed but not found"} for path in missing]
-    return bad, total + len(missing)
+    skipped = getattr(corpus, "skipped", {})
+    bad += [{"split": "", "path": name, "error": f"{name}: {why}"} for name, why in skipped.items()]
+    return bad, total + len(skipped)

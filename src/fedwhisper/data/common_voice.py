@@ -19,13 +19,14 @@ def is_common_voice(root: Path) -> bool:
 
 def read_common_voice(root: str | Path):
     """A ``datasets.DatasetDict`` (train / validation / test, those present) with columns
-    ``audio``, ``transcription`` and ``speaker_id``. Rows whose clip is missing are listed in ``.skipped_files``."""
+    ``audio``, ``transcription`` and ``speaker_id``. Rows whose clip is missing or that name no speaker are left out and
+    named in ``.skipped``."""
     import datasets
 
     root = Path(root)
     if not is_common_voice(root):
         raise FedwhisperError(f"{root}: not a Common Voice directory (clips/ and train.tsv/dev.tsv/test.tsv)")
-    corpus, skipped = {}, []
+    corpus, skipped = {}, {}
     for split, name in SPLIT_FILES.items():
         tsv = root / name
         if not tsv.is_file():
@@ -39,11 +40,11 @@ def read_common_voice(root: str | Path):
                     raise FedwhisperError(f"{tsv}: missing column {field!r}")
             for row in reader:
                 clip = root / "clips" / row["path"]
-                if not clip.is_file():
-                    skipped.append(str(clip))
+                if not clip.is_file() or not row["client_id"]:
+                    skipped[str(clip)] = "not found" if not clip.is_file() else "no client_id (speaker)"
                     continue
                 columns["audio"].append(str(clip))
                 columns["transcription"].append(row["sentence"] or "")
-                columns["speaker_id"].append(row["client_id"] or "")
+                columns["speaker_id"].append(row["client_id"])
         corpus[split] = audio_dataset(columns, {"transcription": "string", "speaker_id": "string"})
-    return with_skipped(datasets.DatasetDict(corpus), skipped, root, "rows name clips that do not exist")
+    return with_skipped(datasets.DatasetDict(corpus), skipped, root, "rows")

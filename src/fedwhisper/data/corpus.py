@@ -11,14 +11,20 @@ AUDIO_COLUMN = "audio"
 log = logging.getLogger("fedwhisper.data")
 
 
-def with_skipped(corpus, skipped: list[str], source: str | Path, why: str):
-    """``corpus`` with ``skipped_files`` (what ``data info`` and ``data check`` list), and one warning line saying what
-    was left out and why: a reader never drops a row in silence."""
-    corpus.skipped_files = skipped
+def with_skipped(corpus, skipped: dict[str, str], source: str | Path, what: str):
+    """``corpus`` with ``skipped`` ({file or utterance: why}, what ``data info`` and ``data check`` list), and one
+    warning line naming what was left out: a reader never drops a row in silence."""
+    corpus.skipped = skipped
     if skipped:
-        shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
-        log.warning("%s: %d %s, left out: %s", source, len(skipped), why, shown)
+        named = [f"{name} ({why})" for name, why in skipped.items()]
+        shown = ", ".join(named[:3]) + (f" and {len(named) - 3} more" if len(named) > 3 else "")
+        log.warning("%s: %d %s left out: %s", source, len(skipped), what, shown)
     return corpus
+
+
+# Speaker metadata columns that readers fill where the corpus says (Kaldi's spk2gender and spk2age): what `data info`
+# counts and evaluation reports WER by.
+GROUP_COLUMNS = ("age_group", "gender")
 
 
 def audio_dataset(columns: dict[str, list], value_types: dict[str, str]):
@@ -70,9 +76,10 @@ def standardise_columns(corpus):
 
 
 def corpus_kind(source: str | Path) -> str:
-    """Which reader fits ``source``: speech_commands, common_voice, audiofolder, or hub (a dataset id)."""
+    """Which reader fits ``source``: speech_commands, common_voice, kaldi, audiofolder, or hub (a dataset id)."""
     from fedwhisper.data.audiofolder import is_audiofolder
     from fedwhisper.data.common_voice import is_common_voice
+    from fedwhisper.data.kaldi import is_kaldi
     from fedwhisper.data.speech_commands import is_speech_commands
 
     path = Path(source)
@@ -80,11 +87,12 @@ def corpus_kind(source: str | Path) -> str:
         for kind, matches in (
             ("speech_commands", is_speech_commands),
             ("common_voice", is_common_voice),
+            ("kaldi", is_kaldi),
             ("audiofolder", is_audiofolder),
         ):
             if matches(path):
                 return kind
-        raise FedwhisperError(f"{path}: not a Speech Commands, Common Voice or audiofolder directory")
+        raise FedwhisperError(f"{path}: not a Speech Commands, Common Voice, Kaldi or audiofolder directory")
     if path.exists():
         raise FedwhisperError(f"{source}: a file, not a corpus directory (give the folder that holds the corpus)")
     if str(source).startswith((".", "/", "~")):
@@ -95,11 +103,12 @@ def corpus_kind(source: str | Path) -> str:
 def load_corpus(source: str | Path, hub_config: str | None = None):
     """Read any supported corpus into a ``datasets.DatasetDict`` with an undecoded ``audio`` column.
 
-    Directories in the Speech Commands, Common Voice or audiofolder layouts are read directly; anything else
+    Directories in the Speech Commands, Common Voice, Kaldi or audiofolder layouts are read directly; anything else
     is taken as a Hugging Face hub dataset id (e.g. ``google/speech_commands``), which needs a network.
     """
     from fedwhisper.data.audiofolder import read_audiofolder
     from fedwhisper.data.common_voice import read_common_voice
+    from fedwhisper.data.kaldi import read_kaldi
     from fedwhisper.data.speech_commands import read_speech_commands
 
     kind = corpus_kind(source)
@@ -112,5 +121,10 @@ def load_corpus(source: str | Path, hub_config: str | None = None):
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
             raise FedwhisperError(f"{source}: not a corpus directory, and not loadable as a hub dataset ({reason})") from None
         return standardise_columns(undecoded_audio(hub))
-    readers = {"speech_commands": read_speech_commands, "common_voice": read_common_voice, "audiofolder": read_audiofolder}
+    readers = {
+        "speech_commands": read_speech_commands,
+        "common_voice": read_common_voice,
+        "kaldi": read_kaldi,
+        "audiofolder": read_audiofolder,
+    }
     return readers[kind](source)

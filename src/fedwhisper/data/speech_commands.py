@@ -102,12 +102,12 @@ def read_speech_commands(root: str | Path):
         raise FedwhisperError(f"{root}: Speech Commands directory not found")
     lists = {"validation": _read_list(root / VALIDATION_LIST), "test": _read_list(root / TESTING_LIST)}
     columns = {split: {"audio": [], "label": [], "speaker_id": [], "utterance": []} for split in ("train", "validation", "test")}
-    skipped = []
+    skipped = {}
     for word_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
         for wav in sorted(word_dir.glob("*.wav")):
             parsed = parse_file_name(wav.name)
             if parsed is None:
-                skipped.append(str(wav))
+                skipped[str(wav)] = "not named <speaker>_nohash_<n>.wav"
                 continue
             relative = f"{word_dir.name}/{wav.name}"
             split = next((name for name, members in lists.items() if relative in members), "train")
@@ -120,4 +120,4 @@ def read_speech_commands(root: str | Path):
         raise FedwhisperError(f"{root}: no <word>/<speaker>_nohash_<n>.wav files found")
     types = {"label": "string", "speaker_id": "string", "utterance": "int32"}
     corpus = datasets.DatasetDict({split: audio_dataset(data, types) for split, data in columns.items()})
-    return with_skipped(corpus, skipped, root, "files do not follow the <word>/<speaker>_nohash_<n>.wav layout")
+    return with_skipped(corpus, skipped, root, "files")
