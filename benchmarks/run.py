@@ -1,6 +1,8 @@
 """`make bench`: measured figures, written to benchmarks/results/<suite>.json and the README's results table.
 
-Usage: python benchmarks/run.py [foundation] [kws] [kws:flower_example] [asr] [asr:english] …   (default: every suite)
+Usage: python benchmarks/run.py [foundation] [kws] [kws:flower_example] [asr] [asr:english] … [--data DIR] [--ljspeech DIR]
+[--digits DIR] (default: every suite; `real` only with --data, the speechocean762 corpus root whose train/ it reads, and
+the out-of-domain clips of its forgetting checks: see benchmarks/real_bench.py)
 A part (`suite:part`) runs alone and replaces only its own entry in the suite's JSON.
 FEDWHISPER_BENCH_SCALE=small shrinks every size, to check the script quickly (results go to *-small.json).
 """
@@ -27,6 +29,7 @@ import distill_bench  # noqa: E402  (benchmarks/distill_bench.py)
 import fl_asr_bench  # noqa: E402  (benchmarks/fl_asr_bench.py)
 import fl_hetero_bench  # noqa: E402  (benchmarks/fl_hetero_bench.py)
 import kws_bench  # noqa: E402  (benchmarks/kws_bench.py)
+import real_bench  # noqa: E402  (benchmarks/real_bench.py)
 import reliability_bench  # noqa: E402  (benchmarks/reliability_bench.py)
 from fedwhisper.data.synth_asr import AsrSynthesisOptions, synthesize_audiofolder  # noqa: E402
 from fedwhisper.data.synth_kws import KwsSynthesisOptions, synthesize_speech_commands  # noqa: E402
@@ -584,6 +587,26 @@ def reliability_rows(results: dict) -> list[str]:
     return rows
 
 
+def real_rows(results: dict) -> list[str]:
+    rows = []
+    if pretrained := results.get("pretrained"):
+        test = pretrained["speakers"]["test"]
+        held = f"{sum(test.values())} held-out train/ speakers ({test.get('child', 0)} children)"
+        for model in real_bench.MODELS:
+            cells = []
+            for backend, windows in pretrained[model].items():
+                for window, r in windows.items():
+                    cells.append(
+                        f"{backend} {'30-s' if window == 'full' else 'clip'}: {r['wer']:.1%} "
+                        f"({r['children']:.1%} / {r['adults']:.1%}, {r['audio_seconds_per_second']:g}x)"
+                    )
+            rows.append(
+                f"| Real speech, speechocean762 ({held}, {pretrained[model]['transformers']['full']['clips']} utterances): "
+                f"pretrained {model} WER (children / adults, x real time) | {'; '.join(cells)} |"
+            )
+    return rows
+
+
 MODULES = {
     "kws": kws_bench,
     "asr": asr_bench,
@@ -591,6 +614,7 @@ MODULES = {
     "distill": distill_bench,
     "fl-hetero": fl_hetero_bench,
     "reliability": reliability_bench,
+    "real": real_bench,
 }  # suites whose parts may run alone
 
 
@@ -610,6 +634,7 @@ SUITES = {
     "distill": (_parts(distill_bench), distill_rows),
     "fl-hetero": (_parts(fl_hetero_bench), fl_hetero_rows),
     "reliability": (_parts(reliability_bench), reliability_rows),
+    "real": (_parts(real_bench), real_rows),
 }
 PARTS = {suite: module.PARTS for suite, module in MODULES.items()}
 
@@ -644,13 +669,18 @@ def recorded(entry: dict, name: str, code: str) -> dict:
 
 
 def main(names: list[str]) -> None:
+    for flag in ("--data", "--ljspeech", "--digits"):  # the real suite's corpora, given by the user
+        if flag in names:
+            at = names.index(flag)
+            setattr(real_bench, flag.strip("-").upper(), Path(names[at + 1]).expanduser().resolve())
+            names = names[:at] + names[at + 2 :]
     unknown = {n for n in names if n not in SUITES and n.partition(":")[2] not in PARTS.get(n.partition(":")[0], {})}
     if unknown:
         choices = [*SUITES, *(f"{suite}:{part}" for suite, parts in PARTS.items() for part in parts)]
         raise SystemExit(f"unknown suite(s) {', '.join(sorted(unknown))}; choose from {', '.join(choices)}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     code = _code_version()  # read before the work: the code that runs, whatever is edited meanwhile
-    for name in names or list(SUITES):
+    for name in names or [suite for suite in SUITES if suite != "real" or real_bench.DATA]:
         suite, _, part = name.partition(":")
         work = ROOT / "benchmarks" / "work" / name.replace(":", "-")
         resumable = part in getattr(MODULES.get(suite), "RESUMABLE", ())

@@ -3,6 +3,7 @@ encode it once per client, federate the head over 100 speaker-grouped clients fo
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,7 +38,8 @@ def run_kws_demo(
 ):
     """Federated keyword spotting on the embedded default: 300 synthetic speakers, 100 clients, 10 per round, 10 rounds
     (``corpus`` and ``options`` change the scale)."""
-    name = "demo-kws" if corpus == DEMO_KWS_CORPUS else f"demo-kws-{corpus.speakers}"
+    variant = hashlib.sha1(repr(corpus).encode()).hexdigest()[:8]  # another scale or vocabulary: a corpus of its own
+    name = "demo-kws" if corpus == DEMO_KWS_CORPUS else f"demo-kws-{corpus.speakers}-{variant}"
     directory = fedwhisper_home() / "corpora" / name
     synthesize_speech_commands(directory, corpus)
     run_dir = runs_root() / f"demo-kws-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -1,0 +1,195 @@
+"""Real speech: speechocean762's read English of Mandarin-L1 children and adults (OpenSLR 101, CC BY 4.0).
+
+Only the corpus's ``train/`` data directory is read (125 speakers); its ``test/`` split is reserved for independent
+evaluation and never touched here. Held-out test and validation speakers are carved from ``train/`` with children and
+adults in every part (``asr prepare --test-speakers``); the rest are the clients' speakers.
+
+- ``pretrained``: tiny.en and base as they ship, on the held-out speakers: WER overall, children, adults, on 30-s and
+  clip windows, on the transformers and the CTranslate2 (faster-whisper, int8) backends, with decoding speed.
+- ``federated``: `asr federate`'s defaults (tiny.en, LoRA on clip windows, 20 clients of the remaining speakers, 5 a
+  round, 10 rounds) beside centralized and local-only training on the same client steps (fl-asr's harness); the best
+  model exported to CTranslate2 int8 and scored on 30-s windows; forgetting measured on three out-of-domain sets: flite
+  voices, LJSpeech (native read speech; --ljspeech, e.g. coqui-ai/TTS's tests/data/ljspeech/wavs) and spoken digits
+  (short commands; --digits, Jakobovski/free-spoken-digit-dataset's recordings/).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from fedwhisper.asr.evaluate import evaluate_data
+from fedwhisper.asr.prepare import PrepareOptions, load_features, prepare_features
+from fedwhisper.errors import FedwhisperError
+from fedwhisper.transcribe import DecodingOptions
+
+DATA: Path | None = None  # the corpus root (holding train/), from run.py's --data
+LJSPEECH: Path | None = None  # LJSpeech clips (LJ001-00NN.wav), from run.py's --ljspeech
+DIGITS: Path | None = None  # free-spoken-digit-dataset's recordings/ ({digit}_{speaker}_{n}.wav), from run.py's --digits
+# LJSpeech's texts (public domain) of the clips in coqui-ai/TTS's tests/data/ljspeech/wavs that have one published
+LJSPEECH_TEXTS = {
+    "LJ001-0001": "Printing, in the only sense with which we are at present concerned, differs from most if not from all "
+    "the arts and crafts represented in the Exhibition",
+    "LJ001-0002": "in being comparatively modern.",
+    "LJ001-0003": "For although the Chinese took impressions from wood blocks engraved in relief for centuries before the "
+    "woodcutters of the Netherlands, by a similar process",
+    "LJ001-0004": "produced the block books, which were the immediate predecessors of the true printed book,",
+    "LJ001-0005": "the invention of movable metal letters in the middle of the fifteenth century may justly be considered as "
+    "the invention of the art of printing.",
+    "LJ001-0006": "And it is worth mention in passing that, as an example of fine typography,",
+    "LJ001-0007": 'the earliest book printed with movable types, the Gutenberg, or "forty-two line Bible" of about fourteen '
+    "fifty-five,",
+    "LJ001-0008": "has never been surpassed.",
+    "LJ001-0010": "Now, as all books not primarily intended as picture-books consist principally of types composed to form "
+    "letterpress",
+    "LJ001-0013": "than in the same operations with ugly ones",
+    "LJ001-0019": "and which developed more completely and satisfactorily on the side of the lower-case than the capital "
+    "letters,",
+    "LJ001-0020": "the lower-case being in fact invented in the early Middle Ages",
+    "LJ001-0021": "The earliest book printed with movable type, the aforesaid Gutenberg Bible, is printed in letters which are "
+    "an exact imitation",
+    "LJ001-0024": "But the first Bible actually dated",
+    "LJ001-0025": "imitates a much freer hand, simpler, rounder, and less spiky, and therefore far pleasanter and easier to read",
+    "LJ001-0027": "especially as regards the lower-case letters, and type very similar was used during the next fifteen or "
+    "twenty years not only by Schoeffer,",
+    "LJ001-0031": "In fourteen sixty five Sweynheim and Pannartz began printing in the monastery of Subiaco near Rome,",
+    "LJ001-0032": "and used an exceedingly beautiful type, which is indeed to look at a transition between Gothic and Roman",
+}
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+TEST_SPEAKERS, VALIDATION_SPEAKERS = 25, 12  # of train/'s 125: 500 and 240 utterances; 88 speakers left for clients
+MODELS = ("tiny.en", "base")
+
+
+def train_dir() -> Path:
+    """speechocean762's train/ data directory under --data (the corpus root, or train/ itself)."""
+    if DATA is None:
+        raise FedwhisperError("the real suite reads a corpus you give: benchmarks/run.py real --data DIR (speechocean762)")
+    for candidate in (DATA / "train", DATA):
+        if (candidate / "wav.scp").is_file() and candidate.name == "train":
+            return candidate
+    raise FedwhisperError(f"{DATA}: no train/ Kaldi data directory (wav.scp) in it; give speechocean762's root")
+
+
+def features(work: Path, model: str) -> Path:
+    """``train/`` prepared for ``model``'s tokenizer, with the held-out speakers carved (the same for every model)."""
+    out = work / f"features-{model}"
+    options = PrepareOptions(num_proc=2, validation_speakers=VALIDATION_SPEAKERS, test_speakers=TEST_SPEAKERS)
+    prepare_features(train_dir(), model, out, options)
+    return out
+
+
+def _scored(result: dict) -> dict:
+    groups = result["groups"].get("age_group", {})
+    return {
+        "wer": round(result["wer"], 4),
+        "children": groups.get("child"),
+        "adults": groups.get("adult"),
+        "clips": result["clips"],
+        "audio_seconds_per_second": round(result["audio_seconds"] / result["seconds"], 2),
+        "examples": [{k: row[k] for k in ("reference", "hypothesis", "age_group")} for row in result["rows"][:3]],
+    }
+
+
+def pretrained(work: Path, small: bool) -> dict:
+    limit = 40 if small else 0
+    results: dict = {
+        "options": {
+            "data": "speechocean762 train/",
+            "test_speakers": TEST_SPEAKERS,
+            "validation_speakers": VALIDATION_SPEAKERS,
+            "seed": 0,
+            "batch_size": 16,
+            "limit": limit,
+            "quantization": "int8",
+        }
+    }
+    for model in MODELS:
+        prepared = features(work, model)
+        split = load_features(prepared)[0]
+        results["speakers"] = {
+            name: dict(sorted(Counter(dict(zip(split[name]["speaker_id"], split[name]["age_group"])).values()).items()))
+            for name in split
+        }
+        for backend in ("transformers", "ctranslate2"):
+            for window in ("full", "clip"):
+                result = evaluate_data(
+                    prepared, model, "test", DecodingOptions(batch_size=16), limit, window=window, backend=backend
+                )
+                results.setdefault(model, {}).setdefault(backend, {})[window] = _scored(result)
+    return results
+
+
+def _audiofolder(out: Path, rows: list[tuple[Path, str, str]]) -> Path:
+    """A test-only audiofolder over files elsewhere: rows of (audio file, text, speaker)."""
+    import csv
+
+    (out / "test").mkdir(parents=True, exist_ok=True)
+    with open(out / "test" / "metadata.csv", "w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["file_name", "transcription", "speaker_id"])
+        writer.writerows([str(path), text, speaker] for path, text, speaker in rows)
+    return out
+
+
+def out_of_domain(work: Path, small: bool) -> dict:
+    """The forgetting sets, prepared for tiny.en: flite voices, LJSpeech clips, spoken digits (5 of each digit by each of
+    the 6 speakers: 300 one-word commands)."""
+    from fedwhisper.data.synth_asr import AsrSynthesisOptions, synthesize_audiofolder
+
+    if LJSPEECH is None or DIGITS is None:
+        raise FedwhisperError("the real suite's federated part measures forgetting on --ljspeech DIR and --digits DIR")
+    flite = work / "ood-flite"
+    synthesize_audiofolder(
+        flite, AsrSynthesisOptions(sentences=60 if small else 200, speakers=6, test_speakers=5, engines=("flite",), seed=7)
+    )
+    ljspeech = _audiofolder(
+        work / "ood-ljspeech", [(LJSPEECH / f"{name}.wav", text, "lj") for name, text in LJSPEECH_TEXTS.items()]
+    )
+    per_digit = 1 if small else 5
+    digits = _audiofolder(
+        work / "ood-digits",
+        [
+            (DIGITS / f"{digit}_{speaker}_{n}.wav", word, speaker)
+            for digit, word in enumerate(DIGIT_WORDS)
+            for speaker in ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
+            for n in range(per_digit)
+        ],
+    )
+    sets = {}
+    for name, corpus in (("flite", flite), ("ljspeech", ljspeech), ("digits", digits)):
+        prepare_features(corpus, "tiny.en", work / f"features-{name}", PrepareOptions(num_proc=2, validation_speakers=0))
+        sets[name] = load_features(work / f"features-{name}")[0]["test"]
+    return sets
+
+
+def federated(work: Path, small: bool) -> dict:
+    import time
+
+    import fl_asr_bench
+    from fedwhisper.asr.federated import AsrFederationOptions
+    from fedwhisper.models.export import ctranslate2_model_dir
+
+    started = time.perf_counter()
+    prepared = features(work, "tiny.en")
+    held_out = {"held_out_speakers": load_features(prepared)[0]["test"]} | out_of_domain(work, small)
+    options = AsrFederationOptions(
+        features=str(prepared),
+        model="tiny.en",
+        **({"num_clients": 6, "clients_per_round": 3, "rounds": 2, "local_steps": 2, "eval_clips": 20} if small else {}),
+        cache_dir=str(work / "cache"),
+    )  # `asr federate`'s defaults otherwise
+    results = fl_asr_bench.federated_with_baselines(work, small, options, "en", held_out, time.perf_counter() - started)
+    # what a device serves: the best federated model exported to CTranslate2 int8, every held-out clip on 30-s windows
+    best = str(work / "federated" / "best")
+    exported = str(ctranslate2_model_dir(best))
+    limit = 40 if small else 0
+    results["federated"]["ctranslate2_full"] = _scored(
+        evaluate_data(prepared, exported, "test", DecodingOptions(batch_size=16), limit, window="full", backend="ctranslate2")
+    )
+    results["federated"]["transformers_full"] = _scored(
+        evaluate_data(prepared, best, "test", DecodingOptions(batch_size=16), limit, window="full")
+    )
+    return results
+
+
+PARTS = {"pretrained": pretrained, "federated": federated}
