@@ -17,11 +17,11 @@ def kaldi_dir(path, rows, *, text=True, spk2age=None, spk2gender=None, segments=
     path.mkdir(parents=True, exist_ok=True)
     (path / "wav.scp").write_text(wav or "".join(f"{u} {a}\n" for u, a, _, _ in rows))
     (path / "utt2spk").write_text("".join(f"{u} {s}\n" for u, _, s, _ in rows if s))
-    if text:
-        (path / "text").write_text("".join(f"{u} {t}\n".replace(" \n", "\n") for u, _, _, t in rows))
+    if text:  # tab-separated, as speechocean762 writes it
+        (path / "text").write_text("".join(f"{u}\t{t}\n".replace("\t\n", "\n") for u, _, _, t in rows))
     for name, table in (("spk2age", spk2age), ("spk2gender", spk2gender)):
         if table:
-            (path / name).write_text("".join(f"{k} {v}\n" for k, v in table.items()))
+            (path / name).write_text("".join(f"{k}\t{v}\n" for k, v in table.items()))
     if segments:
         (path / "segments").write_text(segments)
 

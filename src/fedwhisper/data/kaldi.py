@@ -24,14 +24,15 @@ def is_kaldi(root: Path) -> bool:
 
 
 def _table(path: Path) -> dict[str, str]:
-    """A Kaldi table file as {key: rest of the line}; {} when the file is absent."""
+    """A Kaldi table file as {key: rest of the line}; {} when the file is absent. Fields are separated by spaces or tabs
+    (speechocean762 uses tabs)."""
     if not path.is_file():
         return {}
     rows = {}
     for line in path.read_text(encoding="utf-8").splitlines():
-        key, _, value = line.strip().partition(" ")
-        if key:
-            rows[key] = value.strip()
+        fields = line.split(maxsplit=1)
+        if fields:
+            rows[fields[0]] = fields[1].strip() if len(fields) > 1 else ""
     return rows
 
 
