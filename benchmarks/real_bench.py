@@ -103,8 +103,10 @@ def pretrained(work: Path, small: bool) -> dict:
             "quantization": "int8",
         }
     }
-    for model in MODELS:
-        prepared = features(work, model)
+    # every preparation first: datasets' worker processes are forked, and a fork after torch or CTranslate2 has started
+    # its thread pools can hang (it did: the second preparation, after the first model's evaluations)
+    prepared_for = {model: features(work, model) for model in MODELS}
+    for model, prepared in prepared_for.items():
         split = load_features(prepared)[0]
         results["speakers"] = {
             name: dict(sorted(Counter(dict(zip(split[name]["speaker_id"], split[name]["age_group"])).values()).items()))
@@ -193,3 +195,4 @@ def federated(work: Path, small: bool) -> dict:
 
 
 PARTS = {"pretrained": pretrained, "federated": federated}
+RESUMABLE = ("pretrained", "federated")  # prepared features are kept between runs
