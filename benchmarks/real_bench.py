@@ -20,6 +20,7 @@ from pathlib import Path
 
 from fedwhisper.asr.evaluate import evaluate_data
 from fedwhisper.asr.prepare import PrepareOptions, load_features, prepare_features
+from fedwhisper.data.corpus import speaker_values
 from fedwhisper.errors import FedwhisperError
 from fedwhisper.transcribe import DecodingOptions
 
@@ -64,9 +65,9 @@ def train_dir() -> Path:
     """speechocean762's train/ data directory under --data (the corpus root, or train/ itself)."""
     if DATA is None:
         raise FedwhisperError("the real suite reads a corpus you give: benchmarks/run.py real --data DIR (speechocean762)")
-    for candidate in (DATA / "train", DATA):
-        if (candidate / "wav.scp").is_file() and candidate.name == "train":
-            return candidate
+    train = DATA if DATA.name == "train" else DATA / "train"
+    if (train / "wav.scp").is_file():
+        return train
     raise FedwhisperError(f"{DATA}: no train/ Kaldi data directory (wav.scp) in it; give speechocean762's root")
 
 
@@ -109,8 +110,7 @@ def pretrained(work: Path, small: bool) -> dict:
     for model, prepared in prepared_for.items():
         split = load_features(prepared)[0]
         results["speakers"] = {
-            name: dict(sorted(Counter(dict(zip(split[name]["speaker_id"], split[name]["age_group"])).values()).items()))
-            for name in split
+            name: dict(sorted(Counter(speaker_values(split[name], "age_group").values()).items())) for name in split
         }
         for backend in ("transformers", "ctranslate2"):
             for window in ("full", "clip"):

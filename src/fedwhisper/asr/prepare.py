@@ -82,10 +82,9 @@ def _featurise(batch: dict, processor, multilingual: bool, language: str, task: 
 def _held_out_speakers(train, count: int, seed: int) -> set[str]:
     """``count`` training speakers drawn with ``seed``, from each age group (where the corpus gives them) in proportion
     to its size and at least one from each while ``count`` allows, so that children and adults are in every part."""
-    from fedwhisper.data.corpus import GROUP_COLUMNS
+    from fedwhisper.data.corpus import GROUP_COLUMNS, speaker_values
 
-    group_column = GROUP_COLUMNS[0]
-    group_of = dict(zip(train["speaker_id"], train[group_column])) if group_column in train.column_names else {}
+    group_of = speaker_values(train, GROUP_COLUMNS[0])
     groups: dict[str, list[str]] = {}
     for speaker in sorted(set(train["speaker_id"])):
         groups.setdefault(group_of.get(speaker, ""), []).append(speaker)

@@ -94,7 +94,7 @@ def data_info(
     corpus gives them, and what the reader left out."""
     from collections import Counter
 
-    from fedwhisper.data.corpus import GROUP_COLUMNS, corpus_kind, load_corpus
+    from fedwhisper.data.corpus import GROUP_COLUMNS, corpus_kind, load_corpus, speaker_values
 
     kind = corpus_kind(source)
     corpus = load_corpus(source)
@@ -102,8 +102,8 @@ def data_info(
     groups = []
     for split, dataset in corpus.items():
         table.add_row(split, str(len(dataset)), str(len(set(dataset["speaker_id"]))))
-        for column in (c for c in GROUP_COLUMNS if c in dataset.column_names):
-            speakers = Counter(dict(zip(dataset["speaker_id"], dataset[column])).values())
+        for column in GROUP_COLUMNS:
+            speakers = Counter(speaker_values(dataset, column).values())
             if any(speakers):
                 groups.append(
                     f"{split} {column}: " + ", ".join(f"{v or '?'} {n}" for v, n in sorted(speakers.items())) + " speakers"

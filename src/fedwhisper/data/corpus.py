@@ -27,6 +27,11 @@ def with_skipped(corpus, skipped: dict[str, str], source: str | Path, what: str)
 GROUP_COLUMNS = ("age_group", "gender")
 
 
+def speaker_values(dataset, column: str) -> dict[str, str]:
+    """Each speaker's value of a speaker-level ``column`` (one of ``GROUP_COLUMNS``); {} when the split lacks it."""
+    return dict(zip(dataset["speaker_id"], dataset[column])) if column in dataset.column_names else {}
+
+
 def audio_dataset(columns: dict[str, list], value_types: dict[str, str]):
     """A ``datasets.Dataset`` whose ``audio`` column holds file paths as a datasets Audio feature.
 
