@@ -183,6 +183,27 @@ def tiny_features(tiny_asr_corpus, tiny_asr_model, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture
+def asr_options(tiny_features, tiny_asr_model, tmp_path):
+    """The tests' small federated ASR run: LoRA rank 4, 3 clients, 2 a round, 2 rounds of 2 steps."""
+    from fedwhisper.asr.federated import AsrFederationOptions
+
+    return AsrFederationOptions(
+        features=str(tiny_features),
+        model=str(tiny_asr_model),
+        mode="lora",
+        lora_rank=4,
+        lora_alpha=8,
+        num_clients=3,
+        clients_per_round=2,
+        rounds=2,
+        local_steps=2,
+        batch_size=4,
+        eval_clips=4,
+        cache_dir=str(tmp_path / "cache"),
+    )
+
+
 def small_kws_options(corpus: Path, model: Path, cache_dir: Path, **changes):
     """The tests' small keyword-spotting federation: yes/no/up, 3 clients, 2 a round, 2 rounds of one local epoch."""
     from fedwhisper.kws.task import KwsOptions

@@ -27,24 +27,6 @@ from fedwhisper.runs import RunDirectory
 from tests.inprocess import InProcessGrid
 
 
-@pytest.fixture
-def options(tiny_features, tiny_asr_model, tmp_path):
-    return AsrFederationOptions(
-        features=str(tiny_features),
-        model=str(tiny_asr_model),
-        mode="lora",
-        lora_rank=4,
-        lora_alpha=8,
-        num_clients=3,
-        clients_per_round=2,
-        rounds=2,
-        local_steps=2,
-        batch_size=4,
-        eval_clips=4,
-        cache_dir=str(tmp_path / "cache"),
-    )
-
-
 def _in_process(options: AsrFederationOptions, run_dir, resume: bool = False):
     """The federation's ServerApp job and ClientApps, messages passed in this process (the simulation engine itself:
     test_a_client_that_raises_mid_round_does_not_stop_the_round)."""

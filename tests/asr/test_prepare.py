@@ -1,5 +1,6 @@
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from fedwhisper.asr import prepare as prepare_module
 from fedwhisper.asr.prepare import PrepareOptions, full_features, load_features, prepare_features, stored_frames
 from fedwhisper.audio import write_audio
 from fedwhisper.errors import FedwhisperError
+from fedwhisper.models.registry import load_whisper
 
 
 def test_compact_features_rebuild_the_30_s_input(tiny_features, tiny_asr_corpus):
@@ -100,3 +102,26 @@ def test_other_inputs_into_the_same_directory_are_refused(tmp_path, tiny_asr_cor
         prepare_features(tiny_asr_corpus, str(tiny_asr_model), out, PrepareOptions(validation_speakers=2))
     with pytest.raises(FedwhisperError, match="asr prepare"):
         load_features(tmp_path)
+
+
+def test_all_capital_transcripts_train_in_whisper_style(tmp_path, tiny_asr_corpus, tiny_asr_model):
+    assert prepare_module.sentence_case("I THINK I'M OK") == "I think I'm ok"
+    assert prepare_module.sentence_case("Hello World") == "Hello World" and prepare_module.sentence_case("123") == "123"
+    corpus = tmp_path / "caps"
+    shutil.copytree(tiny_asr_corpus, corpus)
+    metadata = corpus / "train" / "metadata.csv"
+    rows = list(csv.DictReader(metadata.open()))
+    with metadata.open("w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(row | {"transcription": row["transcription"].upper()} for row in rows)
+    tokenizer = load_whisper(str(tiny_asr_model))[1].tokenizer
+
+    def first_label(options: PrepareOptions, out: str) -> tuple[str, str]:
+        prepare_features(corpus, str(tiny_asr_model), tmp_path / out, options)
+        train = load_features(tmp_path / out)[0]["train"]
+        return train["transcription"][0], tokenizer.decode(train["labels"][0], skip_special_tokens=True).strip()
+
+    reference, label = first_label(PrepareOptions(validation_speakers=0), "recased")
+    assert reference.isupper() and label == prepare_module.sentence_case(reference) != reference  # WER still reads the reference
+    assert first_label(PrepareOptions(validation_speakers=0, recase=False), "kept") == (reference, reference)

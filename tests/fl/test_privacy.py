@@ -8,7 +8,7 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from tests.conftest import small_kws_options
 
-from fedwhisper.asr.federated import AsrFederationOptions, client_shard, initial_state
+from fedwhisper.asr.federated import client_shard, initial_state
 from fedwhisper.fl import asr_app, kws_app
 from fedwhisper.fl.server import CLIENT_NAME
 from fedwhisper.fl.strategy import WEIGHT
@@ -65,21 +65,8 @@ def test_a_kws_client_sends_only_head_weights_and_whitelisted_metrics(tiny_whisp
     _check(replies, head, kws_app.METRICS, secrets)
 
 
-def test_an_asr_client_sends_only_lora_adapters_and_whitelisted_metrics(tiny_features, tiny_asr_model, tmp_path):
-    options = AsrFederationOptions(
-        features=str(tiny_features),
-        model=str(tiny_asr_model),
-        mode="lora",
-        lora_rank=4,
-        lora_alpha=8,
-        num_clients=3,
-        clients_per_round=2,
-        rounds=1,
-        local_steps=2,
-        batch_size=4,
-        eval_clips=4,
-        cache_dir=str(tmp_path / "cache"),
-    )
+def test_an_asr_client_sends_only_lora_adapters_and_whitelisted_metrics(asr_options, tiny_features):
+    options = asr_options
     adapters = initial_state(options)
     replies = _sent_by_client(asr_app.build_asr_client_app(options.to_config()), adapters, {}, 1, {})
     shard = client_shard(options, 1)

@@ -59,6 +59,12 @@ class AsrFederationOptions(RunConfigOptions):
     fedadam_eta: float = 0.01  # fedadam: the server's Adam step size
     proximal_mu: float = 0.01  # fedprox: weight of the clients' proximal term (mu/2)·||w - w_global||²
     eval_clips: int = 100  # validation clips the server decodes every round (0: all)
+    # clips without a transcript: labelled on the device by the received model, kept when its mean token log-prob is at
+    # least this (and the text does not repeat itself); "off" leaves them out
+    pseudo_labels: str = "on"
+    pseudo_min_log_prob: float = -0.5
+    # share of each client speaker's clips a device keeps to test its personal model (asr.personal); never trained on
+    own_test_share: float = 0.0
     cache_dir: str = ""  # default: $FEDWHISPER_HOME/cache/asr-federated; each client keeps its own sub-folder
     seed: int = 0
     # heterogeneous clients (every algorithm but fedavg): tiers' decoder blocks train, the encoder and embeddings stay frozen
@@ -98,6 +104,8 @@ class AsrFederationOptions(RunConfigOptions):
         require(0 <= self.server_momentum < 1, "server_momentum", "must be in [0, 1)", self.server_momentum)
         require(self.proximal_mu >= 0, "proximal_mu", "must be 0 or more", self.proximal_mu)
         require(self.eval_clips >= 0, "eval_clips", "must be 0 or more", self.eval_clips)
+        require(self.pseudo_labels in ("on", "off"), "pseudo_labels", "must be on or off", self.pseudo_labels)
+        require(0 <= self.own_test_share < 1, "own_test_share", "must be at least 0 and below 1", self.own_test_share)
         require(self.algorithm in ALGORITHMS, "algorithm", f"must be one of {', '.join(ALGORITHMS)}", self.algorithm)
         require(self.init_steps >= 0, "init_steps", "must be 0 or more", self.init_steps)
         for name in ("upper_blocks", "server_steps", "public_clips", "top_k"):
@@ -252,12 +260,12 @@ def local_training(
     round, with ``train_on_batches``' ``extra_loss`` / ``loss_fn``; (its trainable tensors, or None when the shard is
     smaller than a batch or the loss is not finite; metrics)."""
     started = time.perf_counter() if started is None else started
-    shard = client_shard(options, partition_id) if shard is None else shard
+    shard, labelling = training_rows(model, config, options, client_shard(options, partition_id) if shard is None else shard)
     if len(shard) < options.batch_size:
         log.warning(
             "client %d: %d clips, fewer than a batch of %d; it does not train", partition_id, len(shard), options.batch_size
         )
-        return None, {"num-examples": 0}
+        return None, {"num-examples": 0} | labelling
     batches = batches_for(model, shard, config, options.cache_root / f"client-{partition_id}", progress=False)
     first = (round_number - 1) * options.local_steps
     with torch.random.fork_rng(devices=[]):  # dropout in the adapters: the same round gives the same update
@@ -273,13 +281,41 @@ def local_training(
     if not math.isfinite(result["loss"]):
         log.warning("client %d, round %d: loss is %s; the update is withheld", partition_id, round_number, result["loss"])
         return None, {"num-examples": 0, "rejected-nan": 1}
-    return trainable_state(model), {
+    return trainable_state(model), labelling | {
         "num-examples": result["samples"],
         "train_loss": result["loss"],
         "train-seconds": result["seconds"],
         "samples-per-second": result["samples"] / result["seconds"],
         "round-seconds": time.perf_counter() - started,
     }
+
+
+def training_rows(model, config: TrainConfig, options: AsrFederationOptions, shard) -> tuple[object, dict]:
+    """The clips a client trains on this round, and what it did to them: its own test clips set aside (personalisation),
+    clips without a transcript pseudo-labelled by ``model`` (or left out), the rest as they are."""
+    import datasets
+
+    from fedwhisper.asr.personal import own_split
+    from fedwhisper.asr.pseudo import pseudo_label, untranscribed
+
+    if options.own_test_share:
+        shard = own_split(shard, options.own_test_share, options.seed)[0]
+    missing = set(untranscribed(shard))
+    if not missing:
+        return shard, {}
+    labelled = shard.select([i for i in range(len(shard)) if i not in missing])
+    if options.pseudo_labels == "off":
+        return labelled, {"pseudo-candidates": len(missing), "pseudo-labelled": 0}
+    pseudo, metrics = pseudo_label(
+        model,
+        base_model(options.model)[1].tokenizer,
+        shard.select(sorted(missing)),
+        config.window,
+        decoding_options(model, config),
+        features_of(options.features_path)[1],
+        options.pseudo_min_log_prob,
+    )
+    return datasets.concatenate_datasets([labelled, pseudo.cast(labelled.features)]), metrics
 
 
 def round_learning_rate(options: AsrFederationOptions, round_number: int) -> float:

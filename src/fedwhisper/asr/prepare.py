@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,11 +40,22 @@ class PrepareOptions:
     test_speakers: int | None = None  # carved from training speakers when the corpus has no test split; None: none
     seed: int = 0
     keep_untranscribed: bool = False  # keep clips without a transcript (labels: the prompt only), for pseudo-labelling
+    # all-capital transcripts (Kaldi and LibriSpeech style) train in sentence case, the style Whisper writes: capitals
+    # teach it a new spelling of every word and cost accuracy and other skills (measured: the real suite's recipe part)
+    recase: bool = True
 
 
 def stored_frames(samples: int) -> int:
     """Frames that can hold audio; every later frame of the 30-s log-mel equals the clip's floor value."""
     return min(WINDOW_FRAMES, math.ceil(samples / HOP_LENGTH) + 2)
+
+
+def sentence_case(text: str) -> str:
+    """An all-capital transcript in Whisper's style ("WE CALL IT BEAR" -> "We call it bear"); any other text as it is."""
+    if not any(c.isalpha() for c in text) or text != text.upper():
+        return text
+    lowered = re.sub(r"\bi\b", "I", text.strip().lower())
+    return lowered[:1].upper() + lowered[1:]
 
 
 def label_ids(tokenizer, text: str, multilingual: bool, language: str, task: str) -> list[int]:
@@ -53,7 +65,9 @@ def label_ids(tokenizer, text: str, multilingual: bool, language: str, task: str
     return tokenizer(" " + text.strip() if text.strip() else "").input_ids
 
 
-def _featurise(batch: dict, processor, multilingual: bool, language: str, task: str, keep_untranscribed: bool) -> dict:
+def _featurise(
+    batch: dict, processor, multilingual: bool, language: str, task: str, keep_untranscribed: bool, recase: bool
+) -> dict:
     features, labels, reasons, durations = [], [], [], []
     n_mels = processor.feature_extractor.feature_size
     empty = np.zeros((0, n_mels), dtype=np.float16)
@@ -62,7 +76,8 @@ def _featurise(batch: dict, processor, multilingual: bool, language: str, task: 
         try:
             if not (text or "").strip() and not keep_untranscribed:
                 raise ValueError("empty transcript")
-            ids = label_ids(processor.tokenizer, text or "", multilingual, language, task)
+            text = sentence_case(text or "") if recase else text or ""
+            ids = label_ids(processor.tokenizer, text, multilingual, language, task)
             if len(ids) > MAX_LABEL_TOKENS:
                 raise ValueError(f"label is {len(ids)} tokens, over {MAX_LABEL_TOKENS}")
             audio = load_audio(entry, max_seconds=MAX_SECONDS)
@@ -158,7 +173,7 @@ def prepare_features(source, model: str, out: str | Path, options: PrepareOption
         "n_mels": processor.feature_extractor.feature_size,
         "multilingual": multilingual,
         # parallelism does not change the result; later options are named only when set (earlier features stay valid)
-        "options": {k: v for k, v in asdict(options).items() if k not in ("keep_untranscribed", "test_speakers") or v}
+        "options": {k: v for k, v in asdict(options).items() if k not in ("keep_untranscribed", "test_speakers", "recase") or v}
         | {"num_proc": None},
     }
     work = out / ".shards"
@@ -192,6 +207,7 @@ def prepare_features(source, model: str, out: str | Path, options: PrepareOption
                         "language": options.language,
                         "task": options.task,
                         "keep_untranscribed": options.keep_untranscribed,
+                        "recase": options.recase,
                     },
                     num_proc=processes if processes > 1 else None,
                     features=_feature_types(rows, manifest["n_mels"]),

@@ -181,6 +181,17 @@ def asr_federate(
     fedadam_eta: Annotated[float | None, typer.Option(help="fedadam: server Adam step size [0.01]")] = None,
     proximal_mu: Annotated[float | None, typer.Option(help="fedprox: proximal term weight [0.01]")] = None,
     eval_clips: Annotated[int | None, typer.Option(min=0, help="validation clips decoded every round (0: all) [100]")] = None,
+    pseudo_labels: Annotated[
+        str | None,
+        typer.Option(help="clips without a transcript: on (labelled on the device by the received model) or off [on]"),
+    ] = None,
+    pseudo_min_log_prob: Annotated[
+        float | None, typer.Option(help="a pseudo-label is kept if its mean token log-prob is at least this [-0.5]")
+    ] = None,
+    own_test_share: Annotated[
+        float | None,
+        typer.Option(help="share of each client speaker's clips kept on the device to test a personal model [0.0]"),
+    ] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="encoder-output caches [$FEDWHISPER_HOME/cache/asr-federated]")] = None,
     seed: Annotated[int | None, typer.Option(help="[0]")] = None,
     algorithm: Annotated[
@@ -251,6 +262,9 @@ def asr_federate(
         fedadam_eta=fedadam_eta,
         proximal_mu=proximal_mu,
         eval_clips=eval_clips,
+        pseudo_labels=pseudo_labels,
+        pseudo_min_log_prob=pseudo_min_log_prob,
+        own_test_share=own_test_share,
         cache_dir=str(cache_dir) if cache_dir else None,
         seed=seed,
         algorithm=algorithm,

@@ -20,7 +20,16 @@ from fedwhisper.fl.server import Federation, build_server_app, run_federation
 from fedwhisper.fl.simulation import simulate_run
 from fedwhisper.runs import RunDirectory
 
-METRICS = ("train_loss", "train-seconds", "samples-per-second", "round-seconds", "rejected-nan")
+# what a client reports besides its tensors; of its pseudo-labels only how many clips it had and used
+METRICS = (
+    "train_loss",
+    "train-seconds",
+    "samples-per-second",
+    "round-seconds",
+    "rejected-nan",
+    "pseudo-candidates",
+    "pseudo-labelled",
+)
 
 
 def build_asr_client_app(overrides: dict | None = None):
@@ -42,7 +51,11 @@ def build_asr_client_app(overrides: dict | None = None):
 
 def round_row(stats: dict) -> dict:
     clients = stats["client_metrics"]
-    row = {"clients_rejected_nan": int(sum(m.get("rejected-nan", 0) for m in stats["replied_metrics"]))}
+    replied = stats["replied_metrics"]
+    row = {"clients_rejected_nan": int(sum(m.get("rejected-nan", 0) for m in replied))}
+    if any("pseudo-candidates" in m for m in replied):  # clients without transcripts: clips they had, clips they used
+        for key in ("pseudo-candidates", "pseudo-labelled"):
+            row[key.replace("-", "_")] = int(sum(m.get(key, 0) for m in replied))
     if clients:
         samples = sum(m["num-examples"] for m in clients)
         row |= {
