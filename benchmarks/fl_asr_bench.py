@@ -114,6 +114,11 @@ def _tested(model_ref: str, held_out: dict, language: str, full_clips: int, subs
     }
 
 
+def _kept(run_dir: Path) -> bool:
+    """A run in a kept work directory (a resumable suite's) continues where it stopped."""
+    return (run_dir / "options.json").is_file()
+
+
 def _timed(job, *args) -> tuple[object, float]:
     started = time.perf_counter()
     return job(*args), round(time.perf_counter() - started, 1)
@@ -152,6 +157,7 @@ def _centralized(work: Path, options: AsrFederationOptions, total_steps: int) ->
         config,
         eval_set=dataset["validation"],
         run_dir=work / "centralized",
+        resume=_kept(work / "centralized"),
         cache_root=work / "cache-centralized",
         progress=False,
     )
@@ -228,7 +234,7 @@ def federated_with_baselines(
     results["pretrained_seconds"] = before["pretrained_seconds"]
 
     started = time.perf_counter()
-    run = simulate(options, work / "federated")
+    run = simulate(options, work / "federated", resume=_kept(work / "federated"))
     seconds["federation"] = time.perf_counter() - started
     rows = run.rows
     up = [b for row in rows[1:] for b in row["bytes_up"]]

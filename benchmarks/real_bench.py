@@ -15,10 +15,16 @@ adults in every part (``asr prepare --test-speakers``); the rest are the clients
 
 from __future__ import annotations
 
+import json
+import time
 from collections import Counter
+from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
+
 from fedwhisper.asr.evaluate import evaluate_data
+from fedwhisper.asr.federated import AsrFederationOptions
 from fedwhisper.asr.prepare import PrepareOptions, load_features, prepare_features
 from fedwhisper.data.corpus import speaker_values
 from fedwhisper.errors import FedwhisperError
@@ -133,13 +139,13 @@ def _audiofolder(out: Path, rows: list[tuple[Path, str, str]]) -> Path:
     return out
 
 
-def out_of_domain(work: Path, small: bool) -> dict:
-    """The forgetting sets, prepared for tiny.en: flite voices, LJSpeech clips, spoken digits (5 of each digit by each of
-    the 6 speakers: 300 one-word commands)."""
+def out_of_domain(work: Path, small: bool, model: str = "tiny.en") -> dict:
+    """The forgetting sets, prepared for ``model``: flite voices, LJSpeech clips, spoken digits (5 of each digit by each
+    of the 6 speakers: 300 one-word commands)."""
     from fedwhisper.data.synth_asr import AsrSynthesisOptions, synthesize_audiofolder
 
     if LJSPEECH is None or DIGITS is None:
-        raise FedwhisperError("the real suite's federated part measures forgetting on --ljspeech DIR and --digits DIR")
+        raise FedwhisperError("the real suite's federated parts measure forgetting on --ljspeech DIR and --digits DIR")
     flite = work / "ood-flite"
     synthesize_audiofolder(
         flite, AsrSynthesisOptions(sentences=60 if small else 200, speakers=6, test_speakers=5, engines=("flite",), seed=7)
@@ -159,40 +165,148 @@ def out_of_domain(work: Path, small: bool) -> dict:
     )
     sets = {}
     for name, corpus in (("flite", flite), ("ljspeech", ljspeech), ("digits", digits)):
-        prepare_features(corpus, "tiny.en", work / f"features-{name}", PrepareOptions(num_proc=2, validation_speakers=0))
-        sets[name] = load_features(work / f"features-{name}")[0]["test"]
+        out = work / f"features-{name}" if model == "tiny.en" else work / f"features-{name}-{model}"
+        prepare_features(corpus, model, out, PrepareOptions(num_proc=2, validation_speakers=0))
+        sets[name] = load_features(out)[0]["test"]
     return sets
 
 
-def federated(work: Path, small: bool) -> dict:
-    import time
+def _options(work: Path, small: bool, model: str, prepared: Path, **changes) -> AsrFederationOptions:
+    """`asr federate`'s defaults (a few short rounds at the small scale)."""
+    scale = {"num_clients": 6, "clients_per_round": 3, "rounds": 2, "local_steps": 2, "eval_clips": 20} if small else {}
+    return AsrFederationOptions(features=str(prepared), model=model, cache_dir=str(work / "cache"), **(scale | changes))
 
+
+def _federation(work: Path, small: bool, model: str) -> dict:
+    """The recipe beside centralized and local-only training; the best model on 30-s windows, on both backends."""
     import fl_asr_bench
-    from fedwhisper.asr.federated import AsrFederationOptions
     from fedwhisper.models.export import ctranslate2_model_dir
 
     started = time.perf_counter()
-    prepared = features(work, "tiny.en")
-    held_out = {"held_out_speakers": load_features(prepared)[0]["test"]} | out_of_domain(work, small)
-    options = AsrFederationOptions(
-        features=str(prepared),
-        model="tiny.en",
-        **({"num_clients": 6, "clients_per_round": 3, "rounds": 2, "local_steps": 2, "eval_clips": 20} if small else {}),
-        cache_dir=str(work / "cache"),
-    )  # `asr federate`'s defaults otherwise
+    prepared = features(work, model)
+    held_out = {"held_out_speakers": load_features(prepared)[0]["test"]} | out_of_domain(work, small, model)
+    options = _options(work, small, model, prepared)
     results = fl_asr_bench.federated_with_baselines(work, small, options, "en", held_out, time.perf_counter() - started)
     # what a device serves: the best federated model exported to CTranslate2 int8, every held-out clip on 30-s windows
     best = str(work / "federated" / "best")
-    exported = str(ctranslate2_model_dir(best))
     limit = 40 if small else 0
+    decoding = DecodingOptions(batch_size=16)
     results["federated"]["ctranslate2_full"] = _scored(
-        evaluate_data(prepared, exported, "test", DecodingOptions(batch_size=16), limit, window="full", backend="ctranslate2")
+        evaluate_data(prepared, str(ctranslate2_model_dir(best)), "test", decoding, limit, window="full", backend="ctranslate2")
     )
-    results["federated"]["transformers_full"] = _scored(
-        evaluate_data(prepared, best, "test", DecodingOptions(batch_size=16), limit, window="full")
-    )
+    results["federated"]["transformers_full"] = _scored(evaluate_data(prepared, best, "test", decoding, limit, window="full"))
+    results["federated"]["transformers_clip"] = _scored(evaluate_data(prepared, best, "test", decoding, limit, window="clip"))
     return results
 
 
-PARTS = {"pretrained": pretrained, "federated": federated}
-RESUMABLE = ("pretrained", "federated")  # prepared features are kept between runs
+def federated(work: Path, small: bool) -> dict:
+    return _federation(work, small, "tiny.en")
+
+
+def federated_base(work: Path, small: bool) -> dict:
+    return _federation(work, small, "base")
+
+
+def _simulated(options: AsrFederationOptions, run_dir: Path):
+    """The federation in ``run_dir``, continued where an interrupted one stopped."""
+    from fedwhisper.fl.asr_app import simulate
+
+    if (run_dir / "test.json").is_file():
+        from fedwhisper.runs import RunDirectory
+
+        return RunDirectory(run_dir)
+    return simulate(options, run_dir, resume=(run_dir / "metrics.json").is_file())
+
+
+def _best_state(run) -> dict:
+    from fedwhisper.runs import load_arrays
+
+    best = json.loads((run.path / "test.json").read_text())["round"]
+    return load_arrays(run.path / f"trainable-round-{best:03d}.safetensors")[0]
+
+
+def personal(work: Path, small: bool) -> dict:
+    """The recipe with a quarter of each client speaker's clips kept on the devices; then every device fine-tunes the
+    global adapters on its own training clips and both models are scored on its own kept clips (clip windows)."""
+    from fedwhisper.asr.personal import PersonalOptions, personal_model
+
+    prepared = features(work, "tiny.en")
+    options = _options(work, small, "tiny.en", prepared, own_test_share=0.25)
+    personal_options = PersonalOptions(steps=4 if small else 20)
+    run = _simulated(options, work / "federated")
+    state = _best_state(run)
+    clients = {}
+    for partition in range(options.num_clients):
+        _, metrics = personal_model(options, partition, state, personal_options)
+        clients[partition] = {key: round(value, 4) if isinstance(value, float) else value for key, value in metrics.items()}
+    improved = [c["personal_wer"] < c["global_wer"] for c in clients.values()]
+    return {
+        "options": options.to_config() | {"personal": asdict(personal_options)},
+        "best_round": json.loads((run.path / "test.json").read_text()),
+        "clients": clients,
+        "mean_global_wer": round(float(np.mean([c["global_wer"] for c in clients.values()])), 4),
+        "mean_personal_wer": round(float(np.mean([c["personal_wer"] for c in clients.values()])), 4),
+        "share_improved": round(sum(improved) / len(improved), 3),
+    }
+
+
+def _half_untranscribed(prepared: Path, options: AsrFederationOptions, out: Path) -> tuple[Path, list[int]]:
+    """``prepared`` with the transcripts of every second client's speakers removed (labels: the prompt only, as
+    `asr prepare --keep-untranscribed` leaves them), and those clients' numbers."""
+    from fedwhisper.asr.federated import partitioner
+    from fedwhisper.asr.prepare import MANIFEST, label_ids
+    from fedwhisper.models.registry import load_whisper
+
+    split = partitioner(str(prepared.resolve()), options.num_clients, options.seed).dataset
+    unlabelled = list(range(1, options.num_clients, 2))
+    speakers = {s for s, office in zip(split["speaker_id"], split["office"]) if office in unlabelled}
+    if not (out / "dataset_dict.json").is_file():
+        dataset, manifest = load_features(prepared)
+        prompt = label_ids(load_whisper(options.model)[1].tokenizer, "", manifest["multilingual"], "en", "transcribe")
+        dataset["train"] = dataset["train"].map(
+            lambda row: {"transcription": "", "labels": prompt} if row["speaker_id"] in speakers else {}
+        )
+        dataset.save_to_disk(str(out))
+        manifest["options"]["keep_untranscribed"] = True
+        (out / MANIFEST).write_text(json.dumps(manifest))
+    return out, unlabelled
+
+
+def unlabelled(work: Path, small: bool) -> dict:
+    """Half the clients hold audio without transcripts: they pseudo-label on the device (the recipe's default), or are
+    left out; against every client labelled. The best round's model of each on the held-out speakers (clip windows)."""
+    prepared = features(work, "tiny.en")
+    options = _options(work, small, "tiny.en", prepared)
+    half, unlabelled_clients = _half_untranscribed(prepared, options, work / "features-half-untranscribed")
+    runs = {
+        "all_labelled": options,
+        "left_out": replace(options, features=str(half), pseudo_labels="off"),
+        "pseudo_labelled": replace(options, features=str(half)),
+    }
+    limit = 40 if small else 0
+    results = {"options": options.to_config(), "unlabelled_clients": unlabelled_clients}
+    for name, run_options in runs.items():
+        run = _simulated(run_options, work / name)
+        best = json.loads((run.path / "test.json").read_text())
+        tested = evaluate_data(prepared, str(run.path / "best"), "test", DecodingOptions(batch_size=16), limit, window="clip")
+        results[name] = {
+            "best_round": best["round"],
+            "validation_wer": best["validation_wer"],
+            "held_out": _scored(tested),
+            "pseudo_labelled_per_round": [row.get("pseudo_labelled") for row in run.rows[1:]],
+            "pseudo_candidates_per_round": [row.get("pseudo_candidates") for row in run.rows[1:]],
+        }
+    gap = results["left_out"]["held_out"]["wer"] - results["all_labelled"]["held_out"]["wer"]
+    closed = results["left_out"]["held_out"]["wer"] - results["pseudo_labelled"]["held_out"]["wer"]
+    results["gap_closed"] = round(closed / gap, 3) if gap > 0 else None
+    return results
+
+
+PARTS = {
+    "pretrained": pretrained,
+    "federated": federated,
+    "federated_base": federated_base,
+    "personal": personal,
+    "unlabelled": unlabelled,
+}
+RESUMABLE = tuple(PARTS)  # prepared features and finished federations are kept between runs

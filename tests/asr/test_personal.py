@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from fedwhisper.asr import evaluate, pseudo
 from fedwhisper.asr.federated import (
@@ -18,8 +19,11 @@ from fedwhisper.asr.personal import PersonalOptions, own_split, personal_model
 from fedwhisper.asr.prepare import label_ids
 from fedwhisper.asr.pseudo import pseudo_label
 from fedwhisper.asr.train import decoding_options
+from fedwhisper.cli import app
 from fedwhisper.errors import FedwhisperError
+from fedwhisper.fl.asr_app import build_asr_client_app, federate
 from fedwhisper.models.registry import load_whisper
+from tests.inprocess import InProcessGrid
 
 
 def _with(options: AsrFederationOptions, **changes) -> AsrFederationOptions:
@@ -114,3 +118,19 @@ def test_a_client_without_transcripts_trains_on_pseudo_labels_or_sits_out(option
 def test_personal_options_are_checked():
     with pytest.raises(FedwhisperError, match="--personal-steps must be at least 1"):
         PersonalOptions(steps=0)
+
+
+def test_asr_personalise_keeps_a_better_personal_model_on_the_device(options, tmp_path, monkeypatch):
+    shared = _with(options, own_test_share=0.25, rounds=1)
+    config = shared.to_config()
+    federate(InProcessGrid(build_asr_client_app(config), config, shared.num_clients), shared, tmp_path / "run")
+    wers = iter([0.5, 0.25])
+    real = evaluate.evaluate_batches
+    monkeypatch.setattr(evaluate, "evaluate_batches", lambda *a, **k: real(*a, **k) | {"wer": next(wers)})
+    result = CliRunner().invoke(app, ["asr", "personalise", str(tmp_path / "run"), "--client", "2", "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    assert "global 50.00%, personal 25.00%" in result.output
+    saved = tmp_path / "run" / "personal" / "client-002"
+    assert load_whisper(str(saved))[0].config.d_model == load_whisper(options.model)[0].config.d_model
+    wrong = CliRunner().invoke(app, ["asr", "personalise", str(tmp_path / "run"), "--client", "3"])
+    assert wrong.exit_code == 1 and "--client must be between 0 and 2 (got 3)" in wrong.output

@@ -101,3 +101,32 @@ def personal_model(federation, partition_id: int, state: dict, options: Personal
         "train_loss": trained["loss"],
     } | labelling
     return (trainable_state(model) if kept else state), metrics
+
+
+def personalise_run(run_dir, partition_id: int, options: PersonalOptions = PersonalOptions()) -> dict:
+    """`asr personalise`: client ``partition_id`` of a finished simulated federation (``RUN``) fine-tunes the best round's
+    global adapters on its own clips; a personal model that beats the global one on the client's own test clips is
+    saved as ``RUN/personal/client-NNN`` (a plain model directory). Returns ``personal_model``'s metrics."""
+    import json
+    from pathlib import Path
+
+    from fedwhisper.asr.federated import AsrFederationOptions, base_model, model_to_train
+    from fedwhisper.asr.run import load_trainable_state, save_plain_model
+    from fedwhisper.runs import RunDirectory, load_arrays
+
+    run = RunDirectory(Path(run_dir))
+    tested = run.path / "test.json"
+    if not tested.is_file():
+        raise FedwhisperError(f"{run.path}: no finished federation (test.json) to personalise")
+    federation = AsrFederationOptions.from_config(run.saved_options())
+    if not 0 <= partition_id < federation.num_clients:
+        raise FedwhisperError(f"--client must be between 0 and {federation.num_clients - 1} (got {partition_id})")
+    best = json.loads(tested.read_text())["round"]
+    state, _ = load_arrays(run.path / f"trainable-round-{best:03d}.safetensors")
+    kept_state, metrics = personal_model(federation, partition_id, state, options)
+    if metrics["kept"]:
+        model, config = model_to_train(federation)
+        load_trainable_state(model, kept_state)
+        out = run.path / "personal" / f"client-{partition_id:03d}"
+        save_plain_model(model, base_model(federation.model)[1], out, config.window)
+    return metrics

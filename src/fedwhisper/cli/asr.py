@@ -298,6 +298,27 @@ def asr_federate(
     )
 
 
+@app.command("personalise")
+def asr_personalise(
+    run_dir: Annotated[Path, typer.Argument(help="a finished `asr federate --own-test-share S` run")],
+    client: Annotated[int, typer.Option(min=0, help="the client (partition) whose device personalises")],
+    steps: Annotated[int, typer.Option(min=1, help="optimizer steps on the device's own clips")] = 20,
+    learning_rate: Annotated[float, typer.Option(help="from the global adapters")] = 5e-4,
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+) -> None:
+    """A device's personal model: the best round's global adapters fine-tuned on its own clips, kept (RUN/personal/)
+    only if it beats the global model on the clips the device kept for testing."""
+    from fedwhisper.asr.personal import PersonalOptions, personalise_run
+
+    metrics = personalise_run(run_dir, client, PersonalOptions(steps=steps, learning_rate=learning_rate, batch_size=batch_size))
+    kept = run_dir / "personal" / f"client-{client:03d}"
+    verdict = f"kept in {kept}" if metrics["kept"] else "not better: the device keeps the global model"
+    console.print(
+        f"client {client}: WER on its own {metrics['own_test_clips']} test clips: global {metrics['global_wer']:.2%}, "
+        f"personal {metrics['personal_wer']:.2%} ({verdict})"
+    )
+
+
 @app.command("evaluate")
 def asr_evaluate(
     data: Annotated[Path, typer.Argument(help="prepared features (`asr prepare`) or a corpus directory")],
