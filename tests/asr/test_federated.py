@@ -85,6 +85,14 @@ def test_a_client_that_raises_mid_round_does_not_stop_the_round(options, tmp_pat
     assert test["wer"] == pytest.approx(again["wer"]) and (tmp_path / "run" / "wer.png").is_file()
 
 
+def test_adapters_go_only_into_the_stacks_asked_for(options):
+    both = initial_state(options)
+    encoder = initial_state(AsrFederationOptions(**{**options.to_config(), "lora_stacks": "encoder"}))
+    assert set(encoder) == {key for key in both if ".encoder." in key} and any(".decoder." in key for key in both)
+    with pytest.raises(FedwhisperError, match="--lora-stacks must name encoder, decoder or both"):
+        AsrFederationOptions(**{**options.to_config(), "lora_stacks": "encoder,joiner"})
+
+
 def test_fedprox_clients_stay_closer_to_the_global_model(options):
     start = initial_state(options)
 

@@ -40,7 +40,8 @@ class AsrFederationOptions(RunConfigOptions):
     mode: str = "lora"  # lora: adapters on encoder and decoder; encoder-top: the top encoder blocks; full: everything
     lora_rank: int = 32
     lora_alpha: int = 64
-    lora_modules: str = "q_proj,v_proj,fc1,fc2"  # in every encoder and decoder block (attention and feed-forward)
+    lora_modules: str = "q_proj,v_proj,fc1,fc2"  # in every block of the adapted stacks (attention and feed-forward)
+    lora_stacks: str = "encoder,decoder"  # which stacks get adapters: encoder (the acoustics), decoder (the language), both
     top_blocks: int = 2  # encoder-top: trainable top encoder blocks (the blocks below are frozen, their outputs cached)
     # encoder window in training and the server's evaluation: clip (the clip's length; ~6.5x cheaper steps, and its models
     # still work on 30-s windows) or full (30 s; more accurate per step, but its models loop on clip windows)
@@ -96,6 +97,13 @@ class AsrFederationOptions(RunConfigOptions):
         ):
             require(getattr(self, name) >= 1, name, "must be at least 1", getattr(self, name))
         require(self.mode in MODES, "mode", f"must be one of {', '.join(MODES)}", self.mode)
+        stacks = [stack.strip() for stack in self.lora_stacks.split(",") if stack.strip()]
+        require(
+            bool(stacks) and set(stacks) <= {"encoder", "decoder"},
+            "lora_stacks",
+            "must name encoder, decoder or both",
+            self.lora_stacks,
+        )
         require(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}", self.optimizer)
         require(self.lr_schedule in LR_SCHEDULES, "lr_schedule", f"must be one of {', '.join(LR_SCHEDULES)}", self.lr_schedule)
         require(self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}", self.strategy)
@@ -150,11 +158,12 @@ class AsrFederationOptions(RunConfigOptions):
         )
         if self.mode == "lora":
             modules = "|".join(m.strip() for m in self.lora_modules.split(",") if m.strip())
+            stacks = "|".join(sorted(stack.strip() for stack in self.lora_stacks.split(",") if stack.strip()))
             return TrainConfig(
                 mode="lora",
                 lora_rank=self.lora_rank,
                 lora_alpha=self.lora_alpha,
-                lora_targets=rf"model\.(encoder|decoder)\.layers\.\d+\.(.*\.)?({modules})",
+                lora_targets=rf"model\.({stacks})\.layers\.\d+\.(.*\.)?({modules})",
                 **common,
             )
         if self.mode == "encoder-top":

@@ -161,6 +161,9 @@ def asr_federate(
     lora_modules: Annotated[
         str | None, typer.Option(help="adapted projections in every encoder and decoder block [q_proj,v_proj,fc1,fc2]")
     ] = None,
+    lora_stacks: Annotated[
+        str | None, typer.Option(help="stacks with adapters: encoder (acoustics), decoder (language) or both [encoder,decoder]")
+    ] = None,
     top_blocks: Annotated[int | None, typer.Option(min=1, help="encoder-top: trainable top encoder blocks [2]")] = None,
     window: Annotated[str | None, typer.Option(help="encoder window in training and evaluation: clip or full [clip]")] = None,
     num_clients: Annotated[int | None, typer.Option(min=1, help="speaker groups [20]")] = None,
@@ -246,6 +249,7 @@ def asr_federate(
         lora_rank=lora_rank,
         lora_alpha=lora_alpha,
         lora_modules=lora_modules,
+        lora_stacks=lora_stacks,
         top_blocks=top_blocks,
         window=window,
         num_clients=num_clients,
