@@ -31,9 +31,10 @@ def _with(options: AsrFederationOptions, **changes) -> AsrFederationOptions:
 
 
 def _untranscribed(rows, model_dir):
-    """``rows`` as an untranscribed device holds them: no text, labels the prompt only (``asr prepare`` keeps them so)."""
+    """``rows`` as an untranscribed device holds them: no text, labels the prompt only (``asr prepare`` keeps them so),
+    speakers' age groups known (as in a Kaldi directory with spk2age)."""
     prompt = label_ids(load_whisper(str(model_dir))[1].tokenizer, "", False, "en", "transcribe")
-    return rows.map(lambda row: {"transcription": "", "labels": prompt})
+    return rows.map(lambda row: {"transcription": "", "labels": prompt, "age_group": "child"})
 
 
 def test_each_speaker_keeps_a_share_of_its_clips_to_test_on(options):

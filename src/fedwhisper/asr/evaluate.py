@@ -71,20 +71,24 @@ def evaluate_batches(
         row["wer"] = round(word_error_rate([reference], [hypothesis], language), 4) if normalise(reference).strip() else None
         rows.append(row)
     scored = any(row["wer"] is not None for row in rows)  # untranscribed clips (pseudo-labelling) have no error rate
-    groups = {column: wer_by(rows, column, language) for column in GROUP_COLUMNS if column in columns and any(columns[column])}
+    grouped = [column for column in GROUP_COLUMNS if scored and column in columns and any(columns[column])]
+    groups = {column: wer_by(rows, column, language) for column in grouped}
     return {
         "loss": None if on_ctranslate2 else loss_sum / max(tokens, 1),
         "wer": word_error_rate(references, hypotheses, language) if scored else None,
         "cer": character_error_rate(references, hypotheses, language) if scored else None,
-        "groups": groups if scored else {},  # e.g. {"age_group": {"adult": 0.2, "child": 0.3}}: WER pooled per value
+        "groups": groups,  # e.g. {"age_group": {"adult": 0.2, "child": 0.3}}: WER pooled per value
         "rows": rows,
     }
 
 
 def wer_by(rows: list[dict], column: str, language: str | None) -> dict[str, float]:
-    """WER per value of ``column`` (speaker_id, age_group, ...), pooled over that value's utterances."""
+    """WER per value of ``column`` (speaker_id, age_group, ...), pooled over that value's utterances that have a
+    reference (a value with none has no WER)."""
     pooled: dict[str, tuple[list, list]] = {}
     for row in rows:
+        if row.get("wer") is None:
+            continue
         refs, hyps = pooled.setdefault(row.get(column) or "", ([], []))
         refs.append(row["reference"])
         hyps.append(row["hypothesis"])

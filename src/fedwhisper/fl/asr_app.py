@@ -53,7 +53,7 @@ def round_row(stats: dict) -> dict:
     clients = stats["client_metrics"]
     replied = stats["replied_metrics"]
     row = {"clients_rejected_nan": int(sum(m.get("rejected-nan", 0) for m in replied))}
-    if any("pseudo-candidates" in m for m in replied):  # clients without transcripts: clips they had, clips they used
+    if any(m.get("pseudo-candidates") for m in replied):  # clients without transcripts: clips they had, clips they used
         for key in ("pseudo-candidates", "pseudo-labelled"):
             row[key.replace("-", "_")] = int(sum(m.get(key, 0) for m in replied))
     if clients:
