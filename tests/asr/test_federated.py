@@ -17,8 +17,10 @@ from fedwhisper.asr.federated import (
     local_training,
     model_to_train,
     round_learning_rate,
+    served_state,
 )
 from fedwhisper.asr.prepare import load_features
+from fedwhisper.asr.run import load_trainable_state
 from fedwhisper.errors import FedwhisperError
 from fedwhisper.fl.asr_app import build_asr_client_app, federate, simulate
 from fedwhisper.fl.strategy import record_bytes
@@ -91,6 +93,29 @@ def test_adapters_go_only_into_the_stacks_asked_for(options):
     assert set(encoder) == {key for key in both if ".encoder." in key} and any(".decoder." in key for key in both)
     with pytest.raises(FedwhisperError, match="--lora-stacks must name encoder, decoder or both"):
         AsrFederationOptions(**{**options.to_config(), "lora_stacks": "encoder,joiner"})
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_the_served_model_is_pretrained_plus_a_share_of_the_federated_update(options, mode):
+    def merged(opts, state) -> dict:
+        model, _ = model_to_train(opts)
+        load_trainable_state(model, state)
+        whisper = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+        return {k: v.clone() for k, v in whisper.state_dict().items()}
+
+    trained = AsrFederationOptions(**{**options.to_config(), "mode": mode, "learning_rate": 0.01, "interpolation": 0.25})
+    state, _ = client_update(trained, 0, initial_state(trained), round_number=1)
+    pretrained, full, served = (
+        merged(trained, initial_state(trained)),
+        merged(trained, state),
+        merged(trained, served_state(trained, state)),
+    )
+    changed = [k for k in pretrained if not torch.equal(pretrained[k], full[k])]
+    assert changed and all(
+        torch.allclose(served[k] - pretrained[k], 0.25 * (full[k] - pretrained[k]), atol=1e-6) for k in changed
+    )
+    as_trained = AsrFederationOptions(**{**trained.to_config(), "interpolation": 1.0})
+    assert served_state(as_trained, state) is state
 
 
 def test_fedprox_clients_stay_closer_to_the_global_model(options):

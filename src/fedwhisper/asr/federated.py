@@ -60,6 +60,9 @@ class AsrFederationOptions(RunConfigOptions):
     fedadam_eta: float = 0.01  # fedadam: the server's Adam step size
     proximal_mu: float = 0.01  # fedprox: weight of the clients' proximal term (mu/2)·||w - w_global||²
     eval_clips: int = 100  # validation clips the server decodes every round (0: all)
+    # the served model (validated every round, best/): pretrained + interpolation x the federated update (WiSE-FT); below 1
+    # it keeps what the pretrained model knew (measured: the real suite's recipe part); clients train the update as is
+    interpolation: float = 0.5
     # clips without a transcript: labelled on the device by the received model, kept when its mean token log-prob is at
     # least this (and the text does not repeat itself); "off" leaves them out
     pseudo_labels: str = "on"
@@ -112,6 +115,7 @@ class AsrFederationOptions(RunConfigOptions):
         require(0 <= self.server_momentum < 1, "server_momentum", "must be in [0, 1)", self.server_momentum)
         require(self.proximal_mu >= 0, "proximal_mu", "must be 0 or more", self.proximal_mu)
         require(self.eval_clips >= 0, "eval_clips", "must be 0 or more", self.eval_clips)
+        require(0 < self.interpolation <= 1, "interpolation", "must be above 0 and at most 1", self.interpolation)
         require(self.pseudo_labels in ("on", "off"), "pseudo_labels", "must be on or off", self.pseudo_labels)
         require(0 <= self.own_test_share < 1, "own_test_share", "must be at least 0 and below 1", self.own_test_share)
         require(self.algorithm in ALGORITHMS, "algorithm", f"must be one of {', '.join(ALGORITHMS)}", self.algorithm)
@@ -237,6 +241,18 @@ def initial_state(options: AsrFederationOptions) -> dict[str, torch.Tensor]:
     return trainable_state(model)
 
 
+def served_state(options: AsrFederationOptions, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The trainable tensors of the model a device serves: pretrained + ``interpolation`` x the federated update
+    (WiSE-FT, Wortsman et al. 2022). With LoRA the update is B·A, so scaling B scales it exactly."""
+    alpha = options.interpolation
+    if alpha == 1:
+        return state
+    if options.mode == "lora":
+        return {key: value * alpha if "lora_B" in key else value for key, value in state.items()}
+    start = initial_state(options)
+    return {key: start[key] + alpha * (value - start[key]) for key, value in state.items()}
+
+
 def client_shard(options: AsrFederationOptions, partition_id: int):
     return partitioner(options.features_path, options.num_clients, options.seed).load_partition(partition_id)
 
@@ -358,7 +374,8 @@ def proximal_term(model, options: AsrFederationOptions):
 
 
 class ServerEvaluator:
-    """WER/CER and loss of the global model on the first ``eval_clips`` validation clips (speakers no client holds)."""
+    """WER/CER and loss of the served global model (``served_state``) on the first ``eval_clips`` validation clips
+    (speakers no client holds)."""
 
     def __init__(self, options: AsrFederationOptions):
         dataset, _ = features_of(options.features_path)
@@ -368,6 +385,7 @@ class ServerEvaluator:
             rows = rows.select(range(min(options.eval_clips, len(rows))))
         if not len(rows):
             raise FedwhisperError(f"{options.features}: no {split} clips to evaluate on")
+        self.options = options
         self.model, config = model_to_train(options)
         self.processor = base_model(options.model)[1]
         self.split = split
@@ -378,7 +396,7 @@ class ServerEvaluator:
     def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
         from fedwhisper.asr.evaluate import evaluate_batches
 
-        load_trainable_state(self.model, state)
+        load_trainable_state(self.model, served_state(self.options, state))
         result = evaluate_batches(self.model, self.processor.tokenizer, self.batches, self.decoding)
         return {"wer": result["wer"], "cer": result["cer"], "eval_loss": result["loss"]}
 

@@ -60,14 +60,15 @@ def personalise(model, config, rows, options: PersonalOptions, seed: int = 0, ca
 
 
 def personal_model(federation, partition_id: int, state: dict, options: PersonalOptions, shard=None) -> tuple[dict, dict]:
-    """A device's personal adapters from the global ``state``: (the tensors it keeps, {"global_wer", "personal_wer",
-    "kept", "own_test_clips", "train_clips"}). ``federation``: the run's ``AsrFederationOptions`` (its
-    ``own_test_share`` > 0, so the federation never trained on the own test clips); ``shard``: the device's clips (by
-    default its simulation partition). The personal tensors are kept only if they beat the global ones on the own test
-    clips; otherwise the device keeps the global model."""
+    """A device's personal adapters, fine-tuned from the global model it would serve (``state`` interpolated as the
+    federation serves it): (the tensors it keeps, {"global_wer", "personal_wer", "kept", "own_test_clips",
+    "train_clips"}). ``federation``: the run's ``AsrFederationOptions`` (its ``own_test_share`` > 0, so the federation
+    never trained on the own test clips); ``shard``: the device's clips (by default its simulation partition). The
+    personal tensors are kept only if they beat the global ones on the own test clips; otherwise the device keeps the
+    served global model."""
     from fedwhisper.asr.batches import AsrBatches
     from fedwhisper.asr.evaluate import evaluate_batches
-    from fedwhisper.asr.federated import base_model, client_shard, model_to_train, training_rows
+    from fedwhisper.asr.federated import base_model, client_shard, model_to_train, served_state, training_rows
     from fedwhisper.asr.run import load_trainable_state, trainable_state
     from fedwhisper.asr.train import decoding_options
 
@@ -75,6 +76,7 @@ def personal_model(federation, partition_id: int, state: dict, options: Personal
         raise FedwhisperError("personal models are tested on clips the federation never saw: run it with --own-test-share")
     shard = client_shard(federation, partition_id) if shard is None else shard
     model, config = model_to_train(federation)
+    state = served_state(federation, state)  # what the device would serve without a personal model
     load_trainable_state(model, state)
     own_test = own_split(shard, federation.own_test_share, federation.seed)[1]
     own_test = own_test.select([i for i, text in enumerate(own_test["transcription"]) if text.strip()])

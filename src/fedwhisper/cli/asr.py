@@ -184,6 +184,10 @@ def asr_federate(
     fedadam_eta: Annotated[float | None, typer.Option(help="fedadam: server Adam step size [0.01]")] = None,
     proximal_mu: Annotated[float | None, typer.Option(help="fedprox: proximal term weight [0.01]")] = None,
     eval_clips: Annotated[int | None, typer.Option(min=0, help="validation clips decoded every round (0: all) [100]")] = None,
+    interpolation: Annotated[
+        float | None,
+        typer.Option(help="served model: pretrained + this x the federated update (WiSE-FT; 1: as trained) [0.5]"),
+    ] = None,
     pseudo_labels: Annotated[
         str | None,
         typer.Option(help="clips without a transcript: on (labelled on the device by the received model) or off [on]"),
@@ -266,6 +270,7 @@ def asr_federate(
         fedadam_eta=fedadam_eta,
         proximal_mu=proximal_mu,
         eval_clips=eval_clips,
+        interpolation=interpolation,
         pseudo_labels=pseudo_labels,
         pseudo_min_log_prob=pseudo_min_log_prob,
         own_test_share=own_test_share,
