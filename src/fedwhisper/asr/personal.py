@@ -15,7 +15,7 @@ from fedwhisper.errors import FedwhisperError
 @dataclass(frozen=True)
 class PersonalOptions:
     steps: int = 20  # optimizer steps on the device's own clips, from the global adapters
-    learning_rate: float = 5e-4
+    learning_rate: float = 5e-5  # Adam from trained adapters: 4 steps at 5e-4 took a device 43 -> 63 % WER (small run)
     batch_size: int = 8
 
     def __post_init__(self):

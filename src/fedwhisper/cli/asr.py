@@ -312,7 +312,7 @@ def asr_personalise(
     run_dir: Annotated[Path, typer.Argument(help="a finished `asr federate --own-test-share S` run")],
     client: Annotated[int, typer.Option(min=0, help="the client (partition) whose device personalises")],
     steps: Annotated[int, typer.Option(min=1, help="optimizer steps on the device's own clips")] = 20,
-    learning_rate: Annotated[float, typer.Option(help="from the global adapters")] = 5e-4,
+    learning_rate: Annotated[float, typer.Option(help="from the global adapters")] = 5e-5,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
 ) -> None:
     """A device's personal model: the best round's global adapters fine-tuned on its own clips, kept (RUN/personal/)
