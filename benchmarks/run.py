@@ -604,6 +604,57 @@ def real_rows(results: dict) -> list[str]:
                 f"| Real speech, speechocean762 ({held}, {pretrained[model]['transformers']['full']['clips']} utterances): "
                 f"pretrained {model} WER (children / adults, x real time) | {'; '.join(cells)} |"
             )
+    for part in ("federated", "federated_base"):
+        if run := results.get(part):
+            rows += _real_federation_rows(run, pretrained)
+    if personal := results.get("personal"):
+        rounds = personal["options"]["rounds"]
+        rows.append(
+            f"| … personal models ({personal['options']['personal']['steps']} steps on a device's own clips from the "
+            f"served global model, {rounds}-round federation with a quarter of each speaker's clips kept on the device): "
+            f"WER on each device's kept clips, global → personal (mean of {len(personal['clients'])} devices), share of "
+            f"devices improved | {personal['mean_global_wer']:.1%} → **{personal['mean_personal_wer']:.1%}**, "
+            f"{personal['share_improved']:.0%} improved |"
+        )
+    if unlabelled := results.get("unlabelled"):
+        names = ("all_labelled", "left_out", "pseudo_labelled")
+        cells = [f"{name.replace('_', ' ')} {unlabelled[name]['held_out']['wer']:.1%}" for name in names]
+        gap = unlabelled["gap_closed"]
+        rows.append(
+            f"| … half the clients without transcripts ({unlabelled['options']['rounds']}-round federations): held-out "
+            f"WER (clip windows) | {'; '.join(cells)}; gap closed by pseudo-labels: "
+            f"{'n/a' if gap is None else f'{gap:.0%}'} |"
+        )
+    return rows
+
+
+def _real_federation_rows(run: dict, pretrained: dict | None) -> list[str]:
+    """A federated part of the real suite: the served model against the pretrained one (CTranslate2, 30-s windows),
+    centralized and local-only on the same client steps, and forgetting."""
+    options, fed = run["options"], run["federated"]
+    model = options["model"]
+
+    def scored(r: dict) -> str:
+        return f"{r['wer']:.1%} ({r['children']:.1%} / {r['adults']:.1%}, {r['audio_seconds_per_second']:g}x)"
+
+    before = (pretrained or {}).get(model, {}).get("ctranslate2", {}).get("full")
+    first = "held_out_speakers"
+    cut = f", {1 - fed['ctranslate2_full']['wer'] / before['wer']:.0%} below pretrained" if before else ""
+    rows = [
+        f"| … federated {model} (`asr federate` defaults: {options['num_clients']} clients, {options['clients_per_round']} "
+        f"a round, {options['rounds']} rounds, LoRA on clip windows, served at interpolation {options['interpolation']}): "
+        "held-out WER (children / adults, x real time) | "
+        f"CTranslate2 int8 30-s: **{scored(fed['ctranslate2_full'])}**{cut}; transformers 30-s: "
+        f"{scored(fed['transformers_full'])}; clip: {scored(fed['transformers_clip'])} |",
+        f"| … {model}: federated / centralized (same {run['client_steps_total']} client steps) / local-only (mean of "
+        f"{len(run['local_only']['wer_per_client'])} clients), held-out WER on clip windows | "
+        f"{fed['after'][first]['clip']['wer']:.1%} / {run['centralized']['after'][first]['clip']['wer']:.1%} / "
+        f"{run['local_only']['mean_wer']:.1%} (local-only's {run['local_only']['subset_clips']} clips: federated "
+        f"{run['local_only']['federated_wer_same_clips']:.1%}); federated over centralized {fed['over_centralized']}x |",
+    ]
+    if forgetting := run.get("forgetting"):
+        cells = [f"{name} ({f['clips']} clips) {f['pretrained']:.1%} → {f['federated']:.1%}" for name, f in forgetting.items()]
+        rows.append(f"| … {model} forgetting: WER pretrained → federated, 30-s windows | {'; '.join(cells)} |")
     return rows
 
 
