@@ -34,6 +34,10 @@ def asr_prepare(
         int | None,
         typer.Option(min=1, help="training speakers held out as a test split when the corpus has none (age groups kept) [none]"),
     ] = None,
+    keep_untranscribed: Annotated[
+        bool, typer.Option(help="keep clips without a transcript (a federation's clients pseudo-label them)")
+    ] = False,
+    recase: Annotated[bool, typer.Option(help="train all-capital transcripts in sentence case, Whisper's style")] = True,
 ) -> None:
     """CPU feature pipeline: log-mel features and tokenised labels, saved once; resumable; bad clips dropped and reported."""
     from fedwhisper.asr.prepare import REPORT, PrepareOptions, prepare_features
@@ -45,6 +49,8 @@ def asr_prepare(
         shard_size=shard_size,
         validation_speakers=validation_speakers,
         test_speakers=test_speakers,
+        keep_untranscribed=keep_untranscribed,
+        recase=recase,
     )
     report = prepare_features(data, model, out, options)
     table = Table("split", "kept", "hours", "speakers", "dropped", "why")
