@@ -315,11 +315,53 @@ def unlabelled(work: Path, small: bool) -> dict:
     return results
 
 
+def confidence(work: Path, small: bool) -> dict:
+    """The pseudo-label filter's evidence (after the ``federated`` part): the served federated model labels the validation
+    speakers' clips as a device would (greedy, clip windows); for each log-prob floor, the clips kept and the WER of their
+    labels against the references, and of the clips dropped."""
+    from fedwhisper.asr.batches import AsrBatches
+    from fedwhisper.asr.evaluate import evaluate_batches
+    from fedwhisper.asr.prepare import label_ids
+    from fedwhisper.asr.pseudo import MAX_COMPRESSION_RATIO, compression_ratio, mean_log_probs
+    from fedwhisper.metrics import word_error_rate
+    from fedwhisper.models.registry import load_whisper
+
+    federated_work = work.parent / "real-federated"
+    served = federated_work / "federated" / "best"
+    if not served.is_dir():
+        raise FedwhisperError(f"{served}: run the real suite's federated part first")
+    split = load_features(features(federated_work, "tiny.en"))[0]["validation"]
+    split = split.select(range(min(len(split), 40 if small else len(split))))
+    model, processor = load_whisper(str(served))
+    start = model.config.decoder_start_token_id
+    decoded = evaluate_batches(model, processor.tokenizer, AsrBatches(split, start, window="clip"), DecodingOptions())
+    texts = [row["hypothesis"] for row in decoded["rows"]]
+    labels = [label_ids(processor.tokenizer, text, False, "en", "transcribe") for text in texts]
+    labelled = split.remove_columns(["labels"]).add_column("labels", labels)
+    scores = mean_log_probs(model, AsrBatches(labelled, start, window="clip"), 8)
+    references = split["transcription"]
+
+    def wer(rows: list[int]) -> float | None:
+        return round(word_error_rate([references[i] for i in rows], [texts[i] for i in rows], "en"), 4) if rows else None
+
+    floors = {}
+    for floor in (-0.2, -0.3, -0.5, -0.75, -1.0):
+        kept = [
+            i
+            for i, (text, score) in enumerate(zip(texts, scores))
+            if text.strip() and score >= floor and compression_ratio(text) <= MAX_COMPRESSION_RATIO
+        ]
+        dropped = sorted(set(range(len(texts))) - set(kept))
+        floors[str(floor)] = {"kept": len(kept), "kept_wer": wer(kept), "dropped": len(dropped), "dropped_wer": wer(dropped)}
+    return {"options": {"model": str(served), "split": "validation", "window": "clip"}, "clips": len(split), "floors": floors}
+
+
 PARTS = {
     "pretrained": pretrained,
     "federated": federated,
     "federated_base": federated_base,
     "personal": personal,
     "unlabelled": unlabelled,
+    "confidence": confidence,
 }
 RESUMABLE = tuple(PARTS)  # prepared features and finished federations are kept between runs

@@ -199,7 +199,7 @@ def asr_federate(
         typer.Option(help="clips without a transcript: on (labelled on the device by the received model) or off [on]"),
     ] = None,
     pseudo_min_log_prob: Annotated[
-        float | None, typer.Option(help="a pseudo-label is kept if its mean token log-prob is at least this [-0.5]")
+        float | None, typer.Option(help="a pseudo-label is kept if its mean token log-prob is at least this [-0.3]")
     ] = None,
     own_test_share: Annotated[
         float | None,
