@@ -616,6 +616,15 @@ def real_rows(results: dict) -> list[str]:
             f"devices improved | {personal['mean_global_wer']:.1%} → **{personal['mean_personal_wer']:.1%}**, "
             f"{personal['share_improved']:.0%} improved |"
         )
+    if confidence := results.get("confidence"):
+        cells = [
+            f"{floor}: {f['kept']} kept at {f['kept_wer']:.1%}" + (f", dropped at {f['dropped_wer']:.1%}" if f["dropped"] else "")
+            for floor, f in confidence["floors"].items()
+        ]
+        rows.append(
+            f"| … pseudo-labels of the served federated model on {confidence['clips']} validation clips by mean token "
+            f"log-prob floor: clips kept and their labels' WER | {'; '.join(cells)} |"
+        )
     if unlabelled := results.get("unlabelled"):
         names = ("all_labelled", "left_out", "pseudo_labelled")
         cells = [f"{name.replace('_', ' ')} {unlabelled[name]['held_out']['wer']:.1%}" for name in names]
