@@ -118,6 +118,24 @@ def test_the_served_model_is_pretrained_plus_a_share_of_the_federated_update(opt
     assert served_state(as_trained, state) is state
 
 
+def test_with_a_frozen_the_average_of_the_clients_adapters_is_the_average_of_their_updates(options):
+    frozen = AsrFederationOptions(**{**options.to_config(), "lora_freeze_a": True, "learning_rate": 0.01})
+    start = initial_state(frozen)
+    assert start and all("lora_B" in key for key in start)
+    updates = [client_update(frozen, partition, start, round_number=1)[0] for partition in (0, 1)]
+    model, _ = model_to_train(frozen)
+    a = {name: p.detach() for name, p in model.named_parameters() if "lora_A" in name}
+
+    def delta(state: dict, key: str) -> torch.Tensor:
+        return state[key] @ a[key.replace("lora_B", "lora_A")]
+
+    averaged = {key: (updates[0][key] + updates[1][key]) / 2 for key in start}
+    assert all(
+        torch.allclose(delta(averaged, key), (delta(updates[0], key) + delta(updates[1], key)) / 2, atol=1e-6) for key in start
+    )
+    assert all(not torch.equal(updates[0][key], start[key]) for key in start)
+
+
 def test_fedprox_clients_stay_closer_to_the_global_model(options):
     start = initial_state(options)
 

@@ -42,6 +42,9 @@ class AsrFederationOptions(RunConfigOptions):
     lora_alpha: int = 64
     lora_modules: str = "q_proj,v_proj,fc1,fc2"  # in every block of the adapted stacks (attention and feed-forward)
     lora_stacks: str = "encoder,decoder"  # which stacks get adapters: encoder (the acoustics), decoder (the language), both
+    # lora: train (and send) B only, A frozen at its seeded start on every device (FFA-LoRA, Sun et al. 2024): the
+    # average of the clients' B·A is then the average B times A, exactly, and half as many bytes travel
+    lora_freeze_a: bool = False
     top_blocks: int = 2  # encoder-top: trainable top encoder blocks (the blocks below are frozen, their outputs cached)
     # encoder window in training and the server's evaluation: clip (the clip's length; ~6.5x cheaper steps, and its models
     # still work on 30-s windows) or full (30 s; more accurate per step, but its models loop on clip windows)
@@ -235,7 +238,12 @@ def model_to_train(options: AsrFederationOptions):
     config = client_train_config(options)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
-        return apply_mode(copy.deepcopy(whisper), config), config
+        model = apply_mode(copy.deepcopy(whisper), config)
+    if options.mode == "lora" and options.lora_freeze_a:
+        for name, parameter in model.named_parameters():
+            if "lora_A" in name:
+                parameter.requires_grad_(False)
+    return model, config
 
 
 def initial_state(options: AsrFederationOptions) -> dict[str, torch.Tensor]:

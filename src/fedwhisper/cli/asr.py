@@ -170,6 +170,9 @@ def asr_federate(
     lora_stacks: Annotated[
         str | None, typer.Option(help="stacks with adapters: encoder (acoustics), decoder (language) or both [encoder,decoder]")
     ] = None,
+    lora_freeze_a: Annotated[
+        bool | None, typer.Option(help="lora: train and send B only, A frozen at its seeded start (FFA-LoRA) [no]")
+    ] = None,
     top_blocks: Annotated[int | None, typer.Option(min=1, help="encoder-top: trainable top encoder blocks [2]")] = None,
     window: Annotated[str | None, typer.Option(help="encoder window in training and evaluation: clip or full [clip]")] = None,
     num_clients: Annotated[int | None, typer.Option(min=1, help="speaker groups [20]")] = None,
@@ -260,6 +263,7 @@ def asr_federate(
         lora_alpha=lora_alpha,
         lora_modules=lora_modules,
         lora_stacks=lora_stacks,
+        lora_freeze_a=lora_freeze_a,
         top_blocks=top_blocks,
         window=window,
         num_clients=num_clients,
