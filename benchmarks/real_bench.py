@@ -315,6 +315,55 @@ def unlabelled(work: Path, small: bool) -> dict:
     return results
 
 
+# the recipe's ablations, each a federation of tiny.en on the train/ clients: (sentence-case labels, changed options,
+# interpolations its best model is scored at). default: as it ran before interpolation was the served default
+RECIPE_RUNS = {
+    "default-recase": (True, {"interpolation": 1.0}, (1.0, 0.5)),
+    "caps-r4": (False, {"interpolation": 1.0, "rounds": 4}, (1.0,)),
+    "ffa-r3": (True, {"interpolation": 1.0, "lora_freeze_a": True, "rounds": 3}, (1.0,)),
+}
+
+
+def recipe(work: Path, small: bool) -> dict:
+    """What decided the recipe: each run's validation WER per round (clip windows, the server's first clips), its best
+    round's model on every validation clip and on two forgetting sets (flite voices, LJSpeech; 30-s windows), served at
+    each interpolation with the pretrained model (WiSE-FT: pretrained + alpha x the update); the pretrained model on
+    the same clips."""
+    import fl_asr_bench
+    from fedwhisper.models.registry import load_whisper
+
+    out_of_domain_sets = out_of_domain(work / "ood", small)
+    results: dict = {"options": {"model": "tiny.en", "runs": {k: v[1] for k, v in RECIPE_RUNS.items()}}}
+
+    def scored(model_ref: str, validation) -> dict:
+        scores = {"validation": fl_asr_bench._wer(model_ref, validation, "en", "full")}
+        for name in ("flite", "ljspeech"):
+            scores[name] = fl_asr_bench._wer(model_ref, fl_asr_bench._spread(out_of_domain_sets[name], 100), "en", "full")
+        return {name: score["wer"] for name, score in scores.items()}
+
+    for name, (recase, changes, alphas) in RECIPE_RUNS.items():
+        prepared = work / ("features-tiny.en" if recase else "features-caps")
+        options = PrepareOptions(num_proc=2, validation_speakers=VALIDATION_SPEAKERS, test_speakers=TEST_SPEAKERS, recase=recase)
+        prepare_features(train_dir(), "tiny.en", prepared, options)
+        validation = load_features(prepared)[0]["validation"]
+        results.setdefault("pretrained", scored("tiny.en", validation))
+        scale = {"rounds": 1, "eval_clips": 20} if small else {}
+        run = _simulated(_options(work, small, "tiny.en", prepared, **(changes | scale)), work / name)
+        entry = {"recase": recase, "validation_wer_per_round": [round(row["wer"], 4) for row in run.rows]}
+        for alpha in alphas:
+            served = run.path / "best" if alpha == 1.0 else work / f"{name}-wise{alpha}"
+            if not (served / "config.json").is_file():  # best/ holds the update as trained (interpolation 1.0)
+                base, processor = load_whisper("tiny.en")
+                tuned, _ = load_whisper(str(run.path / "best"))
+                weights = base.state_dict()
+                tuned.load_state_dict({k: weights[k] + alpha * (v - weights[k]) for k, v in tuned.state_dict().items()})
+                tuned.save_pretrained(served)
+                processor.save_pretrained(served)
+            entry[f"interpolation_{alpha}"] = scored(str(served), validation)
+        results[name] = entry
+    return results
+
+
 def confidence(work: Path, small: bool) -> dict:
     """The pseudo-label filter's evidence (after the ``federated`` part): the served federated model labels the validation
     speakers' clips as a device would (greedy, clip windows); for each log-prob floor, the clips kept and the WER of their
@@ -363,5 +412,6 @@ PARTS = {
     "personal": personal,
     "unlabelled": unlabelled,
     "confidence": confidence,
+    "recipe": recipe,
 }
 RESUMABLE = tuple(PARTS)  # prepared features and finished federations are kept between runs
