@@ -616,6 +616,20 @@ def real_rows(results: dict) -> list[str]:
             f"devices improved | {personal['mean_global_wer']:.1%} → **{personal['mean_personal_wer']:.1%}**, "
             f"{personal['share_improved']:.0%} improved |"
         )
+    if recipe := results.get("recipe"):
+        before = recipe["pretrained"]
+        cells = [f"pretrained {before['validation']:.1%} / {before['flite']:.1%} / {before['ljspeech']:.1%}"]
+        for name in real_bench.RECIPE_RUNS:
+            for key, scores in recipe.get(name, {}).items():
+                if key.startswith("interpolation_"):
+                    cells.append(
+                        f"{name} at {key.removeprefix('interpolation_')}: {scores['validation']:.1%} / {scores['flite']:.1%} / "
+                        f"{scores['ljspeech']:.1%}"
+                    )
+        rows.append(
+            "| … the recipe's ablations (tiny.en federations): WER validation speakers / flite / LJSpeech, 30-s "
+            f"windows | {'; '.join(cells)} |"
+        )
     if confidence := results.get("confidence"):
         cells = [
             f"{floor}: {f['kept']} kept at {f['kept_wer']:.1%}" + (f", dropped at {f['dropped_wer']:.1%}" if f["dropped"] else "")
