@@ -95,7 +95,7 @@ def test_adapters_go_only_into_the_stacks_asked_for(options):
         AsrFederationOptions(**{**options.to_config(), "lora_stacks": "encoder,joiner"})
 
 
-@pytest.mark.parametrize("mode", ["lora", "full"])
+@pytest.mark.parametrize("mode", ["lora", "full"])  # B scaled, or weights interpolated
 def test_the_served_model_is_pretrained_plus_a_share_of_the_federated_update(options, mode):
     def merged(opts, state) -> dict:
         model, _ = model_to_train(opts)

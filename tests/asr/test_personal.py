@@ -1,5 +1,6 @@
 """Personal models and clients without transcripts, on a tiny random Whisper."""
 
+import json
 import math
 
 import pytest
@@ -21,9 +22,8 @@ from fedwhisper.asr.pseudo import pseudo_label
 from fedwhisper.asr.train import decoding_options
 from fedwhisper.cli import app
 from fedwhisper.errors import FedwhisperError
-from fedwhisper.fl.asr_app import build_asr_client_app, federate
 from fedwhisper.models.registry import load_whisper
-from tests.inprocess import InProcessGrid
+from fedwhisper.runs import RunDirectory
 
 
 def _with(options: AsrFederationOptions, **changes) -> AsrFederationOptions:
@@ -123,8 +123,10 @@ def test_personal_options_are_checked():
 
 def test_asr_personalise_keeps_a_better_personal_model_on_the_device(options, tmp_path, monkeypatch):
     shared = _with(options, own_test_share=0.25, rounds=1)
-    config = shared.to_config()
-    federate(InProcessGrid(build_asr_client_app(config), config, shared.num_clients), shared, tmp_path / "run")
+    run = RunDirectory(tmp_path / "run")  # a finished federation as the server leaves it (round 1 its best)
+    run.start(shared.to_config(), resume=False)
+    run.save_arrays("trainable-round-001", initial_state(shared), {})
+    (run.path / "test.json").write_text(json.dumps({"round": 1}))
     wers = iter([0.5, 0.25])
     real = evaluate.evaluate_batches
     monkeypatch.setattr(evaluate, "evaluate_batches", lambda *a, **k: real(*a, **k) | {"wer": next(wers)})

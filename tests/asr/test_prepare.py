@@ -124,4 +124,3 @@ def test_all_capital_transcripts_train_in_whisper_style(tmp_path, tiny_asr_corpu
 
     reference, label = first_label(PrepareOptions(validation_speakers=0), "recased")
     assert reference.isupper() and label == prepare_module.sentence_case(reference) != reference  # WER still reads the reference
-    assert first_label(PrepareOptions(validation_speakers=0, recase=False), "kept") == (reference, reference)
