@@ -183,7 +183,7 @@ def asr_federate(
     learning_rate: Annotated[float | None, typer.Option(help="[0.002]")] = None,
     optimizer: Annotated[str | None, typer.Option(help="a client's optimizer: adamw or sgd [adamw]")] = None,
     lr_schedule: Annotated[
-        str | None, typer.Option(help="clients' learning rate over the rounds: constant or cosine (to a tenth) [constant]")
+        str | None, typer.Option(help="clients' learning rate over the rounds: constant or cosine (to a tenth) [cosine]")
     ] = None,
     strategy: Annotated[
         str | None, typer.Option(help="server strategy (Flower's): fedavg, fedavgm, fedadam or fedprox [fedavg]")
