@@ -11,6 +11,8 @@ adults in every part (``asr prepare --test-speakers``); the rest are the clients
   model exported to CTranslate2 int8 and scored on 30-s windows; forgetting measured on three out-of-domain sets: flite
   voices, LJSpeech (native read speech; --ljspeech, e.g. coqui-ai/TTS's tests/data/ljspeech/wavs) and spoken digits
   (short commands; --digits, Jakobovski/free-spoken-digit-dataset's recordings/).
+- ``serving``: the federated export's speed and WER beside the transformers path and faster-whisper on the pretrained
+  model, one run.
 """
 
 from __future__ import annotations
@@ -405,9 +407,77 @@ def confidence(work: Path, small: bool) -> dict:
     return {"options": {"model": str(served), "split": "validation", "window": "clip"}, "clips": len(split), "floors": floors}
 
 
+def serving(work: Path, small: bool) -> dict:
+    """Decoding speed and WER on the held-out clips, 30-s windows, in one run: faster-whisper as a user calls it
+    (``WhisperModel.transcribe`` per clip, greedy) on pretrained tiny.en's int8 export; the ctranslate2 backend
+    (batched, on prepared log-mels) on the same export and on the federated model's; the transformers path on the
+    federated model. Needs real:federated's best model."""
+    from fedwhisper.audio import SAMPLE_RATE, load_audio
+    from fedwhisper.backends import load_ctranslate2
+    from fedwhisper.metrics import word_error_rate
+    from fedwhisper.models.export import ctranslate2_model_dir
+    from fedwhisper.models.registry import load_processor
+
+    federation = work.parent / "real-federated"
+    best = federation / "federated" / "best"
+    if not (federation / "federated" / "test.json").is_file():
+        raise FedwhisperError(f"real:serving scores real:federated's best model; run real:federated first (no {best})")
+    prepared = features(federation, "tiny.en")
+    held_out = load_features(prepared)[0]["test"]
+    limit = 40 if small else len(held_out)
+    clips = [load_audio(path) for path in held_out["path"][:limit]]
+    references = held_out["transcription"][:limit]
+    audio_seconds = sum(clip.size for clip in clips) / SAMPLE_RATE
+    pretrained_export = ctranslate2_model_dir("tiny.en")
+    results: dict = {"options": {"model": "tiny.en", "clips": limit, "window": "full", "batch_size": 16, "threads": 2}}
+
+    whisper = load_ctranslate2(pretrained_export)  # faster-whisper's WhisperModel: the export's int8, 2 threads here
+
+    def alone(clip):
+        segments, _ = whisper.transcribe(
+            clip, language="en", beam_size=1, temperature=0.0, without_timestamps=True, condition_on_previous_text=False
+        )
+        return " ".join(segment.text.strip() for segment in segments)
+
+    alone(clips[0])  # warm-up, as the backend's first batch is not timed apart either
+    started = time.perf_counter()
+    hypotheses = [alone(clip) for clip in clips]
+    seconds = time.perf_counter() - started
+    results["faster_whisper_pretrained"] = {
+        "wer": round(word_error_rate(references, hypotheses, "en"), 4),
+        "audio_seconds_per_second": round(audio_seconds / seconds, 2),
+    }
+    # the backend decodes log-mels prepared once by `asr prepare`; what computing them costs, on the same clips
+    extractor = load_processor("tiny.en").feature_extractor
+    started = time.perf_counter()
+    for start in range(0, len(clips), 16):
+        extractor(clips[start : start + 16], sampling_rate=SAMPLE_RATE, return_tensors="np")
+    log_mel_seconds = time.perf_counter() - started
+    results["log_mel_audio_seconds_per_second"] = round(audio_seconds / log_mel_seconds, 2)
+    decoding = DecodingOptions(batch_size=16)
+    for name, model, backend in (
+        ("ctranslate2_pretrained", "tiny.en", "ctranslate2"),
+        ("ctranslate2_federated", str(ctranslate2_model_dir(str(best))), "ctranslate2"),
+        ("transformers_federated", str(best), "transformers"),
+    ):
+        result = evaluate_data(prepared, model, "test", decoding, limit, window="full", backend=backend)
+        results[name] = _scored(result) | {
+            "with_log_mels_audio_seconds_per_second": round(result["audio_seconds"] / (result["seconds"] + log_mel_seconds), 2)
+        }
+    speed = {name: r["with_log_mels_audio_seconds_per_second"] for name, r in results.items() if "ctranslate2_" in name}
+    results["ctranslate2_over_faster_whisper"] = round(
+        speed["ctranslate2_pretrained"] / results["faster_whisper_pretrained"]["audio_seconds_per_second"], 2
+    )
+    results["ctranslate2_over_transformers_federated"] = round(
+        speed["ctranslate2_federated"] / results["transformers_federated"]["with_log_mels_audio_seconds_per_second"], 2
+    )
+    return results
+
+
 PARTS = {
     "pretrained": pretrained,
     "federated": federated,
+    "serving": serving,
     "federated_base": federated_base,
     "personal": personal,
     "unlabelled": unlabelled,

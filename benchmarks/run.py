@@ -607,6 +607,22 @@ def real_rows(results: dict) -> list[str]:
     for part in ("federated", "federated_base"):
         if run := results.get(part):
             rows += _real_federation_rows(run, pretrained)
+    if serving := results.get("serving"):
+        cells = [
+            f"faster-whisper alone, pretrained: {serving['faster_whisper_pretrained']['wer']:.1%}, "
+            f"{serving['faster_whisper_pretrained']['audio_seconds_per_second']:g}x"
+        ]
+        for name in ("ctranslate2_pretrained", "ctranslate2_federated", "transformers_federated"):
+            r = serving[name]
+            cells.append(
+                f"{name.replace('_', ' ')}: {r['wer']:.1%}, {r['audio_seconds_per_second']:g}x "
+                f"({r['with_log_mels_audio_seconds_per_second']:g}x with log-mels)"
+            )
+        rows.append(
+            f"| … serving on {serving['options']['clips']} held-out clips, 30-s windows, one run: WER, x real time | "
+            f"{'; '.join(cells)}; ctranslate2 over faster-whisper {serving['ctranslate2_over_faster_whisper']}x, over "
+            f"transformers (federated) {serving['ctranslate2_over_transformers_federated']}x |"
+        )
     if personal := results.get("personal"):
         rounds = personal["options"]["rounds"]
         rows.append(
