@@ -11,6 +11,7 @@ adults in every part (``asr prepare --test-speakers``); the rest are the clients
   model exported to CTranslate2 int8 and scored on 30-s windows; forgetting measured on three out-of-domain sets: flite
   voices, LJSpeech (native read speech; --ljspeech, e.g. coqui-ai/TTS's tests/data/ljspeech/wavs) and spoken digits
   (short commands; --digits, Jakobovski/free-spoken-digit-dataset's recordings/).
+- ``interpolation``: the served share of the federated update (WiSE-FT) against forgetting, on the finished run.
 - ``serving``: the federated export's speed and WER beside the transformers path and faster-whisper on the pretrained
   model, one run.
 """
@@ -474,10 +475,53 @@ def serving(work: Path, small: bool) -> dict:
     return results
 
 
+INTERPOLATIONS = (0.3, 0.4, 0.5, 0.7)
+
+
+def interpolation(work: Path, small: bool) -> dict:
+    """The served model's share of the federated update (WiSE-FT, `--interpolation`): real:federated's best round
+    served at each share, on every validation clip, 100 spread flite clips and every LJSpeech clip (30-s windows),
+    beside the pretrained model on the same clips. Needs real:federated's finished run."""
+    import fl_asr_bench
+    from fedwhisper.asr.federated import ServerEvaluator, served_state
+    from fedwhisper.asr.run import load_trainable_state
+    from fedwhisper.runs import RunDirectory
+
+    federation = work.parent / "real-federated"
+    run = federation / "federated"
+    if not (run / "test.json").is_file():
+        raise FedwhisperError(f"real:interpolation serves real:federated's best round; run real:federated first (no {run})")
+    prepared = features(federation, "tiny.en")
+    options = _options(federation, small, "tiny.en", prepared)
+    validation = load_features(prepared)[0]["validation"]
+    ood = out_of_domain(federation, small)
+    limit = 40 if small else None
+    sets = {
+        "validation": validation.select(range(min(limit or len(validation), len(validation)))),
+        "flite": fl_asr_bench._spread(ood["flite"], limit or 100),
+        "ljspeech": ood["ljspeech"],
+    }
+
+    def scored(model_ref: str) -> dict:
+        return {name: fl_asr_bench._wer(model_ref, clips, "en", "full")["wer"] for name, clips in sets.items()}
+
+    state = _best_state(RunDirectory(run))
+    results: dict = {"options": {"run": options.to_config(), "interpolations": INTERPOLATIONS}, "pretrained": scored("tiny.en")}
+    for alpha in INTERPOLATIONS:
+        served = work / f"served-{alpha}"
+        if not (served / "config.json").is_file():
+            evaluator = ServerEvaluator(replace(options, interpolation=alpha, eval_clips=1))
+            load_trainable_state(evaluator.model, served_state(evaluator.options, state))
+            evaluator.save_model(served)
+        results[f"interpolation_{alpha}"] = scored(str(served))
+    return results
+
+
 PARTS = {
     "pretrained": pretrained,
     "federated": federated,
     "serving": serving,
+    "interpolation": interpolation,
     "federated_base": federated_base,
     "personal": personal,
     "unlabelled": unlabelled,

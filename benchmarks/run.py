@@ -623,6 +623,18 @@ def real_rows(results: dict) -> list[str]:
             f"{'; '.join(cells)}; ctranslate2 over faster-whisper {serving['ctranslate2_over_faster_whisper']}x, over "
             f"transformers (federated) {serving['ctranslate2_over_transformers_federated']}x |"
         )
+    if shares := results.get("interpolation"):
+        cells = [
+            f"{key.removeprefix('interpolation_')}: {r['validation']:.1%} / {r['flite']:.1%} / {r['ljspeech']:.1%}"
+            for key, r in shares.items()
+            if key.startswith("interpolation_")
+        ]
+        before = shares["pretrained"]
+        rows.append(
+            "| … the served share of the federated update (`--interpolation`; real:federated's best round): WER validation "
+            f"speakers / flite / LJSpeech, 30-s windows | pretrained {before['validation']:.1%} / {before['flite']:.1%} / "
+            f"{before['ljspeech']:.1%}; {'; '.join(cells)} |"
+        )
     if personal := results.get("personal"):
         rounds = personal["options"]["rounds"]
         rows.append(
