@@ -1,5 +1,5 @@
 """Pseudo-labels on the device: a client whose clips have no transcript labels them with the global model it received
-(greedy, on 30-s windows), keeps the labels the model itself is confident of, and trains on those. Nothing about
+(greedy, on its training window), keeps the labels the model itself is confident of, and trains on those. Nothing about
 the labels leaves the device but how many clips passed (the client's FedAvg weight, so a client whose labels are poor
 weighs little)."""
 
