@@ -408,6 +408,14 @@ def confidence(work: Path, small: bool) -> dict:
     return {"options": {"model": str(served), "split": "validation", "window": "clip"}, "clips": len(split), "floors": floors}
 
 
+def _finished_federation(work: Path, part: str) -> Path:
+    """real:federated's finished run directory, which ``part`` scores."""
+    run = work.parent / "real-federated" / "federated"
+    if not (run / "test.json").is_file():
+        raise FedwhisperError(f"real:{part} scores real:federated's finished run; run real:federated first (no {run}/test.json)")
+    return run
+
+
 def serving(work: Path, small: bool) -> dict:
     """Decoding speed and WER on the held-out clips, 30-s windows, in one run: faster-whisper as a user calls it
     (``WhisperModel.transcribe`` per clip, greedy) on pretrained tiny.en's int8 export; the ctranslate2 backend
@@ -419,11 +427,9 @@ def serving(work: Path, small: bool) -> dict:
     from fedwhisper.models.export import ctranslate2_model_dir
     from fedwhisper.models.registry import load_processor
 
-    federation = work.parent / "real-federated"
-    best = federation / "federated" / "best"
-    if not (federation / "federated" / "test.json").is_file():
-        raise FedwhisperError(f"real:serving scores real:federated's best model; run real:federated first (no {best})")
-    prepared = features(federation, "tiny.en")
+    run = _finished_federation(work, "serving")
+    best = run / "best"
+    prepared = features(run.parent, "tiny.en")
     held_out = load_features(prepared)[0]["test"]
     limit = 40 if small else len(held_out)
     clips = [load_audio(path) for path in held_out["path"][:limit]]
@@ -468,12 +474,13 @@ def serving(work: Path, small: bool) -> dict:
         results[name] = _scored(result) | {
             "with_log_mels_audio_seconds_per_second": round(result["audio_seconds"] / (result["seconds"] + log_mel_seconds), 2)
         }
-    speed = {name: r["with_log_mels_audio_seconds_per_second"] for name, r in results.items() if "ctranslate2_" in name}
-    results["ctranslate2_over_faster_whisper"] = round(
-        speed["ctranslate2_pretrained"] / results["faster_whisper_pretrained"]["audio_seconds_per_second"], 2
-    )
+
+    def speed(name: str) -> float:  # log-mels included (faster-whisper computes its own)
+        return results[name].get("with_log_mels_audio_seconds_per_second") or results[name]["audio_seconds_per_second"]
+
+    results["ctranslate2_over_faster_whisper"] = round(speed("ctranslate2_pretrained") / speed("faster_whisper_pretrained"), 2)
     results["ctranslate2_over_transformers_federated"] = round(
-        speed["ctranslate2_federated"] / results["transformers_federated"]["with_log_mels_audio_seconds_per_second"], 2
+        speed("ctranslate2_federated") / speed("transformers_federated"), 2
     )
     return results
 
@@ -490,10 +497,8 @@ def interpolation(work: Path, small: bool) -> dict:
     from fedwhisper.asr.run import load_trainable_state
     from fedwhisper.runs import RunDirectory
 
-    federation = work.parent / "real-federated"
-    run = federation / "federated"
-    if not (run / "test.json").is_file():
-        raise FedwhisperError(f"real:interpolation serves real:federated's best round; run real:federated first (no {run})")
+    run = _finished_federation(work, "interpolation")
+    federation = run.parent
     prepared = features(federation, "tiny.en")
     options = _options(federation, small, "tiny.en", prepared)
     validation = load_features(prepared)[0]["validation"]
